@@ -1,0 +1,345 @@
+"""
+Tests for wsheart.heartbeat: cadence, misses, any-traffic liveness, RTT and
+the death bound, first on the pure state machine and then wired into the
+server protocol over an in-memory connection.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from wsheart import closecodes
+from wsheart.heartbeat import Heartbeat, HeartbeatSettings, decode_ping, encode_ping
+
+from .memory import connect_client, make_server_factory
+
+
+class Recorder:
+    """
+    A Heartbeat wired to lists instead of a connection.
+    """
+
+    def __init__(self, clock: Clock, settings: HeartbeatSettings, answer_until: float = -1.0) -> None:
+        self.pings: list[tuple[float, bytes]] = []
+        self.answer_until = answer_until
+        self.deaths: list[float] = []
+        self.misses: list[int] = []
+        self.clock = clock
+        self.heartbeat = Heartbeat(
+            clock,
+            settings,
+            send_ping=self._ping_sent,
+            on_dead=lambda hb: self.deaths.append(clock.seconds()),
+            on_miss=lambda hb: self.misses.append(hb.misses),
+        )
+
+    def _ping_sent(self, payload: bytes) -> None:
+        self.pings.append((self.clock.seconds(), payload))
+        if self.clock.seconds() < self.answer_until:
+            # A healthy peer: the pong comes back at once.
+            self.heartbeat.pong_received(payload)
+
+    def answer_last(self) -> None:
+        self.heartbeat.pong_received(self.pings[-1][1])
+
+
+class SettingsTests(unittest.TestCase):
+    """
+    HeartbeatSettings validation and the bound it states.
+    """
+
+    def test_defaults_and_bound(self) -> None:
+        """
+        The defaults are 25 s / 10 s / 2 and the bound is
+        interval * max_missed + timeout = 60 s.
+        """
+        settings = HeartbeatSettings()
+        self.assertEqual((settings.interval, settings.timeout, settings.max_missed), (25.0, 10.0, 2))
+        self.assertEqual(settings.death_bound, 60.0)
+
+    def test_invalid(self) -> None:
+        """
+        Non-positive numbers, a timeout longer than the interval and fewer
+        than one miss are refused with a message naming the problem.
+        """
+        for kwargs, text in [
+            (dict(interval=0), "interval"),
+            (dict(timeout=-1), "timeout"),
+            (dict(interval=5, timeout=6), "must not exceed"),
+            (dict(max_missed=0), "at least 1"),
+        ]:
+            with self.assertRaises(ValueError) as e:
+                HeartbeatSettings(**kwargs)  # type: ignore[arg-type]
+            self.assertIn(text, str(e.exception))
+
+
+class PayloadTests(unittest.TestCase):
+    """
+    Ping payloads carry a sequence number and the send time.
+    """
+
+    def test_round_trip(self) -> None:
+        """
+        The sequence number survives encoding; payloads are 12 bytes.
+        """
+        payload = encode_ping(42, 1234.5)
+        self.assertEqual(len(payload), 12)
+        self.assertEqual(decode_ping(payload), 42)
+
+    def test_foreign_payload(self) -> None:
+        """
+        A pong payload that is not one of ours decodes to None.
+        """
+        self.assertIsNone(decode_ping(b"hello"))
+        self.assertIsNone(decode_ping(b""))
+
+
+class HeartbeatTests(unittest.TestCase):
+    """
+    The state machine on a Clock.
+    """
+
+    settings = HeartbeatSettings(interval=10, timeout=4, max_missed=2)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.rec = Recorder(self.clock, self.settings)
+        self.hb = self.rec.heartbeat
+
+    def test_cadence(self) -> None:
+        """
+        The first ping goes out after the given delay, then one every
+        interval while pongs come back; sequence numbers count up.
+        """
+        self.rec.answer_until = 1000
+        self.hb.start(first_delay=3)
+        self.clock.pump([1] * 40)
+        self.assertEqual([t for t, _ in self.rec.pings], [3, 13, 23, 33])
+        self.assertEqual([decode_ping(p) for _, p in self.rec.pings], [1, 2, 3, 4])
+        self.assertEqual(self.hb.misses, 0)
+        self.assertEqual(self.hb.pongs_received, 4)
+        self.assertEqual(self.rec.deaths, [])
+
+    def test_silence_is_death_after_max_missed(self) -> None:
+        """
+        With no pong and no traffic, each ping is a miss; the second miss
+        (max_missed=2) declares death at ping + interval + timeout.
+        """
+        self.hb.start(first_delay=0)
+        self.clock.advance(0)
+        self.clock.pump([1] * 30)
+        self.assertEqual(self.rec.misses, [1])
+        self.assertEqual(self.rec.deaths, [14])  # pings at 0 and 10, checks at 4 and 14
+        self.assertTrue(self.hb.dead)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_any_traffic_counts_as_life(self) -> None:
+        """
+        Inbound traffic during a ping's window saves it from being a miss,
+        even with no pong.
+        """
+        self.hb.start(first_delay=0)
+        self.clock.advance(0)
+        for _ in range(10):
+            self.clock.advance(1)
+            self.hb.traffic_received()
+            self.clock.advance(9)
+        self.assertEqual(self.rec.deaths, [])
+        self.assertEqual(self.hb.misses, 0)
+        self.assertEqual(self.hb.last_seen, self.clock.seconds() - 9)
+
+    def test_pong_resets_misses(self) -> None:
+        """
+        One miss followed by an answered ping brings the count back to 0.
+        """
+        self.hb.start(first_delay=0)
+        self.clock.advance(0)
+        self.clock.pump([1] * 10)  # first ping missed, second sent
+        self.assertEqual(self.hb.misses, 1)
+        self.rec.answer_last()
+        self.assertEqual(self.hb.misses, 0)
+        self.clock.advance(10)
+        self.assertEqual(self.rec.deaths, [])
+
+    def test_rtt(self) -> None:
+        """
+        A matched pong gives the RTT; the smoothed RTT moves by 1/8 of the
+        difference per sample.
+        """
+        self.hb.start(first_delay=0)
+        self.clock.advance(0)
+        self.clock.advance(0.2)
+        self.assertEqual(self.hb.pong_received(self.rec.pings[-1][1]), 0.2)
+        self.assertAlmostEqual(self.hb.smoothed_rtt, 0.2)  # type: ignore[arg-type]
+        self.clock.pump([0.2] * 4 + [0.5] * 18)  # second ping at exactly 10
+        self.clock.advance(1.0)
+        self.rec.answer_last()
+        self.assertAlmostEqual(self.hb.last_rtt, 1.0)  # type: ignore[arg-type]
+        self.assertAlmostEqual(self.hb.smoothed_rtt, 0.2 + (1.0 - 0.2) / 8)  # type: ignore[arg-type]
+        self.assertEqual(self.hb.pongs_received, 2)
+
+    def test_late_pong_is_life_not_rtt(self) -> None:
+        """
+        A pong for an older ping gives no RTT but still counts as traffic.
+        """
+        self.hb.start(first_delay=0)
+        self.clock.advance(0)
+        old = self.rec.pings[-1][1]
+        self.clock.pump([1] * 10)  # old ping missed, a new one in flight
+        self.assertIsNone(self.hb.pong_received(old))
+        self.assertIsNone(self.hb.last_rtt)
+        self.clock.advance(4)
+        self.assertEqual(self.hb.misses, 0)
+        self.assertEqual(self.rec.deaths, [])
+
+    def test_stop_cancels(self) -> None:
+        """
+        Stopping leaves no delayed call behind and no more pings go out.
+        """
+        self.hb.start(first_delay=1)
+        self.clock.advance(1)
+        self.hb.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        self.assertEqual(len(self.rec.pings), 1)
+
+
+class DeathBoundTests(unittest.TestCase):
+    """
+    The contract: a peer silent from time t is declared dead no later than
+    t + interval * max_missed + timeout, wherever t falls in the cycle.
+    """
+
+    def check_bound(self, settings: HeartbeatSettings, first_delay: float) -> None:
+        step = settings.interval / 16  # exact in binary: no float drift
+        for k in range(48):  # three intervals of silence start times
+            silent_at = first_delay + k * step
+            clock = Clock()
+            # The peer answers every ping at once until it goes silent.
+            rec = Recorder(clock, settings, answer_until=silent_at)
+            rec.heartbeat.start(first_delay)
+            clock.pump([step] * int((silent_at + settings.death_bound) / step + 40))
+            self.assertEqual(len(rec.deaths), 1, f"silent at {silent_at}")
+            # The Clock only fires timers at step boundaries: that is the
+            # "scheduler slack" of the contract, one step here.
+            self.assertLessEqual(
+                rec.deaths[0] - silent_at,
+                settings.death_bound + step,
+                f"silent at {silent_at}: dead at {rec.deaths[0]}",
+            )
+            # ... and not absurdly early: at least (max_missed - 1)
+            # intervals plus the timeout after the last answered ping.
+            self.assertGreaterEqual(
+                rec.deaths[0] - silent_at,
+                (settings.max_missed - 1) * settings.interval + settings.timeout - step,
+            )
+
+    def test_default_bound(self) -> None:
+        """
+        Defaults (25 s, 10 s, 2): dead within 60 s of going silent.
+        """
+        self.check_bound(HeartbeatSettings(), first_delay=7.8125)
+
+    def test_other_settings(self) -> None:
+        """
+        Other settings (2 s, 2 s, 3), where timeout equals interval.
+        """
+        self.check_bound(HeartbeatSettings(interval=2, timeout=2, max_missed=3), first_delay=0.5)
+
+    def test_single_miss(self) -> None:
+        """
+        max_missed=1 (4 s, 1 s): dead within 5 s.
+        """
+        self.check_bound(HeartbeatSettings(interval=4, timeout=1, max_missed=1), first_delay=3)
+
+
+class ServerHeartbeatTests(unittest.TestCase):
+    """
+    The heartbeat wired into the server protocol, over an in-memory
+    connection to a plain Autobahn client.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.settings = HeartbeatSettings(interval=10, timeout=4, max_missed=2)
+        self.factory = make_server_factory(self.clock, heartbeat=self.settings, close_timeout=1.0)
+        self.client, self.server, self.pump = connect_client(self.factory, self.clock)
+
+    def advance(self, seconds: float, pump: bool = True) -> None:
+        for _ in range(int(seconds * 10)):
+            self.clock.advance(0.1)
+            if pump:
+                self.pump.flush()
+
+    def test_native_pings_answered(self) -> None:
+        """
+        The server sends native pings with sequence numbers; an answering
+        client stays registered with an RTT.
+        """
+        self.advance(35)
+        self.assertGreaterEqual(len(self.client.pings), 3)
+        self.assertEqual([decode_ping(p) for p in self.client.pings[:3]], [1, 2, 3])
+        self.assertEqual(len(self.factory.hub), 1)
+        snapshot = self.factory.hub.snapshot()[0]
+        self.assertEqual(snapshot.misses, 0)
+        self.assertIsNotNone(snapshot.last_rtt)
+
+    def test_first_ping_spread(self) -> None:
+        """
+        Connections opened together get their first ping at different
+        moments spread over the interval.
+        """
+        firsts = []
+        for _ in range(20):
+            client, server, pump = connect_client(self.factory, self.clock)
+            firsts.append(server.heartbeat._call.getTime() - self.clock.seconds())
+        self.assertTrue(all(0 <= f <= self.settings.interval for f in firsts))
+        self.assertGreater(max(firsts) - min(firsts), self.settings.interval / 2)
+
+    def test_frozen_peer_declared_dead_within_bound(self) -> None:
+        """
+        A client that stops answering (its socket stays open) is declared
+        dead within interval * max_missed + timeout, leaves the hub at that
+        moment, gets close 1011 "heartbeat timeout", and its TCP connection
+        is dropped close_timeout later.
+        """
+        self.advance(12)
+        removed = []
+        self.factory.hub.on_removal(lambda info, cause: removed.append((self.clock.seconds(), cause)))
+        frozen_at = self.clock.seconds()
+        # A frozen process: its socket stays open, nothing is read or sent.
+        while not removed and self.clock.seconds() < frozen_at + 100:
+            self.advance(0.1, pump=False)
+        self.assertEqual(len(removed), 1)
+        died_at, cause = removed[0]
+        self.assertEqual(cause, "dead")
+        self.assertLessEqual(died_at - frozen_at, self.settings.death_bound + 0.1)
+        self.assertEqual(len(self.factory.hub), 0)
+        # The close frame went out; the frozen client does not answer it,
+        # so the server aborts the connection close_timeout later.
+        self.assertEqual(self.server.localCloseCode, closecodes.INTERNAL_ERROR)
+        self.assertEqual(self.server.localCloseReason, b"heartbeat timeout")
+        server_io = self.pump.serverIO
+        self.assertFalse(server_io.disconnecting)
+        self.clock.advance(1.0)
+        self.assertTrue(server_io.disconnecting)
+        self.pump.flush()
+        self.assertEqual(self.factory.hub.closed_total, {"dead": 1})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_death_logged_once(self) -> None:
+        """
+        The death is logged once, with peer, misses and last RTT.
+        """
+        from twisted.logger import capturedLogs
+
+        self.advance(12)
+        self.client.frozen = True
+        with capturedLogs() as events:
+            self.advance(40)
+        deaths = [e for e in events if e.get("cause") == "heartbeat"]
+        self.assertEqual(len(deaths), 1)
+        self.assertEqual(deaths[0]["misses"], 2)
+        self.assertIn("ms", deaths[0]["rtt"])
+        self.assertEqual(deaths[0]["peer"], self.server.peer)

@@ -1,0 +1,214 @@
+"""
+Liveness of one WebSocket connection: when to ping, what counts as a miss,
+when the peer is dead, and the round-trip times along the way.
+
+This module is the pure core of heartbeating.  It sends nothing and reads no
+clock of its own: the caller hands in an L{IReactorTime} and two callables
+(send a ping payload, report death) and feeds in what arrives (any traffic,
+pong payloads).  Server and client protocols both use it.
+
+The contract (see README "Heartbeat bound"):
+
+  - a ping goes out every C{interval} seconds; its payload carries a
+    sequence number and the send time, so a pong is matched to its ping;
+  - a ping not answered within C{timeout} seconds, with no other inbound
+    traffic in that window either, is a miss;
+  - C{max_missed} consecutive misses declare the peer dead;
+  - hence a peer that goes silent at time t is declared dead no later than
+    C{t + interval * max_missed + timeout}.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+# Ping payload: sequence number (unsigned 32 bit) and send time in
+# microseconds of the injected clock (unsigned 64 bit).  Twelve bytes, far
+# below the 125 bytes a control frame may carry.
+_PAYLOAD = struct.Struct("!IQ")
+
+# Weight of a new sample in the smoothed RTT, as TCP's SRTT (RFC 6298).
+_RTT_ALPHA = 0.125
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """
+    The three numbers that define a heartbeat, validated once.
+
+    @ivar interval: seconds between pings.
+    @ivar timeout: seconds a ping may wait for its pong; at most C{interval}.
+    @ivar max_missed: consecutive misses that make the peer dead.
+    """
+
+    interval: float = 25.0
+    timeout: float = 10.0
+    max_missed: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"ping interval must be positive, got {self.interval}")
+        if not self.timeout > 0:
+            raise ValueError(f"ping timeout must be positive, got {self.timeout}")
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"ping timeout ({self.timeout} s) must not exceed the ping "
+                f"interval ({self.interval} s): one ping is answered or missed "
+                "before the next goes out"
+            )
+        if self.max_missed < 1:
+            raise ValueError(f"max missed pongs must be at least 1, got {self.max_missed}")
+
+    @property
+    def death_bound(self) -> float:
+        """
+        Seconds after a peer goes silent by which it is declared dead.
+        """
+        return self.interval * self.max_missed + self.timeout
+
+
+def encode_ping(seq: int, sent_at: float) -> bytes:
+    """
+    Build the payload of ping number C{seq} sent at C{sent_at} seconds.
+    """
+    return _PAYLOAD.pack(seq & 0xFFFFFFFF, max(0, int(sent_at * 1_000_000)))
+
+
+def decode_ping(payload: bytes) -> Optional[int]:
+    """
+    The sequence number in a pong payload, or L{None} if it is not ours.
+    """
+    if len(payload) != _PAYLOAD.size:
+        return None
+    seq, _sent = _PAYLOAD.unpack(payload)
+    return int(seq)
+
+
+class Heartbeat:
+    """
+    The heartbeat state machine of one connection.
+
+    At most one delayed call is pending at any time: either the next ping or
+    the check of the ping in flight.
+
+    @ivar misses: consecutive misses so far.
+    @ivar last_rtt: round-trip time of the latest matched pong, in seconds.
+    @ivar smoothed_rtt: exponentially smoothed RTT, in seconds.
+    @ivar last_seen: clock time of the latest inbound traffic.
+    @ivar pings_sent: pings sent on this connection.
+    @ivar pongs_received: pongs matched to a ping in flight.
+    @ivar dead: whether the peer has been declared dead.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: HeartbeatSettings,
+        send_ping: Callable[[bytes], object],
+        on_dead: Callable[["Heartbeat"], object],
+        on_miss: Optional[Callable[["Heartbeat"], object]] = None,
+    ) -> None:
+        self._clock = clock
+        self.settings = settings
+        self._send_ping = send_ping
+        self._on_dead = on_dead
+        self._on_miss = on_miss
+        self._call: Optional[IDelayedCall] = None
+        self._seq = 0
+        # The ping awaiting its pong: (sequence number, send time).
+        self._in_flight: Optional[tuple[int, float]] = None
+        self._life_since_ping = False
+        # When the current or next ping is due by the schedule.
+        self._ping_due = 0.0
+        self.misses = 0
+        self.last_rtt: Optional[float] = None
+        self.smoothed_rtt: Optional[float] = None
+        self.last_seen = clock.seconds()
+        self.pings_sent = 0
+        self.pongs_received = 0
+        self.dead = False
+
+    @property
+    def running(self) -> bool:
+        return self._call is not None
+
+    def start(self, first_delay: float) -> None:
+        """
+        Begin heartbeating; the first ping goes out after C{first_delay}
+        seconds (callers spread it over the interval so that connections
+        opened together do not ping together).
+        """
+        if self._call is not None or self.dead:
+            return
+        self._ping_due = self._clock.seconds() + max(0.0, first_delay)
+        self._call = self._clock.callLater(max(0.0, first_delay), self._ping)
+
+    def stop(self) -> None:
+        """
+        Stop heartbeating (the connection closed); cancels the pending call.
+        """
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def traffic_received(self) -> None:
+        """
+        Inbound traffic of any kind arrived: the peer is alive.
+        """
+        self.last_seen = self._clock.seconds()
+        self._life_since_ping = True
+
+    def pong_received(self, payload: bytes) -> Optional[float]:
+        """
+        A pong arrived.  If it answers the ping in flight, record the RTT
+        and return it; otherwise (a late or foreign pong) return L{None}.
+        Either way it counts as traffic.
+        """
+        self.traffic_received()
+        seq = decode_ping(payload)
+        if self._in_flight is None or seq != self._in_flight[0]:
+            return None
+        rtt = self._clock.seconds() - self._in_flight[1]
+        self._in_flight = None
+        self.pongs_received += 1
+        self.misses = 0
+        self.last_rtt = rtt
+        if self.smoothed_rtt is None:
+            self.smoothed_rtt = rtt
+        else:
+            self.smoothed_rtt += _RTT_ALPHA * (rtt - self.smoothed_rtt)
+        return rtt
+
+    def _ping(self) -> None:
+        now = self._clock.seconds()
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        self._in_flight = (self._seq, now)
+        self._life_since_ping = False
+        self.pings_sent += 1
+        self._call = self._clock.callLater(self.settings.timeout, self._check)
+        self._send_ping(encode_ping(self._seq, now))
+
+    def _check(self) -> None:
+        answered = self._in_flight is None
+        self._in_flight = None
+        if answered or self._life_since_ping:
+            self.misses = 0
+        else:
+            self.misses += 1
+            if self.misses >= self.settings.max_missed:
+                self._call = None
+                self.dead = True
+                self._on_dead(self)
+                return
+        # Schedule from when the last ping was due, not from now, so a
+        # late timer (a busy reactor) does not push every later ping back.
+        next_ping = self._ping_due + self.settings.interval
+        self._ping_due = max(next_ping, self._clock.seconds())
+        self._call = self._clock.callLater(self._ping_due - self._clock.seconds(), self._ping)
+        if self.misses and self._on_miss is not None:
+            self._on_miss(self)

@@ -1,0 +1,420 @@
+"""
+The Autobahn protocols of wsheart, server and client: parse, validate,
+dispatch, and wire the heartbeat (L{wsheart.heartbeat}) to ping and pong
+frames.  State lives in the hub, policy in the core modules.
+
+Autobahn's own timers (opening handshake, closing handshake, auto-ping) are
+switched off: they run on the global reactor, which tests cannot drive.
+wsheart runs its own on the injected clock, so every timeout here is proven
+with L{twisted.internet.task.Clock}.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Optional
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.util import encode_truncate
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsheart import closecodes
+from wsheart.handler import EchoHandler, IMessageHandler
+from wsheart.heartbeat import Heartbeat, HeartbeatSettings
+from wsheart.hub import Hub, IConnection
+
+# Largest opening-handshake request a server accepts before answering 431.
+MAX_HANDSHAKE_BYTES = 16 * 1024
+
+_HTTP_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+
+
+def _state_name(state: int) -> str:
+    return {0: "closed", 1: "connecting", 2: "closing", 3: "open"}.get(state, "proxy")
+
+
+class _Liveness:
+    """
+    What server and client protocols share: the heartbeat, text of the
+    close reason, and the timers that bound the opening and closing
+    handshakes.  Mixed in before the Autobahn protocol class.
+    """
+
+    logger = Logger()
+
+    # Set by _start_liveness (server) or the client factory.
+    clock: IReactorTime
+    heartbeat: Optional[Heartbeat] = None
+    _handshake_timer: Optional[IDelayedCall] = None
+    _close_timer: Optional[IDelayedCall] = None
+    close_timeout: float = 1.0
+
+    def _arm_handshake_timer(self, timeout: float) -> None:
+        if timeout > 0:
+            self._handshake_timer = self.clock.callLater(timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self.state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
+            self.wasNotCleanReason = "opening handshake timeout"
+            self.wasOpenHandshakeTimeout = True
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+    def _start_heartbeat(self, settings: HeartbeatSettings, first_delay: float) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self.heartbeat = Heartbeat(
+            self.clock,
+            settings,
+            send_ping=self.sendPing,  # type: ignore[attr-defined]
+            on_dead=self._heartbeat_dead,
+            on_miss=self._heartbeat_missed,
+        )
+        self.heartbeat.start(first_delay)
+
+    def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
+        """
+        Hook: a ping went unanswered (the peer is not dead yet).
+        """
+
+    def _heartbeat_dead(self, heartbeat: Heartbeat) -> None:
+        self.close(closecodes.INTERNAL_ERROR, closecodes.HEARTBEAT_TIMEOUT_REASON)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Any inbound bytes are life: a busy link is not a dead link.
+        if self.heartbeat is not None:
+            self.heartbeat.traffic_received()
+        super().dataReceived(data)  # type: ignore[misc]
+
+    def onPong(self, payload: bytes) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.pong_received(payload)
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        Start the closing handshake with any valid code (Autobahn's
+        C{sendClose} refuses 1011-1013); the TCP connection is dropped if
+        the peer has not finished the handshake after C{close_timeout}.
+        """
+        if self.state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+            return
+        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123))  # type: ignore[attr-defined]
+
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):  # type: ignore[no-untyped-def]
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)  # type: ignore[misc]
+        # Whoever started it, a closing handshake must end in bounded time.
+        if self._close_timer is None and self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
+            self._close_timer = self.clock.callLater(self.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if self.state != self.STATE_CLOSED:  # type: ignore[attr-defined]
+            self.wasClean = False
+            self.wasNotCleanReason = "closing handshake timeout"
+            self.wasCloseHandshakeTimeout = True
+            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+
+    def _stop_timers(self) -> None:
+        for name in ("_handshake_timer", "_close_timer"):
+            call = getattr(self, name)
+            if call is not None:
+                if call.active():
+                    call.cancel()
+                setattr(self, name, None)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        try:
+            super().connectionLost(reason)  # type: ignore[misc]
+        finally:
+            self._stop_timers()
+
+
+def _autobahn_options(max_message_size: int) -> dict[str, Any]:
+    """
+    Autobahn settings common to both sides.
+    """
+    return dict(
+        maxMessagePayloadSize=max_message_size,
+        maxFramePayloadSize=max_message_size,
+        # Protocol errors get a close frame with a code (1007, 1009, ...),
+        # not a silent drop, so the peer learns what it did wrong.
+        failByDrop=False,
+        # wsheart's own clock-driven timers replace these.
+        openHandshakeTimeout=0,
+        closeHandshakeTimeout=0,
+        autoPingInterval=0,
+        autoPingTimeout=0,
+    )
+
+
+@implementer(IConnection)
+class ServerProtocol(_Liveness, WebSocketServerProtocol):
+    """
+    One server-side WebSocket connection.
+    """
+
+    factory: "ServerFactory"
+    connection_id: Optional[str] = None
+    _dead = False
+
+    def connectionMade(self) -> None:
+        self.clock = self.factory.clock
+        self.close_timeout = self.factory.close_timeout
+        super().connectionMade()
+        self._arm_handshake_timer(self.factory.handshake_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
+            self.failHandshake("opening handshake request too large", 431)
+            return
+        super().dataReceived(data)
+
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):  # type: ignore[no-untyped-def]
+        # A short, complete HTTP answer (Autobahn's has no body and puts the
+        # reason in the status line), so curl or a browser shows why.
+        body = f"{code} {_HTTP_PHRASES.get(code, 'Error')}: {reason}\n".encode("utf-8")
+        lines = [
+            f"HTTP/1.1 {code} {_HTTP_PHRASES.get(code, 'Error')}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        if code == 426:
+            lines.append("Upgrade: websocket")
+        for name, value in responseHeaders or ():
+            lines.append(f"{name}: {value}")
+        self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        self.connection_id = factory.hub.new_id()
+        self._start_heartbeat(
+            factory.heartbeat_settings,
+            factory.random() * factory.heartbeat_settings.interval,
+        )
+        factory.hub.add(self.connection_id, str(self.peer), self, self.heartbeat)
+        self._call_handler("connection_opened", self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        factory = self.factory
+        if not isBinary:
+            if factory.app_ping is not None and payload == factory.app_ping:
+                self.sendMessage(factory.app_pong, False)
+                return
+            message: Any = payload.decode("utf-8")  # already validated by Autobahn
+        else:
+            message = payload
+        self._call_handler("message_received", self, message)
+
+    def _call_handler(self, method: str, *args: Any) -> None:
+        try:
+            result = getattr(self.factory.handler, method)(*args)
+        except Exception:
+            self._handler_failed(Failure(), method)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._handler_failed, method)
+
+    def _handler_failed(self, failure: Failure, method: str) -> None:
+        self.logger.failure(
+            "handler {method} failed on connection {cid} from {peer}; closing it",
+            failure,
+            method=method,
+            cid=self.connection_id,
+            peer=self.peer,
+        )
+        if method != "connection_closed" and self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
+            self.close(closecodes.INTERNAL_ERROR, "internal error")
+
+    def _heartbeat_dead(self, heartbeat: Heartbeat) -> None:
+        # Leave the registry at the moment of death, not when TCP notices.
+        self._dead = True
+        if self.connection_id is not None:
+            self.factory.hub.remove(self.connection_id, "dead")
+        rtt = heartbeat.last_rtt
+        self.logger.info(
+            "peer {peer} declared dead: {misses} missed pongs, last RTT {rtt}",
+            peer=self.peer,
+            misses=heartbeat.misses,
+            rtt="none" if rtt is None else f"{rtt * 1000:.1f} ms",
+            cid=self.connection_id,
+            cause="heartbeat",
+        )
+        super()._heartbeat_dead(heartbeat)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        self._stop_timers()
+        if self.connection_id is None:
+            return  # the opening handshake never completed
+        cause = "dead" if self._dead else ("closed" if wasClean else "dropped")
+        self.factory.hub.remove(self.connection_id, cause)
+        self._call_handler(
+            "connection_closed",
+            self,
+            code if code is not None else closecodes.ABNORMAL,
+            reason or "",
+        )
+
+    # IConnection
+
+    def send_text(self, text: str) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"), False)
+
+    def send_binary(self, data: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(data, True)
+
+
+class ServerFactory(WebSocketServerFactory):
+    """
+    Builds L{ServerProtocol}s that share one hub, one handler and one set of
+    heartbeat settings.
+    """
+
+    protocol = ServerProtocol
+
+    def __init__(
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        handler: Optional[IMessageHandler] = None,
+        heartbeat_settings: HeartbeatSettings = HeartbeatSettings(),
+        app_ping: Optional[str] = "ping",
+        app_pong: str = "pong",
+        max_message_size: int = 1024 * 1024,
+        handshake_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        random: Callable[[], float] = random.random,
+        url: Optional[str] = None,
+    ) -> None:
+        super().__init__(url=url, reactor=clock)
+        self.hub = hub
+        self.clock = clock
+        self.handler = handler if handler is not None else EchoHandler()
+        self.heartbeat_settings = heartbeat_settings
+        self.app_ping = app_ping.encode("utf-8") if app_ping else None
+        self.app_pong = app_pong.encode("utf-8")
+        self.handshake_timeout = handshake_timeout
+        self.close_timeout = close_timeout
+        self.random = random
+        self.setProtocolOptions(
+            # A plain HTTP request gets "426 Upgrade Required", not a page.
+            webStatus=False,
+            **_autobahn_options(max_message_size),
+        )
+
+
+class ClientProtocol(_Liveness, WebSocketClientProtocol):
+    """
+    The client side of one connection, driven by a L{ClientFactory} whose
+    C{owner} (the reconnecting service) receives every event.
+
+    @ivar opened: whether the opening handshake completed.
+    @ivar handshake_status: HTTP status of a refused handshake, if any.
+    @ivar retry_after_header: its C{Retry-After} header, if any.
+    """
+
+    factory: "ClientFactory"
+    opened = False
+    handshake_status: Optional[int] = None
+    retry_after_header: Optional[str] = None
+
+    def connectionMade(self) -> None:
+        self.clock = self.factory.clock
+        self.close_timeout = self.factory.close_timeout
+        super().connectionMade()
+        self._arm_handshake_timer(self.factory.handshake_timeout)
+
+    def failHandshake(self, reason: str) -> None:  # type: ignore[override]
+        status_line = getattr(self, "http_status_line", None) or ""
+        parts = status_line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            self.handshake_status = int(parts[1])
+            headers = getattr(self, "http_headers", None) or {}
+            self.retry_after_header = headers.get("retry-after")
+        super().failHandshake(reason)
+
+    def onOpen(self) -> None:
+        self.opened = True
+        settings = self.factory.heartbeat_settings
+        self._start_heartbeat(settings, self.factory.random() * settings.interval)
+        self.factory.owner.protocol_opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message: Any = payload if isBinary else payload.decode("utf-8")
+        self.factory.owner.protocol_message(self, message)
+
+    def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
+        self.factory.owner.protocol_missed(self, heartbeat)
+
+    def _heartbeat_dead(self, heartbeat: Heartbeat) -> None:
+        self.factory.owner.protocol_dead(self, heartbeat)
+        super()._heartbeat_dead(heartbeat)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        self._stop_timers()
+        self.factory.owner.protocol_closed(self, wasClean, code, reason)
+
+    def send_text(self, text: str) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"), False)
+
+    def send_binary(self, data: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(data, True)
+
+
+class ClientFactory(WebSocketClientFactory):
+    """
+    Builds L{ClientProtocol}s for one reconnecting client service.
+    """
+
+    protocol = ClientProtocol
+
+    def __init__(
+        self,
+        owner: Any,
+        url: str,
+        clock: IReactorTime,
+        heartbeat_settings: HeartbeatSettings,
+        max_message_size: int = 1024 * 1024,
+        handshake_timeout: float = 10.0,
+        close_timeout: float = 1.0,
+        random: Callable[[], float] = random.random,
+        headers: Optional[dict[str, str]] = None,
+    ) -> None:
+        super().__init__(url=url, reactor=clock, headers=headers)
+        self.owner = owner
+        self.clock = clock
+        self.heartbeat_settings = heartbeat_settings
+        self.handshake_timeout = handshake_timeout
+        self.close_timeout = close_timeout
+        self.random = random
+        # The server drops TCP after the closing handshake; if it does not,
+        # wsheart's close timer (not Autobahn's global-reactor one) does.
+        self.setProtocolOptions(serverConnectionDropTimeout=0, **_autobahn_options(max_message_size))
