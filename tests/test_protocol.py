@@ -1,0 +1,287 @@
+"""
+Tests for wsheart.protocol's server side over in-memory connections: echo,
+text ping/pong, the handler interface, bad input, and the hub's view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from wsheart import closecodes
+from wsheart.handler import EchoHandler, MessageHandler
+from wsheart.protocol import MAX_HANDSHAKE_BYTES
+
+from .memory import connect_client, make_server_factory
+
+
+class EchoTests(unittest.TestCase):
+    """
+    The default handler and the text ping/pong.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_text_and_binary_echo(self) -> None:
+        """
+        Text comes back as text, binary as binary, unchanged.
+        """
+        factory = make_server_factory(self.clock)
+        client, server, pump = connect_client(factory, self.clock)
+        self.assertTrue(client.opened)
+        client.sendMessage("héllo".encode("utf-8"), False)
+        client.sendMessage(b"\x00\xff\x10", True)
+        pump.flush()
+        self.assertEqual(client.messages, ["héllo", b"\x00\xff\x10"])
+
+    def test_echo_prefix(self) -> None:
+        """
+        --echo-prefix gives the "Echo: " form for text; binary is unchanged.
+        """
+        factory = make_server_factory(self.clock, handler=EchoHandler("Echo: "))
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"hi", False)
+        client.sendMessage(b"\x01", True)
+        pump.flush()
+        self.assertEqual(client.messages, ["Echo: hi", b"\x01"])
+
+    def test_app_ping(self) -> None:
+        """
+        The text "ping" is answered with "pong", counts as life, and never
+        reaches the handler.
+        """
+        seen: list[Any] = []
+
+        class Recording(MessageHandler):
+            def message_received(self, connection: Any, message: Any) -> None:
+                seen.append(message)
+
+        factory = make_server_factory(self.clock, handler=Recording())
+        client, server, pump = connect_client(factory, self.clock)
+        self.clock.advance(3)
+        client.sendMessage(b"ping", False)
+        pump.flush()
+        self.assertEqual(client.messages, ["pong"])
+        self.assertEqual(seen, [])
+        self.assertEqual(server.heartbeat.last_seen, 3)
+
+    def test_app_ping_configurable_and_off(self) -> None:
+        """
+        Other words can be configured; with app_ping=None "ping" is an
+        ordinary message.
+        """
+        factory = make_server_factory(self.clock, app_ping="hb?", app_pong="hb!")
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"hb?", False)
+        pump.flush()
+        self.assertEqual(client.messages, ["hb!"])
+
+        factory = make_server_factory(self.clock, app_ping=None)
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"ping", False)
+        pump.flush()
+        self.assertEqual(client.messages, ["ping"])
+
+    def test_binary_ping_is_not_app_ping(self) -> None:
+        """
+        Only a text message matches the app ping.
+        """
+        factory = make_server_factory(self.clock)
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"ping", True)
+        pump.flush()
+        self.assertEqual(client.messages, [b"ping"])
+
+
+class HubTests(unittest.TestCase):
+    """
+    Connections in the hub: registered on open, removed exactly once.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.factory = make_server_factory(self.clock)
+        self.hub = self.factory.hub
+
+    def test_registered_while_open(self) -> None:
+        """
+        An open connection is in the hub with its peer and opening time; a
+        clean close removes it once, as "closed".
+        """
+        self.clock.advance(5)
+        client, server, pump = connect_client(self.factory, self.clock)
+        (snapshot,) = self.hub.snapshot()
+        self.assertEqual(snapshot.connection_id, server.connection_id)
+        self.assertEqual(snapshot.opened_at, 5)
+        self.assertEqual(snapshot.peer, server.peer)
+        client.sendClose(1000, "bye")
+        pump.flush()
+        self.assertEqual(len(self.hub), 0)
+        self.assertEqual(self.hub.closed_total, {"closed": 1})
+
+    def test_dropped(self) -> None:
+        """
+        A TCP connection lost without a closing handshake is removed as
+        "dropped".
+        """
+        client, server, pump = connect_client(self.factory, self.clock)
+        client.transport.abortConnection()
+        pump.flush()
+        self.assertEqual(self.hub.closed_total, {"dropped": 1})
+
+    def test_push(self) -> None:
+        """
+        The server can push to any open connection through the hub.
+        """
+        a, server_a, pump_a = connect_client(self.factory, self.clock)
+        b, server_b, pump_b = connect_client(self.factory, self.clock)
+        self.assertTrue(self.hub.push_text(server_b.connection_id, "only b"))
+        self.assertTrue(self.hub.push_binary(server_a.connection_id, b"only a"))
+        self.assertEqual(self.hub.broadcast_text("all"), 2)
+        self.assertFalse(self.hub.push_text("nope", "x"))
+        pump_a.flush()
+        pump_b.flush()
+        self.assertEqual(a.messages, [b"only a", "all"])
+        self.assertEqual(b.messages, ["only b", "all"])
+
+    def test_unfinished_handshake_never_registered(self) -> None:
+        """
+        A connection that never completes the opening handshake is not in
+        the hub and is dropped after the handshake timeout.
+        """
+        server = self.factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(server)
+        server.makeConnection(transport)
+        server.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.hub), 0)
+        self.assertEqual(self.hub.opened_total, 0)
+
+
+class BadInputTests(unittest.TestCase):
+    """
+    Bad input gets a clear answer and harms no other connection.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def raw_server(self, factory: Any) -> tuple[Any, Any]:
+        server = factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(server)
+        server.makeConnection(transport)
+        return server, transport
+
+    def test_plain_http_request(self) -> None:
+        """
+        A plain HTTP GET gets a short, complete 426 answer and the
+        connection is closed, not left hanging.
+        """
+        factory = make_server_factory(self.clock)
+        server, transport = self.raw_server(factory)
+        server.dataReceived(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = transport.getOutBuffer()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"), answer)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: %d" % len(body), head)
+        self.assertIn(b"Upgrade", body)
+        self.assertTrue(transport.disconnecting)
+
+    def test_oversized_handshake(self) -> None:
+        """
+        An opening handshake larger than the limit gets 431 and is closed.
+        """
+        factory = make_server_factory(self.clock)
+        server, transport = self.raw_server(factory)
+        server.dataReceived(b"GET / HTTP/1.1\r\n" + b"X-Junk: " + b"a" * MAX_HANDSHAKE_BYTES)
+        self.assertTrue(transport.getOutBuffer().startswith(b"HTTP/1.1 431 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_oversized_message(self) -> None:
+        """
+        A message over max_message_size closes that connection with 1009;
+        another connection carries on.
+        """
+        factory = make_server_factory(self.clock, max_message_size=1000)
+        big, server_big, pump_big = connect_client(factory, self.clock)
+        ok, server_ok, pump_ok = connect_client(factory, self.clock)
+        big.sendMessage(b"x" * 1001, False)
+        pump_big.flush()
+        self.assertEqual(big.closes[0][1], closecodes.MESSAGE_TOO_BIG)
+        ok.sendMessage(b"x" * 1000, False)
+        pump_ok.flush()
+        self.assertEqual(ok.messages, ["x" * 1000])
+        self.assertEqual(len(factory.hub), 1)
+
+    def test_invalid_utf8(self) -> None:
+        """
+        A text message that is not UTF-8 closes with 1007.
+        """
+        factory = make_server_factory(self.clock)
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"\xff\xfe", False)
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.INVALID_PAYLOAD)
+
+    def test_handler_exception_closes_only_that_connection(self) -> None:
+        """
+        An exception in the handler is logged and closes that connection
+        with 1011; other connections carry on.
+        """
+
+        class Fragile(EchoHandler):
+            def message_received(self, connection: Any, message: Any) -> None:
+                if message == "boom":
+                    raise RuntimeError("application bug")
+                super().message_received(connection, message)
+
+        factory = make_server_factory(self.clock, handler=Fragile())
+        bad, server_bad, pump_bad = connect_client(factory, self.clock)
+        good, server_good, pump_good = connect_client(factory, self.clock)
+        bad.sendMessage(b"boom", False)
+        pump_bad.flush()
+        self.assertEqual(bad.closes[0][1], closecodes.INTERNAL_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        good.sendMessage(b"still here", False)
+        pump_good.flush()
+        self.assertEqual(good.messages, ["still here"])
+
+    def test_handler_failed_deferred(self) -> None:
+        """
+        A handler's failed Deferred is treated like an exception.
+        """
+
+        class Async(MessageHandler):
+            def message_received(self, connection: Any, message: Any) -> Any:
+                return defer.fail(ValueError("async bug"))
+
+        factory = make_server_factory(self.clock, handler=Async())
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"x", False)
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.INTERNAL_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_close_handshake_bounded(self) -> None:
+        """
+        A peer that never answers a server-initiated close is dropped after
+        close_timeout.
+        """
+        factory = make_server_factory(self.clock, close_timeout=1.0)
+        client, server, pump = connect_client(factory, self.clock)
+        server.close(closecodes.GOING_AWAY, "bye")
+        self.clock.advance(0.9)
+        self.assertFalse(pump.serverIO.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(pump.serverIO.disconnecting)
+        pump.flush()
+        self.assertEqual(len(factory.hub), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
