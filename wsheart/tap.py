@@ -219,11 +219,12 @@ def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> Wsh
     assert reactor is not None
     hub = Hub(reactor)
     handler_factory = options["handler-factory"]
-    handler: IMessageHandler = (
-        build_handler(handler_factory, hub)
-        if handler_factory is not None
-        else EchoHandler(options["echo-prefix"])
-    )
+    handler: IMessageHandler = EchoHandler(options["echo-prefix"])
+    if handler_factory is not None:
+        try:
+            handler = build_handler(handler_factory, hub)
+        except HandlerLoadError as e:
+            raise usage.UsageError(str(e))
     factory = ServerFactory(
         hub=hub,
         clock=reactor,

@@ -1,0 +1,341 @@
+"""
+Tests for wsheart.client's ReconnectingClientService, connected in memory
+to a real wsheart server factory, on a Clock: the reconnect schedule, the
+stable reset, server hints, terminal refusals, and heartbeat death.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from wsheart import client as wclient
+from wsheart import closecodes
+from wsheart.backoff import BackoffSettings
+from wsheart.heartbeat import HeartbeatSettings
+
+from .memory import make_server_factory
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """
+    Connects to C{server_factory} in memory, or refuses while it is None.
+    """
+
+    def __init__(self, clock: Clock, server_factory: Optional[Any]) -> None:
+        self.clock = clock
+        self.server_factory = server_factory
+        self.attempts: list[float] = []
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.attempts.append(self.clock.seconds())
+        if self.server_factory is None:
+            return defer.fail(ConnectionRefusedError("connection refused"))
+        client = factory.buildProtocol(None)
+        server = self.server_factory.buildProtocol(None)
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            client,
+            iosim.makeFakeClient(client),
+            greet=False,
+            clock=self.clock,
+        )
+        self.pumps.append(pump)
+        return defer.succeed(client)
+
+
+class Busy(Protocol):
+    """
+    A server that refuses every handshake with 503 and Retry-After: 7.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
+        self.transport.loseConnection()
+
+
+class Recorder(wclient.ClientListener):
+    def __init__(self) -> None:
+        self.states: list[tuple[str, dict[str, Any]]] = []
+        self.messages: list[Any] = []
+        self.closes: list[tuple[int, str]] = []
+        self.misses: list[int] = []
+
+    def client_state(self, client: Any, state: str, detail: dict[str, Any]) -> None:
+        self.states.append((state, detail))
+
+    def client_message(self, client: Any, message: Any) -> None:
+        self.messages.append(message)
+
+    def client_closed(self, client: Any, code: int, reason: str, was_clean: bool) -> None:
+        self.closes.append((code, reason))
+
+    def client_missed(self, client: Any, misses: int) -> None:
+        self.misses.append(misses)
+
+    def waits(self) -> list[float]:
+        return [detail["delay"] for state, detail in self.states if state == "waiting"]
+
+
+class ClientServiceTests(unittest.TestCase):
+    """
+    The reconnecting client against an in-memory server.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.heartbeat = HeartbeatSettings(interval=4, timeout=2, max_missed=2)
+        self.server_factory = make_server_factory(self.clock, heartbeat=HeartbeatSettings(interval=60, timeout=10))
+        self.endpoint = MemoryEndpoint(self.clock, self.server_factory)
+        self.listener = Recorder()
+        self.random_value = 1.0
+
+    def make_client(self, **backoff: Any) -> wclient.ReconnectingClientService:
+        settings = dict(initial=1, factor=2, cap=30, floor=0, stable_after=10)
+        settings.update(backoff)
+        service = wclient.ReconnectingClientService(
+            "ws://127.0.0.1:9000/",
+            self.listener,
+            reactor=self.clock,
+            heartbeat=self.heartbeat,
+            backoff=BackoffSettings(**settings),
+            endpoint=self.endpoint,
+            random=lambda: self.random_value,
+        )
+        self.addCleanup(self.stop, service)
+        return service
+
+    def stop(self, service: wclient.ReconnectingClientService) -> None:
+        if service.running:
+            d = service.stopService()
+            self.run_for(2)
+            self.successResultOf(d)
+
+    def run_for(self, seconds: float, step: float = 0.1) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            for pump in self.endpoint.pumps:
+                pump.flush()
+
+    def server_protocols(self) -> list[Any]:
+        return [pump.server for pump in self.endpoint.pumps]
+
+    def test_connect_send_receive(self) -> None:
+        """
+        The service connects, reports open, sends and receives (echo), and
+        measures an RTT with its own native pings.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(0.5)
+        self.assertEqual(service.state, wclient.OPEN)
+        self.assertTrue(service.send("hello"))
+        self.assertTrue(service.send(b"\x00"))
+        self.run_for(5)
+        self.assertEqual(self.listener.messages, ["hello", b"\x00"])
+        self.assertIsNotNone(service.rtt)
+        self.assertEqual([s for s, _ in self.listener.states], ["connecting", "open"])
+
+    def test_send_while_not_connected(self) -> None:
+        """
+        send() returns False and sends nothing while not connected.
+        """
+        self.endpoint.server_factory = None
+        service = self.make_client()
+        self.assertFalse(service.send("x"))
+        service.startService()
+        self.assertFalse(service.send("x"))
+
+    def test_refused_retries_with_growing_delays(self) -> None:
+        """
+        Refused connections are failed attempts: delays follow the full
+        jitter windows 1, 2, 4, 8 ... (random() = 1 here), up to the cap.
+        """
+        self.endpoint.server_factory = None
+        service = self.make_client(cap=8)
+        service.startService()
+        self.run_for(40)
+        self.assertEqual(self.listener.waits()[:6], [1, 2, 4, 8, 8, 8])
+        gaps = [b - a for a, b in zip(self.endpoint.attempts, self.endpoint.attempts[1:])]
+        for gap, expected in zip(gaps, [1, 2, 4, 8, 8]):
+            self.assertTrue(abs(gap - expected) <= 0.11, (gap, expected))
+        attempts = [d["attempt"] for s, d in self.listener.states if s == "connecting"]
+        self.assertEqual(attempts[:4], [1, 2, 3, 4])
+
+    def test_comes_back_when_server_returns(self) -> None:
+        """
+        After failures, the client connects as soon as the server is back
+        and its next attempt is due.
+        """
+        self.endpoint.server_factory = None
+        service = self.make_client()
+        service.startService()
+        self.run_for(5)
+        self.endpoint.server_factory = self.server_factory
+        self.run_for(10)
+        self.assertEqual(service.state, wclient.OPEN)
+        self.assertEqual(len(self.server_factory.hub), 1)
+
+    def test_short_lived_connection_is_a_failure(self) -> None:
+        """
+        A connection that dies before stable_after does not reset the
+        schedule; one that lived longer does.
+        """
+        service = self.make_client(stable_after=10)
+        service.startService()
+        delays = []
+        for lifetime in (1, 1, 1, 12):
+            self.run_for(lifetime)
+            self.server_protocols()[-1].close(closecodes.GOING_AWAY, "bye")
+            self.run_for(0.2)
+            delays.append(self.listener.waits()[-1])
+            self.run_for(delays[-1] + 0.2)
+        self.assertEqual(delays, [1, 2, 4, 1])
+
+    def test_hint_honoured(self) -> None:
+        """
+        Close 1012 with {"retry_after": 5, "jitter": 10} makes the client
+        wait 5 + uniform(0, 10) seconds (15 with random() = 1), and is not
+        counted as a failure.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(1)
+        self.server_protocols()[-1].close(
+            closecodes.SERVICE_RESTART, json.dumps({"retry_after": 5, "jitter": 10})
+        )
+        self.run_for(0.2)
+        self.assertEqual(self.listener.waits(), [15])
+        self.assertEqual(self.listener.closes[0][0], closecodes.SERVICE_RESTART)
+        attempts_before = len(self.endpoint.attempts)
+        self.run_for(14.5)
+        self.assertEqual(len(self.endpoint.attempts), attempts_before)
+        self.run_for(1)
+        self.assertEqual(service.state, wclient.OPEN)
+        self.assertEqual(service.attempt, 1)
+
+    def test_terminal_code_stops(self) -> None:
+        """
+        A close with a terminal code (1008 policy violation) stops the
+        client with a reason; it does not reconnect.
+        """
+        service = self.make_client()
+        stopped = service.when_stopped()
+        service.startService()
+        self.run_for(1)
+        self.server_protocols()[-1].close(closecodes.POLICY_VIOLATION, "not allowed")
+        self.run_for(60)
+        self.assertEqual(service.state, wclient.STOPPED)
+        self.assertIn("1008", service.stop_reason)
+        self.assertIn("not allowed", self.successResultOf(stopped))
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.assertFalse(service.running)
+
+    def test_retry_after_on_503(self) -> None:
+        """
+        A handshake refused with 503 and Retry-After: 7 waits 7 s plus the
+        jittered delay (1 s at attempt 1 with random() = 1).
+        """
+        self.endpoint.server_factory = Factory.forProtocol(Busy)
+        service = self.make_client()
+        service.startService()
+        self.run_for(0.5)
+        self.assertEqual(self.listener.waits(), [8])
+        self.assertIn("503", self.listener.states[-1][1]["reason"])
+
+    def test_terminal_http_status(self) -> None:
+        """
+        A handshake answered 403 stops the client.
+        """
+
+        class Forbidden(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+                self.transport.loseConnection()
+
+        self.endpoint.server_factory = Factory.forProtocol(Forbidden)
+        service = self.make_client()
+        service.startService()
+        self.run_for(5)
+        self.assertEqual(service.state, wclient.STOPPED)
+        self.assertIn("403", service.stop_reason)
+
+    def test_attempt_limit(self) -> None:
+        """
+        With max_attempts=3, three refused attempts stop the client.
+        """
+        self.endpoint.server_factory = None
+        service = self.make_client(max_attempts=3)
+        service.startService()
+        self.run_for(60)
+        self.assertEqual(len(self.endpoint.attempts), 3)
+        self.assertEqual(service.state, wclient.STOPPED)
+        self.assertIn("gave up after 3", service.stop_reason)
+
+    def test_dead_server_detected(self) -> None:
+        """
+        A server that stops answering (frozen: nothing moves) is declared
+        dead by the client's heartbeat within its bound; the client reports
+        the misses, closes, and reconnects.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(1)
+        frozen_pump = self.endpoint.pumps[-1]
+        self.endpoint.pumps.remove(frozen_pump)  # nothing moves any more
+        frozen_at = self.clock.seconds()
+        heartbeat = service.heartbeat
+        assert heartbeat is not None
+        self.run_for(self.heartbeat.death_bound + 0.2)
+        self.assertTrue(heartbeat.dead)
+        self.assertEqual(self.listener.misses, [1])
+        # The close frame cannot get through; after the close timeout the
+        # client aborts the connection, and the kernel reports it.
+        self.run_for(1.0)
+        self.assertTrue(frozen_pump.clientIO.disconnecting)
+        frozen_pump.flush()
+        self.assertEqual(self.listener.closes[-1], (closecodes.ABNORMAL, "heartbeat timeout"))
+        waiting = self.listener.states[-1]
+        self.assertEqual(waiting[0], "waiting")
+        self.assertLessEqual(self.clock.seconds() - frozen_at, self.heartbeat.death_bound + 1.0 + 0.3)
+        self.run_for(waiting[1]["delay"] + 0.5)
+        self.assertEqual(service.state, wclient.OPEN)
+
+    def test_stop_service(self) -> None:
+        """
+        stopService closes the connection with 1001 and leaves nothing
+        scheduled.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(1)
+        d = service.stopService()
+        self.run_for(0.5)
+        self.successResultOf(d)
+        self.assertEqual(self.server_protocols()[-1].remoteCloseCode, closecodes.GOING_AWAY)
+        self.assertEqual(service.state, wclient.STOPPED)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_while_waiting(self) -> None:
+        """
+        Stopping between attempts cancels the pending attempt.
+        """
+        self.endpoint.server_factory = None
+        service = self.make_client()
+        service.startService()
+        self.successResultOf(service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.run_for(10)
+        self.assertEqual(len(self.endpoint.attempts), 1)

@@ -1,0 +1,195 @@
+"""
+Tests for wsheart.tap and the twistd plugin: option parsing and validation,
+what makeService builds, and that twistd can find the plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial import unittest
+
+from wsheart.handler import EchoHandler, MessageHandler
+from wsheart.heartbeat import HeartbeatSettings
+from wsheart.tap import DEFAULT_BACKLOG, Options, makeService, with_backlog
+
+
+class CustomHandler(MessageHandler):
+    """
+    A handler loaded through --handler in these tests.
+    """
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+
+
+def not_a_handler(hub: Any) -> object:
+    return object()
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(unittest.TestCase):
+    """
+    Parsing C{twistd wsheart} arguments.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        With no arguments: tcp:8080 with the large backlog, heartbeat
+        25 s / 10 s / 2, text ping/pong, 1 MiB messages.
+        """
+        options = parse()
+        self.assertEqual(options["endpoint"], [f"tcp:8080:backlog={DEFAULT_BACKLOG}"])
+        self.assertEqual(options["heartbeat"], HeartbeatSettings(25.0, 10.0, 2))
+        self.assertEqual((options["app-ping"], options["app-pong"]), ("ping", "pong"))
+        self.assertEqual(options["max-message-size"], 1024 * 1024)
+        self.assertIsNone(options["handler-factory"])
+
+    def test_endpoints_repeat(self) -> None:
+        """
+        --endpoint may be given several times; an explicit backlog is kept.
+        """
+        options = parse("--endpoint", "tcp:9000:interface=127.0.0.1", "-e", "tcp6:9001:backlog=10")
+        self.assertEqual(
+            options["endpoint"],
+            [f"tcp:9000:interface=127.0.0.1:backlog={DEFAULT_BACKLOG}", "tcp6:9001:backlog=10"],
+        )
+
+    def test_heartbeat_options(self) -> None:
+        """
+        The three heartbeat numbers are parsed into HeartbeatSettings.
+        """
+        options = parse("--ping-interval", "5", "--ping-timeout", "2.5", "--max-missed", "3")
+        self.assertEqual(options["heartbeat"], HeartbeatSettings(5.0, 2.5, 3))
+
+    def test_usage_errors(self) -> None:
+        """
+        Every bad value gets a UsageError whose message names the option.
+        """
+        cases = [
+            (["--ping-interval", "soon"], "--ping-interval must be a number"),
+            (["--ping-interval", "-1"], "--ping-interval must be a positive"),
+            (["--ping-timeout", "0"], "--ping-timeout must be a positive"),
+            (["--max-missed", "0"], "--max-missed must be at least 1"),
+            (["--max-missed", "two"], "--max-missed must be a whole number"),
+            (["--ping-interval", "5", "--ping-timeout", "10"], "must not exceed"),
+            (["--max-message-size", "0"], "--max-message-size"),
+            (["--app-pong", ""], "--app-pong must not be empty"),
+            (["--endpoint", "nonsense:1"], "invalid --endpoint 'nonsense:1"),
+            (["--endpoint", "tcp:notaport"], "invalid --endpoint"),
+            (
+                ["--endpoint", "ssl:8443:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem"],
+                "invalid --endpoint",
+            ),
+            (["--handler", "nocolon"], "must look like"),
+            (["--handler", "no_such_module_xyz:make"], "cannot import module"),
+            (["--handler", "tests.test_tap:missing"], "has no attribute"),
+        ]
+        for argv, text in cases:
+            with self.assertRaises(usage.UsageError, msg=argv) as e:
+                parse(*argv)
+            self.assertIn(text, str(e.exception), argv)
+
+    def test_with_backlog(self) -> None:
+        """
+        A backlog is added to tcp, tcp6, ssl and unix endpoints only.
+        """
+        self.assertEqual(with_backlog("unix:/tmp/s", 7), "unix:/tmp/s:backlog=7")
+        self.assertEqual(with_backlog("ssl:443:privateKey=k:certKey=c", 7), "ssl:443:privateKey=k:certKey=c:backlog=7")
+        self.assertEqual(with_backlog("systemd:domain=INET:index=0", 7), "systemd:domain=INET:index=0")
+        self.assertEqual(with_backlog("tcp:80:backlog=3", 7), "tcp:80:backlog=3")
+
+
+class MakeServiceTests(unittest.TestCase):
+    """
+    What makeService composes, on a memory reactor.
+    """
+
+    def test_listens_on_every_endpoint(self) -> None:
+        """
+        One listener per endpoint, all sharing one factory, each with the
+        burst-proof backlog.
+        """
+        reactor = MemoryReactorClock()
+        options = parse("-e", "tcp:9000:interface=127.0.0.1", "-e", "tcp:9001:interface=127.0.0.1")
+        service = makeService(options, reactor=reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual([(p, b, i) for p, f, b, i in reactor.tcpServers], [(9000, 4096, "127.0.0.1"), (9001, 4096, "127.0.0.1")])
+        self.assertEqual({id(f) for p, f, b, i in reactor.tcpServers}, {id(service.factory)})
+        self.assertIsInstance(service.factory.handler, EchoHandler)
+        self.assertEqual(service.factory.heartbeat_settings, HeartbeatSettings())
+        self.assertIs(service.factory.hub, service.hub)
+        service.stopService()
+
+    def test_options_reach_the_factory(self) -> None:
+        """
+        Heartbeat, ping/pong, prefix and limits reach the server factory.
+        """
+        options = parse(
+            "--ping-interval", "3", "--ping-timeout", "1", "--max-missed", "4",
+            "--app-ping", "", "--echo-prefix", "Echo: ", "--max-message-size", "100",
+            "--handshake-timeout", "2", "--close-timeout", "0.5",
+        )  # fmt: skip
+        factory = makeService(options, reactor=MemoryReactorClock()).factory
+        self.assertEqual(factory.heartbeat_settings, HeartbeatSettings(3, 1, 4))
+        self.assertIsNone(factory.app_ping)
+        self.assertEqual(factory.handler.prefix, "Echo: ")
+        self.assertEqual(factory.maxMessagePayloadSize, 100)
+        self.assertEqual((factory.handshake_timeout, factory.close_timeout), (2, 0.5))
+
+    def test_custom_handler(self) -> None:
+        """
+        --handler module:callable is called with the hub.
+        """
+        service = makeService(parse("--handler", "tests.test_tap:CustomHandler"), reactor=MemoryReactorClock())
+        self.assertIsInstance(service.factory.handler, CustomHandler)
+        self.assertIs(service.factory.handler.hub, service.hub)
+
+    def test_handler_that_is_not_one(self) -> None:
+        """
+        A callable that returns something without the handler methods is a
+        clear error.
+        """
+        with self.assertRaises(usage.UsageError) as e:
+            makeService(parse("--handler", "tests.test_tap:not_a_handler"), reactor=MemoryReactorClock())
+        self.assertIn("lacks connection_opened", str(e.exception))
+
+    def test_failed_bind_stops_startup(self) -> None:
+        """
+        A listener that cannot bind raises from startService, so twistd
+        stops instead of running deaf.
+        """
+        from twisted.internet.error import CannotListenError
+
+        class Refusing(MemoryReactorClock):
+            def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+                raise CannotListenError(interface, port, OSError("Address already in use"))
+
+        service = makeService(parse("-e", "tcp:9000"), reactor=Refusing())
+        with self.assertRaises(CannotListenError):
+            service.privilegedStartService()
+            service.startService()
+
+
+class PluginTests(unittest.TestCase):
+    """
+    twistd finds the plugin.
+    """
+
+    def test_discovered(self) -> None:
+        """
+        'wsheart' is among the IServiceMaker plugins and points at wsheart.tap.
+        """
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIn("wsheart", makers)
+        self.assertIsInstance(makers["wsheart"].options(), Options)
