@@ -68,6 +68,13 @@ class IClientListener(Interface):
         A message arrived: L{str} for text, L{bytes} for binary.
         """
 
+    def client_rtt(client: "ReconnectingClientService", rtt: float) -> None:
+        """
+        A pong answered our ping after C{rtt} seconds.  The first ping goes
+        out as soon as the connection opens, so this follows C{open} by one
+        round trip.
+        """
+
     def client_missed(client: "ReconnectingClientService", misses: int) -> None:
         """
         A ping went unanswered; C{misses} in a row so far.
@@ -95,6 +102,9 @@ class ClientListener:
         pass
 
     def client_message(self, client: "ReconnectingClientService", message: Message) -> None:
+        pass
+
+    def client_rtt(self, client: "ReconnectingClientService", rtt: float) -> None:
         pass
 
     def client_missed(self, client: "ReconnectingClientService", misses: int) -> None:
@@ -182,7 +192,6 @@ class ReconnectingClientService(Service):
         self._clock = reactor
         self._endpoint = endpoint or endpoint_for_url(reactor, url, trust_root, connect_timeout)
         self._backoff = Backoff(backoff, random)
-        self._random = random
         self._factory = ClientFactory(
             self,
             url,
@@ -190,7 +199,6 @@ class ReconnectingClientService(Service):
             heartbeat,
             max_message_size=max_message_size,
             handshake_timeout=handshake_timeout,
-            random=random,
             headers=headers,
         )
         self.state = IDLE
@@ -306,6 +314,9 @@ class ReconnectingClientService(Service):
 
     def protocol_message(self, protocol: ClientProtocol, message: Message) -> None:
         self._notify("client_message", message)
+
+    def protocol_rtt(self, protocol: ClientProtocol, rtt: float) -> None:
+        self._notify("client_rtt", rtt)
 
     def protocol_missed(self, protocol: ClientProtocol, heartbeat: Heartbeat) -> None:
         self._notify("client_missed", heartbeat.misses)

@@ -49,10 +49,6 @@ _HTTP_PHRASES = {
 }
 
 
-def _state_name(state: int) -> str:
-    return {0: "closed", 1: "connecting", 2: "closing", 3: "open"}.get(state, "proxy")
-
-
 class _Liveness:
     """
     What server and client protocols share: the heartbeat, text of the
@@ -361,9 +357,17 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         self.opened = True
-        settings = self.factory.heartbeat_settings
-        self._start_heartbeat(settings, self.factory.random() * settings.interval)
+        # The first ping goes out at once so the application learns the
+        # RTT right away; a fleet's clients are already spread by their
+        # jittered reconnects.
+        self._start_heartbeat(self.factory.heartbeat_settings, 0.0)
         self.factory.owner.protocol_opened(self)
+
+    def onPong(self, payload: bytes) -> None:
+        if self.heartbeat is not None:
+            rtt = self.heartbeat.pong_received(payload)
+            if rtt is not None:
+                self.factory.owner.protocol_rtt(self, rtt)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message: Any = payload if isBinary else payload.decode("utf-8")
@@ -405,7 +409,6 @@ class ClientFactory(WebSocketClientFactory):
         max_message_size: int = 1024 * 1024,
         handshake_timeout: float = 10.0,
         close_timeout: float = 1.0,
-        random: Callable[[], float] = random.random,
         headers: Optional[dict[str, str]] = None,
     ) -> None:
         super().__init__(url=url, reactor=clock, headers=headers)
@@ -414,7 +417,6 @@ class ClientFactory(WebSocketClientFactory):
         self.heartbeat_settings = heartbeat_settings
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
-        self.random = random
         # The server drops TCP after the closing handshake; if it does not,
         # wsheart's close timer (not Autobahn's global-reactor one) does.
         self.setProtocolOptions(serverConnectionDropTimeout=0, **_autobahn_options(max_message_size))

@@ -5,7 +5,7 @@ The twistd plugin's command line (L{Options}) and composition
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from twisted.application import strports
 from twisted.application.service import MultiService
@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsheart import __version__
+from wsheart.coerce import positive_float, positive_int
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
@@ -43,34 +44,6 @@ def with_backlog(description: str, backlog: int) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def _positive_float(name: str) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of seconds, got {value!r}")
-        if not number > 0 or number == float("inf"):
-            raise usage.UsageError(f"--{name} must be a positive number of seconds, got {value!r}")
-        return number
-
-    parse.coerceDoc = "Seconds, a positive number."  # type: ignore[attr-defined]
-    return parse
-
-
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a whole number, got {value!r}")
-        if number < 1:
-            raise usage.UsageError(f"--{name} must be at least 1, got {value!r}")
-        return number
-
-    parse.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
-    return parse
-
-
 class Options(usage.Options):
     """
     C{twistd wsheart} options.
@@ -86,9 +59,9 @@ class Options(usage.Options):
     )
 
     optParameters: list[list[Any]] = [
-        ["ping-interval", None, 25.0, "Seconds between heartbeat pings.", _positive_float("ping-interval")],
-        ["ping-timeout", None, 10.0, "Seconds a ping may wait for its pong.", _positive_float("ping-timeout")],
-        ["max-missed", None, 2, "Consecutive missed pongs that make a peer dead.", _positive_int("max-missed")],
+        ["ping-interval", None, 25.0, "Seconds between heartbeat pings.", positive_float("ping-interval")],
+        ["ping-timeout", None, 10.0, "Seconds a ping may wait for its pong.", positive_float("ping-timeout")],
+        ["max-missed", None, 2, "Consecutive missed pongs that make a peer dead.", positive_int("max-missed")],
         ["app-ping", None, "ping", "Text message answered with --app-pong, for browsers (empty: off)."],
         ["app-pong", None, "pong", "Answer to --app-ping."],
         ["echo-prefix", None, "", "Prefix for echoed text messages, e.g. 'Echo: '."],
@@ -98,28 +71,28 @@ class Options(usage.Options):
             None,
             1024 * 1024,
             "Largest message in bytes; larger ones close the connection with 1009.",
-            _positive_int("max-message-size"),
+            positive_int("max-message-size"),
         ],
         [
             "handshake-timeout",
             None,
             10.0,
             "Seconds a new connection may take to finish the opening handshake.",
-            _positive_float("handshake-timeout"),
+            positive_float("handshake-timeout"),
         ],
         [
             "close-timeout",
             None,
             1.0,
             "Seconds the peer has to finish a closing handshake before TCP is dropped.",
-            _positive_float("close-timeout"),
+            positive_float("close-timeout"),
         ],
         [
             "backlog",
             None,
             DEFAULT_BACKLOG,
             "Listen backlog added to tcp:, ssl: and unix: endpoints that do not set one.",
-            _positive_int("backlog"),
+            positive_int("backlog"),
         ],
     ]
 
