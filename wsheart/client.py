@@ -147,8 +147,37 @@ def endpoint_for_url(
 
 
 def _describe_failure(failure: Failure) -> str:
+    tls = describe_tls_failure(failure)
+    if tls is not None:
+        return tls
     text = failure.getErrorMessage() or failure.type.__name__
     return text.strip().rstrip(".")
+
+
+def describe_tls_failure(failure: Optional[Failure]) -> Optional[str]:
+    """
+    Say which TLS check refused the server, or L{None} if C{failure} is not
+    a TLS refusal: the name in its certificate (service-identity) or its
+    chain of trust (OpenSSL).
+    """
+    if failure is None:
+        return None
+    from OpenSSL.SSL import Error as OpenSSLError
+    from service_identity.exceptions import VerificationError
+
+    if failure.check(VerificationError):
+        names = []
+        for error in getattr(failure.value, "errors", []):
+            name = getattr(getattr(error, "mismatched_id", None), "hostname", None) or error
+            names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else str(name))
+        mismatches = ", ".join(names)
+        return f"TLS: the server's certificate does not match hostname {mismatches or '?'}"
+    if failure.check(OpenSSLError):
+        details = str(failure.value)
+        if "certificate verify failed" in details:
+            return "TLS: the server's certificate is not trusted (certificate verify failed; see --ca)"
+        return f"TLS handshake failed: {details}"
+    return None
 
 
 class ReconnectingClientService(Service):
@@ -369,7 +398,11 @@ class ReconnectingClientService(Service):
     def _after_failed_handshake(self, protocol: ClientProtocol, reason: str) -> None:
         status = protocol.handshake_status
         if status is None:
-            self._retry(self._backoff.failed(), reason or "connection failed before the WebSocket opened")
+            tls = describe_tls_failure(protocol.lost_reason)
+            self._retry(
+                self._backoff.failed(),
+                tls or reason or "connection failed before the WebSocket opened",
+            )
             return
         description = f"handshake refused with HTTP {status}"
         if status in closecodes.TERMINAL_HTTP_STATUSES:

@@ -331,6 +331,7 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):
     C{owner} (the reconnecting service) receives every event.
 
     @ivar opened: whether the opening handshake completed.
+    @ivar lost_reason: the Failure the TCP/TLS connection ended with.
     @ivar handshake_status: HTTP status of a refused handshake, if any.
     @ivar retry_after_header: its C{Retry-After} header, if any.
     """
@@ -339,6 +340,13 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):
     opened = False
     handshake_status: Optional[int] = None
     retry_after_header: Optional[str] = None
+    lost_reason: Optional[Failure] = None
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        # Kept so the service can say why a TLS handshake failed (Autobahn
+        # reduces a failed hostname check to "peer dropped the connection").
+        self.lost_reason = reason
+        super().connectionLost(reason)
 
     def connectionMade(self) -> None:
         self.clock = self.factory.clock

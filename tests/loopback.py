@@ -1,0 +1,188 @@
+"""
+Helpers for the integration tests: listening on 127.0.0.1, certificates made
+on the fly, and subprocesses that are always stopped by their id.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Coroutine, Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import defer, endpoints, reactor
+from twisted.trial import unittest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def async_test(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    """
+    Let trial run an C{async def} test method.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return defer.ensureDeferred(f(*args, **kwargs))
+
+    return wrapper
+
+
+def twistd_command() -> list[str]:
+    """
+    The twistd of the running interpreter's environment.
+    """
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(candidate):
+        return [candidate]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def listen(test: unittest.TestCase, factory: Any, description: Optional[str] = None) -> Any:
+    """
+    Listen with C{factory} on 127.0.0.1 (port 0 unless C{description} says
+    otherwise); stopped when the test ends.
+    """
+    endpoint = endpoints.serverFromString(reactor, description or "tcp:0:interface=127.0.0.1")
+    port = await endpoint.listen(factory)
+    test.addCleanup(port.stopListening)
+    return port
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """
+    Block until something accepts connections on 127.0.0.1:port.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Process:
+    """
+    A subprocess that is always stopped (by its pid) when the test ends.
+    """
+
+    def __init__(self, test: unittest.TestCase, argv: list[str], **kwargs: Any) -> None:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        self.popen = subprocess.Popen(argv, **kwargs)
+        test.addCleanup(self.stop)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> Optional[int]:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+        return self.popen.returncode
+
+
+def make_ca(directory: str, ca_name: str = "wsheart test CA") -> tuple[Any, Any, str]:
+    """
+    A self-signed CA; returns (key, certificate, PEM path).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path = os.path.join(directory, "ca.pem")
+    with open(path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def make_server_cert(directory: str, ca_key: Any, ca_cert: Any, hostname: str, stem: str = "server") -> tuple[str, str]:
+    """
+    A server key and certificate for C{hostname} signed by the CA; returns
+    (key path, certificate path).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    try:
+        names.append(x509.IPAddress(ipaddress.ip_address(hostname)))
+    except ValueError:
+        pass
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_path = os.path.join(directory, f"{stem}.key")
+    cert_path = os.path.join(directory, f"{stem}.pem")
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path

@@ -1,0 +1,196 @@
+"""
+Integration tests of the server over real loopback sockets, talked to by
+clients wsheart did not write: the websockets library, a raw socket that
+freezes after the handshake, and plain HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import time
+from typing import Any
+
+import websockets.sync.client
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+
+from wsheart.heartbeat import HeartbeatSettings
+from wsheart.hub import Hub
+from wsheart.protocol import ServerFactory, ServerProtocol
+
+from .loopback import async_test, listen
+
+
+def ws_connect(port: int, **kwargs: Any) -> Any:
+    return websockets.sync.client.connect(
+        f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=5, ping_interval=None, **kwargs
+    )
+
+
+class TimedServerProtocol(ServerProtocol):
+    """
+    Records when the TCP connection was lost.
+    """
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.lost_at.append(reactor.seconds())
+        super().connectionLost(reason)
+
+
+class ServerIntegrationTests(unittest.TestCase):
+    """
+    A wsheart server in this process, clients in threads.
+    """
+
+    timeout = 30
+
+    def make_factory(self, **kwargs: Any) -> ServerFactory:
+        factory = ServerFactory(hub=Hub(reactor), clock=reactor, **kwargs)
+        factory.protocol = TimedServerProtocol
+        factory.lost_at = []
+        return factory
+
+    @async_test
+    async def test_echo_with_websockets_library(self) -> None:
+        """
+        The websockets library gets text back as text and binary as binary,
+        and its native pings are answered.
+        """
+        factory = self.make_factory()
+        port = (await listen(self, factory)).getHost().port
+
+        def talk() -> list[Any]:
+            with ws_connect(port) as ws:
+                ws.send("hello wsheart")
+                text = ws.recv(timeout=5)
+                ws.send(b"\x00\x01\xfe\xff")
+                data = ws.recv(timeout=5)
+                ws.ping(b"x").wait(5)
+                return [text, data]
+
+        self.assertEqual(await threads.deferToThread(talk), ["hello wsheart", b"\x00\x01\xfe\xff"])
+
+    @async_test
+    async def test_text_ping_pong(self) -> None:
+        """
+        The text message "ping" is answered "pong", as a browser needs.
+        """
+        factory = self.make_factory()
+        port = (await listen(self, factory)).getHost().port
+
+        def talk() -> Any:
+            with ws_connect(port) as ws:
+                ws.send("ping")
+                return ws.recv(timeout=5)
+
+        self.assertEqual(await threads.deferToThread(talk), "pong")
+
+    @async_test
+    async def test_registry_follows_connections(self) -> None:
+        """
+        Open connections are in the hub; a client's close removes its entry.
+        """
+        factory = self.make_factory()
+        port = (await listen(self, factory)).getHost().port
+        ws = await threads.deferToThread(ws_connect, port)
+        try:
+            await threads.deferToThread(lambda: (ws.send("x"), ws.recv(timeout=5)))
+            self.assertEqual(len(factory.hub), 1)
+        finally:
+            await threads.deferToThread(ws.close)
+        await self.wait_until(lambda: len(factory.hub) == 0)
+        self.assertEqual(factory.hub.closed_total, {"closed": 1})
+
+    async def wait_until(self, predicate: Any, timeout: float = 5.0) -> None:
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                self.fail("condition not met in time")
+            d: Deferred[None] = Deferred()
+            reactor.callLater(0.02, d.callback, None)
+            await d
+
+    @async_test
+    async def test_frozen_peer_closed_within_bound(self) -> None:
+        """
+        A peer that completes the handshake and then never answers (a frozen
+        process: socket open, nothing read) is declared dead within
+        interval * max_missed + timeout and its socket is dropped about
+        close_timeout later.
+        """
+        settings = HeartbeatSettings(interval=0.5, timeout=0.3, max_missed=2)
+        factory = self.make_factory(heartbeat_settings=settings, close_timeout=0.5)
+        removed: list[tuple[float, str]] = []
+        factory.hub.on_removal(lambda info, cause: removed.append((reactor.seconds(), cause)))
+        port = (await listen(self, factory)).getHost().port
+
+        def open_and_freeze() -> float:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.addCleanup(sock.close)
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall(
+                (
+                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(1)  # byte by byte: leave any frame unread
+            assert answer.startswith(b"HTTP/1.1 101"), answer
+            return time.time()
+
+        opened_wall = await threads.deferToThread(open_and_freeze)
+        opened = reactor.seconds() - (time.time() - opened_wall)
+        await self.wait_until(lambda: factory.lost_at, timeout=10)
+        (died_at, cause), = removed
+        self.assertEqual(cause, "dead")
+        # Silent from the moment it opened; first ping spread over the
+        # interval: the bound holds from there, plus scheduler slack.
+        self.assertLessEqual(died_at - opened, settings.death_bound + 0.25)
+        self.assertLessEqual(factory.lost_at[0] - died_at, 0.5 + 0.25)
+        self.assertEqual(len(factory.hub), 0)
+
+    @async_test
+    async def test_plain_http_gets_an_answer(self) -> None:
+        """
+        A plain HTTP request to the WebSocket port gets 426 at once, not a
+        hang.
+        """
+        factory = self.make_factory()
+        port = (await listen(self, factory)).getHost().port
+
+        def get() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+                return data
+
+        answer = await threads.deferToThread(get)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 426 Upgrade Required"), answer)
+
+    @async_test
+    async def test_oversize_message_closes_1009_others_unharmed(self) -> None:
+        """
+        An oversize message closes its connection with 1009; a second
+        connection keeps working.
+        """
+        factory = self.make_factory(max_message_size=1000)
+        port = (await listen(self, factory)).getHost().port
+
+        def talk() -> tuple[Any, Any]:
+            with ws_connect(port) as good, ws_connect(port) as bad:
+                bad.send("x" * 2000)
+                try:
+                    bad.recv(timeout=5)
+                except websockets.exceptions.ConnectionClosed as e:
+                    code = e.rcvd.code if e.rcvd else None
+                good.send("still fine")
+                return code, good.recv(timeout=5)
+
+        self.assertEqual(await threads.deferToThread(talk), (1009, "still fine"))
