@@ -71,7 +71,7 @@ class ConnectOptions(usage.Options):
                 flat.append(value)
         super().parseOptions(flat + ["--"] + positional)
 
-    def parseArgs(self, url: str) -> None:
+    def parseArgs(self, url: str) -> None:  # type: ignore[override]
         self["url"] = url
 
     def postOptions(self) -> None:

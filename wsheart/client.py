@@ -150,7 +150,7 @@ def _describe_failure(failure: Failure) -> str:
     tls = describe_tls_failure(failure)
     if tls is not None:
         return tls
-    text = failure.getErrorMessage() or failure.type.__name__
+    text = failure.getErrorMessage() or getattr(failure.type, "__name__", "error")
     return text.strip().rstrip(".")
 
 

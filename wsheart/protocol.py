@@ -168,7 +168,7 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
 
 
 @implementer(IConnection)
-class ServerProtocol(_Liveness, WebSocketServerProtocol):
+class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     """
     One server-side WebSocket connection.
     """
@@ -292,7 +292,7 @@ class ServerFactory(WebSocketServerFactory):
     heartbeat settings.
     """
 
-    protocol = ServerProtocol
+    protocol = ServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -325,7 +325,7 @@ class ServerFactory(WebSocketServerFactory):
         )
 
 
-class ClientProtocol(_Liveness, WebSocketClientProtocol):
+class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The client side of one connection, driven by a L{ClientFactory} whose
     C{owner} (the reconnecting service) receives every event.
@@ -406,7 +406,7 @@ class ClientFactory(WebSocketClientFactory):
     Builds L{ClientProtocol}s for one reconnecting client service.
     """
 
-    protocol = ClientProtocol
+    protocol = ClientProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

@@ -10,7 +10,6 @@ from typing import Any, Optional
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -181,7 +180,7 @@ class WsheartService(MultiService):
         super().startService()
 
 
-def makeService(options: Options, reactor: Optional[IReactorTime] = None) -> WsheartService:
+def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartService:
     """
     Build the daemon from parsed options.
     """
