@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from typing import IO
 
+import websockets.sync.client
 from twisted.trial import unittest
 
 from .loopback import REPO, Process, free_port, twistd_command, wait_for_port
@@ -101,6 +103,30 @@ class DaemonProcessTests(unittest.TestCase):
         output = process.popen.stdout.read() + process.popen.stderr.read()  # type: ignore[union-attr]
         self.assertNotEqual(process.popen.returncode, 0)
         self.assertIn(b"--ping-interval must be a positive number of seconds", output)
+
+    def test_socket_activation(self) -> None:
+        """
+        --endpoint systemd:domain=INET:index=0 serves on a socket passed by
+        systemd-socket-activate (LISTEN_FDS), the way a .socket unit does.
+        """
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise unittest.SkipTest("systemd-socket-activate is not installed")
+        port = free_port()
+        Process(
+            self,
+            # Twisted needs LISTEN_FDNAMES beside LISTEN_FDS, as systemd
+            # 227 and newer always set; systemd-socket-activate only with
+            # --fdname.
+            [activate, "-l", f"127.0.0.1:{port}", "--fdname=wsheart"]
+            + twistd_command()
+            + ["-n", "--pidfile=", "wsheart", "--endpoint", "systemd:domain=INET:index=0"],
+            cwd=REPO,
+        )
+        wait_for_port(port)
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=10) as ws:
+            ws.send("activated")
+            self.assertEqual(ws.recv(timeout=10), "activated")
 
     def test_cli_rides_out_a_restart(self) -> None:
         """

@@ -5,6 +5,7 @@ The twistd plugin's command line (L{Options}) and composition
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from twisted.application import strports
@@ -143,6 +144,12 @@ def _check_endpoint(description: str) -> None:
     Parse an endpoint description without listening, so a typo or a
     missing certificate file is a usage error, not a traceback.
     """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind == "systemd" and not os.environ.get("LISTEN_FDS"):
+        raise usage.UsageError(
+            f"--endpoint {description!r} adopts a socket from systemd, but none was passed "
+            "(LISTEN_FDS is not set): start wsheart from a .socket unit or systemd-socket-activate"
+        )
     try:
         endpoints.serverFromString(MemoryReactor(), description)
     except Exception as e:
