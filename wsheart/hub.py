@@ -45,6 +45,11 @@ class IConnection(Interface):
         connection is dropped if the peer does not finish it in time.
         """
 
+    def abort() -> None:
+        """
+        Drop the TCP connection now, without a closing handshake.
+        """
+
 
 @dataclass
 class ConnectionInfo:

@@ -31,6 +31,7 @@ from wsheart import closecodes
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
+from wsheart.metrics import ServerMetrics
 
 # Largest opening-handshake request a server accepts before answering 431.
 MAX_HANDSHAKE_BYTES = 16 * 1024
@@ -83,11 +84,14 @@ class _Liveness:
         self.heartbeat = Heartbeat(
             self.clock,
             settings,
-            send_ping=self.sendPing,  # type: ignore[attr-defined]
+            send_ping=self._send_heartbeat_ping,
             on_dead=self._heartbeat_dead,
             on_miss=self._heartbeat_missed,
         )
         self.heartbeat.start(first_delay)
+
+    def _send_heartbeat_ping(self, payload: bytes) -> None:
+        self.sendPing(payload)  # type: ignore[attr-defined]
 
     def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
         """
@@ -205,8 +209,33 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             lines.append(f"{name}: {value}")
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
 
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):  # type: ignore[no-untyped-def]
+        self.factory.metrics.handshake_failures.labels(reason=f"http_{code}").inc()
+        return super().failHandshake(reason, code, responseHeaders)
+
+    def _handshake_timed_out(self) -> None:
+        if self.state == self.STATE_CONNECTING:
+            self.factory.metrics.handshake_failures.labels(reason="timeout").inc()
+        super()._handshake_timed_out()
+
+    def _send_heartbeat_ping(self, payload: bytes) -> None:
+        self.sendPing(payload)
+        self.factory.metrics.pings_sent.inc()
+
+    def onPong(self, payload: bytes) -> None:
+        if self.heartbeat is not None:
+            rtt = self.heartbeat.pong_received(payload)
+            if rtt is not None:
+                metrics = self.factory.metrics
+                metrics.pongs_received.inc()
+                metrics.rtt.observe(rtt)
+
+    def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
+        self.factory.metrics.misses.inc()
+
     def onOpen(self) -> None:
         factory = self.factory
+        factory.metrics.connections_opened.inc()
         self.connection_id = factory.hub.new_id()
         self._start_heartbeat(
             factory.heartbeat_settings,
@@ -249,6 +278,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def _heartbeat_dead(self, heartbeat: Heartbeat) -> None:
         # Leave the registry at the moment of death, not when TCP notices.
         self._dead = True
+        metrics = self.factory.metrics
+        metrics.misses.inc()
+        metrics.dead_peers.inc()
+        metrics.time_to_detect.observe(self.clock.seconds() - heartbeat.last_seen)
         if self.connection_id is not None:
             self.factory.hub.remove(self.connection_id, "dead")
         rtt = heartbeat.last_rtt
@@ -268,6 +301,13 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             return  # the opening handshake never completed
         cause = "dead" if self._dead else ("closed" if wasClean else "dropped")
         self.factory.hub.remove(self.connection_id, cause)
+        if self._dead:
+            code = closecodes.INTERNAL_ERROR
+        elif not wasClean:
+            code = closecodes.ABNORMAL
+        else:
+            code = code if code is not None else (self.localCloseCode or closecodes.ABNORMAL)
+        self.factory.metrics.connections_closed.labels(cause=cause, code=str(code)).inc()
         self._call_handler(
             "connection_closed",
             self,
@@ -284,6 +324,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def send_binary(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
             self.sendMessage(data, True)
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
 
 
 class ServerFactory(WebSocketServerFactory):
@@ -307,9 +350,12 @@ class ServerFactory(WebSocketServerFactory):
         close_timeout: float = 1.0,
         random: Callable[[], float] = random.random,
         url: Optional[str] = None,
+        metrics: Optional[ServerMetrics] = None,
     ) -> None:
         super().__init__(url=url, reactor=clock)
         self.hub = hub
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.metrics.track_open_connections(hub.__len__)
         self.clock = clock
         self.handler = handler if handler is not None else EchoHandler()
         self.heartbeat_settings = heartbeat_settings

@@ -9,18 +9,22 @@ import os
 from typing import Any, Optional
 
 from twisted.application import strports
-from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
 from wsheart import __version__
-from wsheart.coerce import positive_float, positive_int
+from wsheart.admin import admin_site
+from wsheart.coerce import non_negative_float, positive_float, positive_int
+from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
+from wsheart.health import LagMonitor
 from wsheart.protocol import ServerFactory
+from wsheart.service import WsheartService
+from wsheart.tls import ReloadableServerTLS, TLSConfigError
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -94,11 +98,26 @@ class Options(usage.Options):
             "Listen backlog added to tcp:, ssl: and unix: endpoints that do not set one.",
             positive_int("backlog"),
         ],
+        ["tls-key", None, None, "PEM private key for --tls-endpoint listeners (re-read on SIGHUP)."],
+        ["tls-cert", None, None, "PEM certificate, then its chain, for --tls-endpoint listeners (re-read on SIGHUP)."],
+        ["admin-endpoint", None, None, "Serve /healthz, /metrics and /connections here, e.g. tcp:9090:interface=127.0.0.1 (default: off)."],
+        ["drain-time", None, 10.0, "Seconds over which shutdown closes connections (1012 with a reconnect hint).", non_negative_float("drain-time")],
+        ["drain-retry-after", None, 2.0, "The drain hint's fixed wait: about how long a restart takes.", non_negative_float("drain-retry-after")],
+        [
+            "drain-reconnect-rate",
+            None,
+            500.0,
+            "Reconnects per second the drained fleet should come back at (sizes the hint's jitter).",
+            positive_float("drain-reconnect-rate"),
+        ],
+        ["max-reactor-lag", None, 2.0, "Reactor lag in seconds past which /healthz fails and the watchdog is withheld.", positive_float("max-reactor-lag")],
+        ["log-format", None, "text", "text or json (one JSON object per line on stdout)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["endpoint"] = []
+        self["tls-endpoint"] = []
 
     def opt_endpoint(self, description: str) -> None:
         """
@@ -107,6 +126,12 @@ class Options(usage.Options):
         self["endpoint"].append(description)
 
     opt_e = opt_endpoint
+
+    def opt_tls_endpoint(self, description: str) -> None:
+        """
+        Listen on this endpoint with TLS from --tls-key/--tls-cert (any endpoint type, e.g. systemd:domain=INET:index=0); repeatable. SIGHUP re-reads the key and certificate.
+        """
+        self["tls-endpoint"].append(description)
 
     def opt_version(self) -> None:
         """
@@ -126,11 +151,30 @@ class Options(usage.Options):
             raise usage.UsageError(str(e))
         if self["app-ping"] and not self["app-pong"]:
             raise usage.UsageError("--app-pong must not be empty while --app-ping is set")
-        if not self["endpoint"]:
+        if not self["endpoint"] and not self["tls-endpoint"]:
             self["endpoint"] = [DEFAULT_ENDPOINT]
-        self["endpoint"] = [with_backlog(d, self["backlog"]) for d in self["endpoint"]]
-        for description in self["endpoint"]:
-            _check_endpoint(description)
+        for key in ("endpoint", "tls-endpoint"):
+            self[key] = [with_backlog(d, self["backlog"]) for d in self[key]]
+            for description in self[key]:
+                _check_endpoint(description, f"--{key}")
+        if self["admin-endpoint"]:
+            _check_endpoint(self["admin-endpoint"], "--admin-endpoint")
+        self["tls"] = self._load_tls()
+        try:
+            self["drain"] = DrainSettings(
+                drain_time=self["drain-time"],
+                retry_after=self["drain-retry-after"],
+                reconnect_rate=self["drain-reconnect-rate"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format must be text or json, got {self['log-format']!r}")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None and not parent.get("logger"):
+            # twistd reads its observer factory from its own --logger
+            # option after this returns; --log-format json fills it in.
+            parent["logger"] = "wsheart.logs.json_stdout_observer"
         self["handler-factory"] = None
         if self["handler"]:
             try:
@@ -139,7 +183,24 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e))
 
 
-def _check_endpoint(description: str) -> None:
+    def _load_tls(self) -> Optional[ReloadableServerTLS]:
+        key, cert = self["tls-key"], self["tls-cert"]
+        if not self["tls-endpoint"]:
+            if key or cert:
+                raise usage.UsageError(
+                    "--tls-key/--tls-cert apply to --tls-endpoint listeners; "
+                    "an ssl: --endpoint names its files itself"
+                )
+            return None
+        if not key or not cert:
+            raise usage.UsageError("--tls-endpoint needs both --tls-key and --tls-cert")
+        try:
+            return ReloadableServerTLS(key, cert)
+        except TLSConfigError as e:
+            raise usage.UsageError(f"--tls-key/--tls-cert: {e}")
+
+
+def _check_endpoint(description: str, option: str = "--endpoint") -> None:
     """
     Parse an endpoint description without listening, so a typo or a
     missing certificate file is a usage error, not a traceback.
@@ -147,44 +208,13 @@ def _check_endpoint(description: str) -> None:
     kind = description.split(":", 1)[0].strip().lower()
     if kind == "systemd" and not os.environ.get("LISTEN_FDS"):
         raise usage.UsageError(
-            f"--endpoint {description!r} adopts a socket from systemd, but none was passed "
+            f"{option} {description!r} adopts a socket from systemd, but none was passed "
             "(LISTEN_FDS is not set): start wsheart from a .socket unit or systemd-socket-activate"
         )
     try:
         endpoints.serverFromString(MemoryReactor(), description)
     except Exception as e:
-        raise usage.UsageError(f"invalid --endpoint {description!r}: {e}")
-
-
-class WsheartService(MultiService):
-    """
-    The daemon: one listening service per endpoint, sharing one hub.
-
-    @ivar hub: the registry of open connections.
-    @ivar factory: the WebSocket server factory.
-    """
-
-    log = Logger()
-
-    def __init__(self, hub: Hub, factory: ServerFactory, endpoints: list[str]) -> None:
-        super().__init__()
-        self.hub = hub
-        self.factory = factory
-        self.endpoints = endpoints
-
-    def startService(self) -> None:
-        settings = self.factory.heartbeat_settings
-        self.log.info(
-            "wsheart {version} starting on {endpoints}; heartbeat every {interval} s, "
-            "timeout {timeout} s, dead after {max_missed} misses (bound {bound} s)",
-            version=__version__,
-            endpoints=", ".join(self.endpoints),
-            interval=settings.interval,
-            timeout=settings.timeout,
-            max_missed=settings.max_missed,
-            bound=settings.death_bound,
-        )
-        super().startService()
+        raise usage.UsageError(f"invalid {option} {description!r}: {e}")
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartService:
@@ -194,7 +224,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
-        reactor = _reactor  # type: ignore[assignment]
+        reactor = _reactor
     assert reactor is not None
     hub = Hub(reactor)
     handler_factory = options["handler-factory"]
@@ -215,10 +245,27 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         handshake_timeout=options["handshake-timeout"],
         close_timeout=options["close-timeout"],
     )
-    service = WsheartService(hub, factory, options["endpoint"])
+    drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
+    lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
+    tls = options["tls"]
+    service = WsheartService(
+        reactor,
+        hub,
+        factory,
+        options["endpoint"] + options["tls-endpoint"],
+        drainer,
+        lag,
+        tls=tls,
+    )
+    # strports.service raises from privilegedStartService when the bind
+    # fails, so twistd stops instead of running without a listener.
     for description in options["endpoint"]:
-        # strports.service raises from startService when the bind fails, so
-        # twistd stops instead of running without a listener.
-        listener = strports.service(description, factory, reactor=reactor)
-        listener.setServiceParent(service)
+        service.add_listener(strports.service(description, factory, reactor=reactor))
+    if options["tls-endpoint"]:
+        tls_factory = TLSMemoryBIOFactory(tls, False, factory, clock=reactor)
+        for description in options["tls-endpoint"]:
+            service.add_listener(strports.service(description, tls_factory, reactor=reactor))
+    if options["admin-endpoint"]:
+        site = admin_site(hub, service.health, factory.metrics, reactor)
+        service.set_admin(strports.service(options["admin-endpoint"], site, reactor=reactor))
     return service

@@ -1,0 +1,113 @@
+"""
+The admin HTTP endpoint (C{--admin-endpoint}, off by default): health,
+Prometheus metrics and the connection registry, for operators and their
+monitoring.  It never listens on the public WebSocket endpoint; bind it to
+loopback or a private interface (see README "Monitor").
+
+  GET /healthz      200 {"status": "serving", ...}; 503 while draining or
+                    when the reactor lags
+  GET /metrics      Prometheus text format
+  GET /connections  JSON list of open connections
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from wsheart import __version__
+from wsheart.health import Health
+from wsheart.hub import Hub
+from wsheart.metrics import CONTENT_TYPE, ServerMetrics
+
+
+def _json(request: Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, indent=None, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def __init__(self, health: Health, hub: Hub) -> None:
+        super().__init__()
+        self._health = health
+        self._hub = hub
+
+    def render_GET(self, request: Request) -> bytes:
+        state = self._health.state()
+        body = {
+            "status": state,
+            "connections": len(self._hub),
+            "reactor_lag_seconds": round(self._health.lag.current_lag(), 4),
+            "version": __version__,
+        }
+        return _json(request, 200 if state == "serving" else 503, body)
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
+        return self._metrics.exposition()
+
+
+class ConnectionsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, hub: Hub, clock: IReactorTime) -> None:
+        super().__init__()
+        self._hub = hub
+        self._clock = clock
+
+    def render_GET(self, request: Request) -> bytes:
+        now = self._clock.seconds()
+        rows = []
+        for snap in self._hub.snapshot():
+            rows.append(
+                {
+                    "id": snap.connection_id,
+                    "peer": snap.peer,
+                    "age_seconds": round(snap.age, 3),
+                    "idle_seconds": None if snap.last_seen is None else round(now - snap.last_seen, 3),
+                    "last_rtt_seconds": None if snap.last_rtt is None else round(snap.last_rtt, 6),
+                    "smoothed_rtt_seconds": None if snap.smoothed_rtt is None else round(snap.smoothed_rtt, 6),
+                    "misses": snap.misses,
+                    "state": "open" if snap.misses == 0 else "missing pongs",
+                }
+            )
+        return _json(request, 200, rows)
+
+
+class _QuietSite(Site):
+    """
+    A Site without an access log: a scraper every 15 s is not news.
+    """
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+def admin_site(hub: Hub, health: Health, metrics: ServerMetrics, clock: IReactorTime) -> Site:
+    """
+    The admin endpoint's site.
+    """
+    root = Resource()
+    root.putChild(b"healthz", HealthResource(health, hub))
+    root.putChild(b"metrics", MetricsResource(metrics))
+    root.putChild(b"connections", ConnectionsResource(hub, clock))
+    site = _QuietSite(root)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

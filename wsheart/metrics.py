@@ -1,0 +1,115 @@
+"""
+Prometheus metrics of one wsheart process, through prometheus_client.
+
+Each L{ServerMetrics} or L{ClientMetrics} has its own registry (tests and
+embedding applications can build as many as they like); C{/metrics} on the
+admin endpoint exposes the server's.  Names follow Prometheus conventions:
+the C{wsheart_} prefix, units in the names, C{_total} on counters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Round-trip times: 1 ms on a LAN to many seconds on a congested phone.
+RTT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Time from a peer's last sign of life to its death (bounded by the
+# heartbeat settings: 60 s with the defaults).
+DETECT_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 300)
+# Reconnect delays chosen by the backoff schedule.
+DELAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServerMetrics:
+    """
+    Counters and histograms of the daemon.
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.connections_open = Gauge(
+            "wsheart_connections_open", "WebSocket connections open now.", registry=r
+        )
+        self.connections_opened = Counter(
+            "wsheart_connections_opened", "WebSocket connections opened (handshake completed).", registry=r
+        )
+        self.connections_closed = Counter(
+            "wsheart_connections_closed",
+            "WebSocket connections closed, by cause (closed, dropped, dead) and close code.",
+            ["cause", "code"],
+            registry=r,
+        )
+        self.pings_sent = Counter("wsheart_heartbeat_pings_sent", "Heartbeat ping frames sent.", registry=r)
+        self.pongs_received = Counter(
+            "wsheart_heartbeat_pongs_received", "Pongs that answered the ping in flight.", registry=r
+        )
+        self.misses = Counter(
+            "wsheart_heartbeat_misses", "Pings neither answered nor covered by other traffic in time.", registry=r
+        )
+        self.dead_peers = Counter(
+            "wsheart_heartbeat_dead_peers", "Peers declared dead by the heartbeat.", registry=r
+        )
+        self.rtt = Histogram(
+            "wsheart_heartbeat_rtt_seconds", "Heartbeat round-trip time.", buckets=RTT_BUCKETS, registry=r
+        )
+        self.time_to_detect = Histogram(
+            "wsheart_heartbeat_time_to_detect_seconds",
+            "Time from a dead peer's last inbound traffic to its death.",
+            buckets=DETECT_BUCKETS,
+            registry=r,
+        )
+        self.handshake_failures = Counter(
+            "wsheart_handshake_failures",
+            "Opening handshakes that failed (bad request, timeout, too large).",
+            ["reason"],
+            registry=r,
+        )
+        self.drain_dropped = Counter(
+            "wsheart_drain_dropped_connections",
+            "Connections dropped at the end of a drain without finishing the closing handshake.",
+            registry=r,
+        )
+
+    def track_open_connections(self, count: Callable[[], int]) -> None:
+        """
+        Read the open-connection gauge from C{count()} at scrape time.
+        """
+        self.connections_open.set_function(count)
+
+    def exposition(self) -> bytes:
+        """
+        The Prometheus text format.
+        """
+        return generate_latest(self.registry)
+
+
+class ClientMetrics:
+    """
+    Metrics of reconnecting client services (any number may share one).
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.reconnect_attempts = Counter(
+            "wsheart_client_connect_attempts", "Connection attempts by client services.", registry=r
+        )
+        self.reconnect_delay = Histogram(
+            "wsheart_client_reconnect_delay_seconds",
+            "Delays chosen before reconnect attempts (backoff or server hint).",
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.opened = Counter("wsheart_client_connections_opened", "Client connections opened.", registry=r)
+        self.server_deaths = Counter(
+            "wsheart_client_dead_servers", "Servers declared dead by a client heartbeat.", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

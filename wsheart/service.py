@@ -1,0 +1,155 @@
+"""
+The daemon's life cycle: listen, tell systemd it is ready, feed the
+watchdog, reload certificates on SIGHUP, and on shutdown stop accepting
+and drain every connection with a reconnect hint.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Optional
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from wsheart import __version__
+from wsheart.drain import Drainer
+from wsheart.health import Health, LagMonitor
+from wsheart.hub import Hub
+from wsheart.protocol import ServerFactory
+from wsheart.systemd import Notifier, Watchdog, watchdog_interval
+from wsheart.tls import ReloadableServerTLS
+
+
+class WsheartService(MultiService):
+    """
+    The daemon: listeners sharing one hub, an optional admin endpoint, and
+    the process-level duties around them.
+
+    @ivar hub: the registry of open connections.
+    @ivar factory: the WebSocket server factory.
+    @ivar health: serving / draining / lagging.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        hub: Hub,
+        factory: ServerFactory,
+        endpoints: list[str],
+        drainer: Drainer,
+        lag: LagMonitor,
+        notifier: Optional[Notifier] = None,
+        tls: Optional[ReloadableServerTLS] = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self.hub = hub
+        self.factory = factory
+        self.endpoints = endpoints
+        self.drainer = drainer
+        self.lag = lag
+        self.health = Health(lag)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.watchdog = Watchdog(
+            reactor,
+            self.notifier,
+            watchdog_interval(),
+            healthy=self.lag.healthy,
+            status=self.status,
+        )
+        self.tls = tls
+        self._install_signal_handlers = install_signal_handlers
+        self._previous_sighup: Any = None
+        self.listeners: list[IService] = []
+        self.admin: Optional[IService] = None
+        self._stopping: Optional[defer.Deferred[None]] = None
+
+    def add_listener(self, listener: IService) -> None:
+        self.listeners.append(listener)
+        listener.setServiceParent(self)
+
+    def set_admin(self, admin: IService) -> None:
+        self.admin = admin
+        admin.setServiceParent(self)
+
+    def status(self) -> str:
+        state = self.health.state()
+        return f"{state}: {len(self.hub)} connections"
+
+    def startService(self) -> None:
+        settings = self.factory.heartbeat_settings
+        self.log.info(
+            "wsheart {version} starting on {endpoints}; heartbeat every {interval} s, "
+            "timeout {timeout} s, dead after {max_missed} misses (bound {bound} s)",
+            version=__version__,
+            endpoints=", ".join(self.endpoints),
+            interval=settings.interval,
+            timeout=settings.timeout,
+            max_missed=settings.max_missed,
+            bound=settings.death_bound,
+        )
+        # Listeners bind in privilegedStartService (before this), raising if
+        # they cannot: once here, every endpoint listens.
+        super().startService()
+        self.lag.start()
+        self.watchdog.start()
+        self.notifier.notify(READY=1, STATUS=self.status())
+        if self.tls is not None and self._install_signal_handlers:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        # Signal context: do the work from the reactor.
+        self._reactor.callFromThread(self.reload_tls)
+
+    def reload_tls(self) -> bool:
+        """
+        Re-read the TLS key and certificate (what SIGHUP does).
+        """
+        if self.tls is None:
+            return False
+        self.notifier.notify(RELOADING=1)
+        try:
+            return self.tls.reload()
+        finally:
+            self.notifier.notify(READY=1)
+
+    def stopService(self) -> "defer.Deferred[None]":
+        """
+        Stop accepting, tell systemd, drain every connection with a 1012
+        hint spread over the drain time, then stop the rest.
+        """
+        if self._stopping is not None:
+            return self._stopping
+        Service.stopService(self)
+        self.health.draining = True
+        self.notifier.notify(STOPPING=1, STATUS=f"draining {len(self.hub)} connections")
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+
+        d = defer.gatherResults(
+            [defer.maybeDeferred(listener.stopService) for listener in self.listeners],
+            consumeErrors=True,
+        )
+        d.addErrback(lambda f: self.log.failure("stopping a listener failed", f))
+        d.addCallback(lambda _: self.drainer.drain())
+
+        def drained(dropped: int) -> Any:
+            if dropped:
+                self.factory.metrics.drain_dropped.inc(dropped)
+            self.log.info("drain finished; {dropped} connections had to be dropped", dropped=dropped)
+            self.watchdog.stop()
+            self.lag.stop()
+            rest = [defer.maybeDeferred(self.admin.stopService)] if self.admin is not None else []
+            return defer.gatherResults(rest, consumeErrors=True)
+
+        d.addCallback(drained)
+        d.addErrback(lambda f: self.log.failure("drain failed", f))
+        d.addBoth(lambda _: self.notifier.close())
+        self._stopping = d
+        return d
