@@ -83,6 +83,7 @@ class Drainer:
         self._close_timeout = close_timeout
         self._calls: list[IDelayedCall] = []
         self._done: Optional[defer.Deferred[int]] = None
+        self._finishing = False
         self.hint: Optional[RetryHint] = None
 
     def drain(self) -> "defer.Deferred[int]":
@@ -126,10 +127,11 @@ class Drainer:
                 self.log.failure("closing {cid} during drain failed", cid=connection_id)
 
     def _removed(self, info: Any, cause: str) -> None:
-        if len(self._hub) == 0:
+        if len(self._hub) == 0 and not self._finishing:
             self._complete(0)
 
     def _finish(self) -> None:
+        self._finishing = True
         leftovers = list(self._hub)
         for info in leftovers:
             try:
