@@ -90,7 +90,14 @@ class Process:
     def __init__(self, test: unittest.TestCase, argv: list[str], **kwargs: Any) -> None:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
+        # Run this checkout's code (and its ./twisted/plugins), whatever
+        # version the environment has installed.
+        env = dict(kwargs.pop("env", None) or os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        kwargs["env"] = env
         self.popen = subprocess.Popen(argv, **kwargs)
+        self.stdout = b""
+        self.stderr = b""
         test.addCleanup(self.stop)
 
     @property
@@ -105,8 +112,13 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.kill(self.popen.pid, signal.SIGKILL)
                 self.popen.wait()
-        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            self.popen.stdin.close()
+        # The process is gone: what is left in its pipes can be read whole.
+        for name in ("stdout", "stderr"):
+            stream = getattr(self.popen, name)
             if stream is not None and not stream.closed:
+                setattr(self, name, getattr(self, name) + stream.read())
                 stream.close()
         return self.popen.returncode
 

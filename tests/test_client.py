@@ -210,9 +210,9 @@ class ClientServiceTests(unittest.TestCase):
         wait 5 + uniform(0, 10) seconds (15 with random() = 1), and is not
         counted as a failure.
         """
-        service = self.make_client()
+        service = self.make_client(stable_after=10)
         service.startService()
-        self.run_for(1)
+        self.run_for(11)
         self.server_protocols()[-1].close(
             closecodes.SERVICE_RESTART, json.dumps({"retry_after": 5, "jitter": 10})
         )
@@ -225,6 +225,24 @@ class ClientServiceTests(unittest.TestCase):
         self.run_for(1)
         self.assertEqual(service.state, wclient.OPEN)
         self.assertEqual(service.attempt, 1)
+
+    def test_hint_right_after_open_is_a_failure(self) -> None:
+        """
+        A server that closes with a hint before the connection was stable
+        is failing: the wait is the larger of the hint and the normal
+        schedule, and the failure counts (no storm at "retry_after": 0).
+        """
+        service = self.make_client(stable_after=10)
+        service.startService()
+        delays = []
+        for _ in range(4):
+            self.run_for(0.5)
+            self.server_protocols()[-1].close(closecodes.TRY_AGAIN_LATER, '{"retry_after": 0}')
+            self.run_for(0.2)
+            delays.append(self.listener.waits()[-1])
+            self.run_for(delays[-1])
+        self.assertEqual(delays, [1, 2, 4, 8])
+        self.assertEqual(service.attempt, 5)
 
     def test_terminal_code_stops(self) -> None:
         """
@@ -298,18 +316,20 @@ class ClientServiceTests(unittest.TestCase):
         frozen_at = self.clock.seconds()
         heartbeat = service.heartbeat
         assert heartbeat is not None
-        self.run_for(self.heartbeat.death_bound + 0.2)
-        self.assertTrue(heartbeat.dead)
+        while not heartbeat.dead:
+            self.assertLess(self.clock.seconds() - frozen_at, 2 * self.heartbeat.death_bound)
+            self.run_for(0.1)
+        # Silent since frozen_at (the last traffic was just before).
+        self.assertLessEqual(self.clock.seconds() - frozen_at, self.heartbeat.death_bound + 0.1)
         self.assertEqual(self.listener.misses, [1])
         # The close frame cannot get through; after the close timeout the
         # client aborts the connection, and the kernel reports it.
-        self.run_for(1.0)
+        self.run_for(1.1)
         self.assertTrue(frozen_pump.clientIO.disconnecting)
         frozen_pump.flush()
         self.assertEqual(self.listener.closes[-1], (closecodes.ABNORMAL, "heartbeat timeout"))
         waiting = self.listener.states[-1]
         self.assertEqual(waiting[0], "waiting")
-        self.assertLessEqual(self.clock.seconds() - frozen_at, self.heartbeat.death_bound + 1.0 + 0.3)
         self.run_for(waiting[1]["delay"] + 0.5)
         self.assertEqual(service.state, wclient.OPEN)
 
@@ -339,3 +359,56 @@ class ClientServiceTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.run_for(10)
         self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_restart_before_the_old_connection_closed(self) -> None:
+        """
+        stopService() then startService() at once: the new connection waits
+        for the old one to be gone; there is never more than one, and the
+        stop Deferred fires.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(1)
+        stopped = service.stopService()
+        service.startService()
+        self.run_for(2)
+        self.successResultOf(stopped)
+        self.assertEqual(service.state, wclient.OPEN)
+        self.assertEqual(len(self.server_factory.hub), 1)
+        states = [s for s, _ in self.listener.states]
+        self.assertEqual(states, ["connecting", "open", "stopped", "connecting", "open"])
+
+    def test_send_while_closing(self) -> None:
+        """
+        While the connection is closing, send() says False instead of
+        losing the message.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(1)
+        self.server_protocols()[-1].close(closecodes.SERVICE_RESTART, '{"retry_after": 1}')
+        # One pump: the close frame reaches the client, which answers; the
+        # server has not dropped TCP yet, so the service still says open.
+        self.endpoint.pumps[-1].pump()
+        protocol = service._protocol
+        assert protocol is not None
+        self.assertEqual(protocol.state, protocol.STATE_CLOSING)
+        self.assertEqual(service.state, wclient.OPEN)
+        self.assertFalse(service.send("lost?"))
+
+    def test_stop_after_giving_up(self) -> None:
+        """
+        After giving up, stopService() does not report "stopped" again, and
+        a restart starts the attempt count over.
+        """
+        self.endpoint.server_factory = None
+        service = self.make_client(max_attempts=2)
+        service.startService()
+        self.run_for(10)
+        self.assertEqual(service.state, wclient.STOPPED)
+        self.successResultOf(service.stopService())
+        self.assertEqual([s for s, _ in self.listener.states].count("stopped"), 1)
+        service.startService()
+        connecting = [d for s, d in self.listener.states if s == "connecting"]
+        self.assertEqual(connecting[-1], {"attempt": 1})
+

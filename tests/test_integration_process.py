@@ -118,7 +118,7 @@ class DaemonProcessTests(unittest.TestCase):
             # Twisted needs LISTEN_FDNAMES beside LISTEN_FDS, as systemd
             # 227 and newer always set; systemd-socket-activate only with
             # --fdname.
-            [activate, "-l", f"127.0.0.1:{port}", "--fdname=wsheart"]
+            [activate, "-l", f"127.0.0.1:{port}", "--fdname=wsheart", "-E", "PYTHONPATH"]
             + twistd_command()
             + ["-n", "--pidfile=", "wsheart", "--endpoint", "systemd:domain=INET:index=0"],
             cwd=REPO,

@@ -285,3 +285,57 @@ class BadInputTests(unittest.TestCase):
         pump.flush()
         self.assertEqual(len(factory.hub), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class CloseTimeoutTests(unittest.TestCase):
+    """
+    Every closing handshake ends in bounded time, whoever started it.
+    """
+
+    def test_peer_initiated_close_with_lingering_socket(self) -> None:
+        """
+        After answering a peer's close, the server asks for a graceful TCP
+        close; if the socket lingers (output queued for a peer that stopped
+        reading), it is aborted close_timeout later.
+        """
+        clock = Clock()
+        factory = make_server_factory(clock, close_timeout=1.0)
+        client, server, pump = connect_client(factory, clock)
+        client.sendClose(1000, "bye")
+        pump.pump()  # the server reads the close, answers, asks TCP to close
+        aborted: list[float] = []
+        server.transport.abortConnection = lambda: aborted.append(clock.seconds())
+        clock.advance(0.9)
+        self.assertEqual(aborted, [])
+        clock.advance(0.2)
+        self.assertEqual(len(aborted), 1)
+
+    def test_handler_hears_the_heartbeat_verdict(self) -> None:
+        """
+        When the heartbeat declares a peer dead, the handler's
+        connection_closed gets 1011 "heartbeat timeout", even though the
+        frozen peer's TCP connection ended with an abort.
+        """
+        closed: list[tuple[int, str]] = []
+
+        class Recording(MessageHandler):
+            def connection_closed(self, connection: Any, code: int, reason: str) -> None:
+                closed.append((code, reason))
+
+        clock = Clock()
+        factory = make_server_factory(clock, handler=Recording(), close_timeout=1.0)
+        client, server, pump = connect_client(factory, clock)
+        clock.pump([0.5] * 100)  # frozen: nothing is pumped any more
+        pump.flush()
+        self.assertEqual(closed, [(closecodes.INTERNAL_ERROR, "heartbeat timeout")])
+
+    def test_push_to_a_closing_connection(self) -> None:
+        """
+        The hub says False when asked to push to a connection that is
+        already closing: nothing would reach the peer.
+        """
+        clock = Clock()
+        factory = make_server_factory(clock)
+        client, server, pump = connect_client(factory, clock)
+        server.close(closecodes.GOING_AWAY, "bye")
+        self.assertFalse(factory.hub.push_text(server.connection_id, "too late"))

@@ -5,7 +5,6 @@ what makeService builds, and that twistd can find the plugin.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application.service import IServiceMaker
@@ -76,7 +75,6 @@ class OptionsTests(unittest.TestCase):
         """
         Every bad value gets a UsageError whose message names the option.
         """
-        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "LISTEN_FDS"})
         cases = [
             (["--ping-interval", "soon"], "--ping-interval must be a number"),
             (["--ping-interval", "-1"], "--ping-interval must be a positive"),
@@ -92,7 +90,7 @@ class OptionsTests(unittest.TestCase):
                 ["--endpoint", "ssl:8443:privateKey=/nonexistent/key.pem:certKey=/nonexistent/cert.pem"],
                 "invalid --endpoint",
             ),
-            (["--endpoint", "systemd:domain=INET:index=0"], "LISTEN_FDS is not set"),
+            (["--endpoint", "systemd:domain=INET:index=0"], "no such socket was passed"),
             (["--handler", "nocolon"], "must look like"),
             (["--handler", "no_such_module_xyz:make"], "cannot import module"),
             (["--handler", "tests.test_tap:missing"], "has no attribute"),

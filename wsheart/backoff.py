@@ -97,8 +97,9 @@ def _clamp(value: float) -> float:
 def hint_from_close(code: Optional[int], reason: Optional[str]) -> Optional[RetryHint]:
     """
     Read the reconnect hint in a close frame: only codes 1012 and 1013 carry
-    one, as a JSON object like C{{"retry_after": 5, "jitter": 10}}.
-    Anything else (no reason, not JSON, wrong types) is no hint.
+    one, as a JSON object like C{{"retry_after": 5, "jitter": 10}}
+    (C{retry_after} required, C{jitter} optional).  Anything else (no
+    reason, not JSON, no C{retry_after}, wrong types) is no hint.
     """
     if code not in closecodes.HINTED or not reason:
         return None
@@ -106,9 +107,9 @@ def hint_from_close(code: Optional[int], reason: Optional[str]) -> Optional[Retr
         data = json.loads(reason)
     except ValueError:
         return None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or "retry_after" not in data:
         return None
-    retry_after = data.get("retry_after", 0)
+    retry_after = data["retry_after"]
     jitter = data.get("jitter", 0)
     for value in (retry_after, jitter):
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -237,7 +237,11 @@ class ReconnectingClientService(Service):
         self._retry_call: Optional[IDelayedCall] = None
         self._stable_call: Optional[IDelayedCall] = None
         self._stopping = False
+        self._stable = False
+        # A connection a stop is closing, and who waits for it to be gone.
+        self._closing_protocol: Optional[ClientProtocol] = None
         self._lost: Optional[defer.Deferred[None]] = None
+        self._start_when_closed = False
         self._stopped_waiters: list[defer.Deferred[Optional[str]]] = []
 
     # public API
@@ -263,12 +267,14 @@ class ReconnectingClientService(Service):
         Send a text (L{str}) or binary (L{bytes}) message; returns False,
         sending nothing, while not connected.
         """
-        if self.state != OPEN or self._protocol is None:
+        protocol = self._protocol
+        if self.state != OPEN or protocol is None or protocol.state != protocol.STATE_OPEN:
+            # Not connected, or closing: the message would be lost.
             return False
         if isinstance(message, bytes):
-            self._protocol.send_binary(message)
+            protocol.send_binary(message)
         else:
-            self._protocol.send_text(message)
+            protocol.send_text(message)
         return True
 
     def when_stopped(self) -> "defer.Deferred[Optional[str]]":
@@ -287,6 +293,12 @@ class ReconnectingClientService(Service):
         super().startService()
         self._stopping = False
         self.stop_reason = None
+        self._backoff.succeeded()  # a restart starts the schedule over
+        if self._closing_protocol is not None:
+            # The previous connection is still finishing its closing
+            # handshake: connect once it is gone, never beside it.
+            self._start_when_closed = True
+            return
         self._connect()
 
     def stopService(self) -> "defer.Deferred[None]":
@@ -294,7 +306,11 @@ class ReconnectingClientService(Service):
         Stop for good: close the connection (1001, going away) and cancel
         any pending attempt.  Fires once the connection is gone.
         """
-        super().stopService()
+        if self.running:
+            super().stopService()
+        if self.state == STOPPED:
+            # Already stopped (by the application or by giving up).
+            return self._lost if self._lost is not None else defer.succeed(None)
         return self._halt(None)
 
     # the connection cycle
@@ -331,6 +347,7 @@ class ReconnectingClientService(Service):
 
     def protocol_opened(self, protocol: ClientProtocol) -> None:
         self._protocol = protocol
+        self._stable = False
         self._stable_call = self._clock.callLater(
             self._backoff.settings.stable_after, self._became_stable
         )
@@ -339,6 +356,7 @@ class ReconnectingClientService(Service):
 
     def _became_stable(self) -> None:
         self._stable_call = None
+        self._stable = True
         self._backoff.succeeded()
 
     def protocol_message(self, protocol: ClientProtocol, message: Message) -> None:
@@ -364,16 +382,23 @@ class ReconnectingClientService(Service):
         code: Optional[int],
         reason: Optional[str],
     ) -> None:
-        if self._protocol is protocol:
-            self._protocol = None
+        if protocol is self._closing_protocol:
+            # The connection a stop closed is gone.
+            self._closing_protocol = None
+            lost, self._lost = self._lost, None
+            if lost is not None:
+                lost.callback(None)
+            if self._start_when_closed:
+                self._start_when_closed = False
+                if self.running and not self._stopping:
+                    self._connect()
+            return
+        if protocol is not self._protocol or self._stopping:
+            return
+        self._protocol = None
         if self._stable_call is not None:
             self._stable_call.cancel()
             self._stable_call = None
-        if self._stopping:
-            if self._lost is not None:
-                lost, self._lost = self._lost, None
-                lost.callback(None)
-            return
         code = code if code is not None else closecodes.ABNORMAL
         reason = reason or ""
         if protocol.heartbeat is not None and protocol.heartbeat.dead:
@@ -391,7 +416,12 @@ class ReconnectingClientService(Service):
             return
         hint = hint_from_close(code, reason)
         if hint is not None:
-            self._retry(self._backoff.hinted(hint), f"{description}, server asked to wait")
+            delay = self._backoff.hinted(hint)
+            if not self._stable:
+                # A server that hints right after every open is failing us:
+                # never come back faster than the normal schedule says.
+                delay = max(delay, self._backoff.failed())
+            self._retry(delay, f"{description}, server asked to wait")
             return
         self._retry(self._backoff.failed(), description)
 
@@ -442,13 +472,13 @@ class ReconnectingClientService(Service):
             connecting.addErrback(lambda f: None)
             connecting.cancel()
         lost: defer.Deferred[None] = defer.Deferred()
-        protocol = self._protocol
+        protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.state != protocol.STATE_CLOSED:
+            self._closing_protocol = protocol
             self._lost = lost
             protocol.close(closecodes.GOING_AWAY, "client stopping")
         else:
             lost.callback(None)
-        self._protocol = None if protocol is None or protocol.state == protocol.STATE_CLOSED else protocol
         self._set_state(STOPPED, reason=reason)
         waiters, self._stopped_waiters = self._stopped_waiters, []
         for waiter in waiters:

@@ -29,14 +29,16 @@ class IConnection(Interface):
     connection_id = Attribute("Hub-assigned identifier, unique in this process (str).")
     peer = Attribute("Peer address as a string, e.g. 'tcp4:127.0.0.1:51234'.")
 
-    def send_text(text: str) -> None:
+    def send_text(text: str) -> bool:
         """
-        Send a text message.
+        Send a text message; False (nothing sent) unless the connection is
+        open.
         """
 
-    def send_binary(data: bytes) -> None:
+    def send_binary(data: bytes) -> bool:
         """
-        Send a binary message.
+        Send a binary message; False (nothing sent) unless the connection
+        is open.
         """
 
     def close(code: int, reason: str) -> None:
@@ -167,8 +169,7 @@ class Hub:
         info = self._connections.get(connection_id)
         if info is None:
             return False
-        info.connection.send_text(text)  # type: ignore[attr-defined]
-        return True
+        return bool(info.connection.send_text(text))  # type: ignore[attr-defined]
 
     def push_binary(self, connection_id: str, data: bytes) -> bool:
         """
@@ -177,8 +178,7 @@ class Hub:
         info = self._connections.get(connection_id)
         if info is None:
             return False
-        info.connection.send_binary(data)  # type: ignore[attr-defined]
-        return True
+        return bool(info.connection.send_binary(data))  # type: ignore[attr-defined]
 
     def broadcast_text(self, text: str) -> int:
         """
@@ -186,8 +186,8 @@ class Hub:
         """
         count = 0
         for info in list(self._connections.values()):
-            info.connection.send_text(text)  # type: ignore[attr-defined]
-            count += 1
+            if info.connection.send_text(text):  # type: ignore[attr-defined]
+                count += 1
         return count
 
     def snapshot(self) -> list[ConnectionSnapshot]:

@@ -64,6 +64,7 @@ class _Liveness:
     heartbeat: Optional[Heartbeat] = None
     _handshake_timer: Optional[IDelayedCall] = None
     _close_timer: Optional[IDelayedCall] = None
+    _connection_gone = False
     close_timeout: float = 1.0
 
     def _arm_handshake_timer(self, timeout: float) -> None:
@@ -130,11 +131,18 @@ class _Liveness:
 
     def _close_timed_out(self) -> None:
         self._close_timer = None
+        if self._connection_gone:
+            return
         if self.state != self.STATE_CLOSED:  # type: ignore[attr-defined]
             self.wasClean = False
             self.wasNotCleanReason = "closing handshake timeout"
             self.wasCloseHandshakeTimeout = True
             self.dropConnection(abort=True)  # type: ignore[attr-defined]
+        else:
+            # Autobahn already asked for a graceful close (after answering
+            # the peer's close), but the socket lingers - e.g. output queued
+            # for a peer that stopped reading.  Cut it.
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _stop_timers(self) -> None:
         for name in ("_handshake_timer", "_close_timer"):
@@ -147,6 +155,7 @@ class _Liveness:
             self.heartbeat.stop()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._connection_gone = True
         try:
             super().connectionLost(reason)  # type: ignore[misc]
         finally:
@@ -302,28 +311,27 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         cause = "dead" if self._dead else ("closed" if wasClean else "dropped")
         self.factory.hub.remove(self.connection_id, cause)
         if self._dead:
-            code = closecodes.INTERNAL_ERROR
-        elif not wasClean:
+            # Whatever the dead peer's TCP connection did after the verdict,
+            # metrics and the application hear the verdict.
+            code, reason = closecodes.INTERNAL_ERROR, closecodes.HEARTBEAT_TIMEOUT_REASON
+        elif not wasClean or code is None:
             code = closecodes.ABNORMAL
-        else:
-            code = code if code is not None else (self.localCloseCode or closecodes.ABNORMAL)
         self.factory.metrics.connections_closed.labels(cause=cause, code=str(code)).inc()
-        self._call_handler(
-            "connection_closed",
-            self,
-            code if code is not None else closecodes.ABNORMAL,
-            reason or "",
-        )
+        self._call_handler("connection_closed", self, code, reason or "")
 
     # IConnection
 
-    def send_text(self, text: str) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(text.encode("utf-8"), False)
+    def send_text(self, text: str) -> bool:
+        if self.state != self.STATE_OPEN:
+            return False
+        self.sendMessage(text.encode("utf-8"), False)
+        return True
 
-    def send_binary(self, data: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(data, True)
+    def send_binary(self, data: bytes) -> bool:
+        if self.state != self.STATE_OPEN:
+            return False
+        self.sendMessage(data, True)
+        return True
 
     def abort(self) -> None:
         self.dropConnection(abort=True)

@@ -65,6 +65,7 @@ class WsheartService(MultiService):
         self.tls = tls
         self._install_signal_handlers = install_signal_handlers
         self._previous_sighup: Any = None
+        self._previous_sigterm: Any = None
         self.listeners: list[IService] = []
         self.admin: Optional[IService] = None
         self._stopping: Optional[defer.Deferred[None]] = None
@@ -97,10 +98,27 @@ class WsheartService(MultiService):
         # they cannot: once here, every endpoint listens.
         super().startService()
         self.lag.start()
-        self.watchdog.start()
-        self.notifier.notify(READY=1, STATUS=self.status())
         if self.tls is not None and self._install_signal_handlers:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        # Ready once the reactor runs: only then are twistd's SIGTERM
+        # handlers in place, so a stop right after READY drains instead of
+        # killing the process.
+        self._reactor.callWhenRunning(self._ready)
+
+    def _ready(self) -> None:
+        if not self.running:
+            return
+        if self._install_signal_handlers:
+            # twistd stops on SIGTERM and then re-raises it, exiting by the
+            # signal; a completed drain is a clean stop, so exit 0.
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._sigterm)
+        self.watchdog.start()
+        self.notifier.notify(READY=1, STATUS=self.status())
+        self.log.info("wsheart ready: {status}", status=self.status())
+
+    def _sigterm(self, signum: int, frame: Any) -> None:
+        self.log.info("SIGTERM: draining, then exiting")
+        self._reactor.callFromThread(self._reactor.stop)
 
     def _sighup(self, signum: int, frame: Any) -> None:
         # Signal context: do the work from the reactor.
@@ -128,9 +146,11 @@ class WsheartService(MultiService):
         Service.stopService(self)
         self.health.draining = True
         self.notifier.notify(STOPPING=1, STATUS=f"draining {len(self.hub)} connections")
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        for signum, attribute in ((signal.SIGHUP, "_previous_sighup"), (signal.SIGTERM, "_previous_sigterm")):
+            previous = getattr(self, attribute)
+            if previous is not None:
+                signal.signal(signum, previous)
+                setattr(self, attribute, None)
 
         d = defer.gatherResults(
             [defer.maybeDeferred(listener.stopService) for listener in self.listeners],

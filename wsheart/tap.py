@@ -5,7 +5,6 @@ The twistd plugin's command line (L{Options}) and composition
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from twisted.application import strports
@@ -206,13 +205,19 @@ def _check_endpoint(description: str, option: str = "--endpoint") -> None:
     missing certificate file is a usage error, not a traceback.
     """
     kind = description.split(":", 1)[0].strip().lower()
-    if kind == "systemd" and not os.environ.get("LISTEN_FDS"):
-        raise usage.UsageError(
-            f"{option} {description!r} adopts a socket from systemd, but none was passed "
-            "(LISTEN_FDS is not set): start wsheart from a .socket unit or systemd-socket-activate"
-        )
     try:
         endpoints.serverFromString(MemoryReactor(), description)
+    except (IndexError, KeyError) as e:
+        if kind != "systemd":
+            raise usage.UsageError(f"invalid {option} {description!r}: {e!r}")
+        # Twisted reads (and then clears) LISTEN_FDS, LISTEN_PID and
+        # LISTEN_FDNAMES when it is imported; no such socket means systemd
+        # passed none, or not under that index or name.
+        raise usage.UsageError(
+            f"{option} {description!r} adopts a socket from systemd, but no such socket was "
+            "passed (LISTEN_FDS/LISTEN_FDNAMES): start wsheart from a .socket unit or "
+            "systemd-socket-activate --fdname=NAME"
+        )
     except Exception as e:
         raise usage.UsageError(f"invalid {option} {description!r}: {e}")
 

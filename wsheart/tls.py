@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -41,7 +41,7 @@ def load_context(key_path: str, cert_path: str) -> tuple[SSL.Context, ssl.Certif
     if not blocks:
         raise TLSConfigError(f"{cert_path} holds no PEM certificate")
     try:
-        key = ssl.KeyPair.load(key_pem, ssl.FILETYPE_PEM)
+        key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
     except Exception as e:
         raise TLSConfigError(f"{key_path} holds no readable PEM private key: {e}") from e
     try:
