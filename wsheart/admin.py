@@ -95,7 +95,7 @@ class _QuietSite(Site):
     A Site without an access log: a scraper every 15 s is not news.
     """
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Request) -> None:  # type: ignore[override]
         pass
 
 

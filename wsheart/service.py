@@ -152,24 +152,31 @@ class WsheartService(MultiService):
                 signal.signal(signum, previous)
                 setattr(self, attribute, None)
 
-        d = defer.gatherResults(
-            [defer.maybeDeferred(listener.stopService) for listener in self.listeners],
-            consumeErrors=True,
-        )
-        d.addErrback(lambda f: self.log.failure("stopping a listener failed", f))
-        d.addCallback(lambda _: self.drainer.drain())
+        self._stopping = defer.ensureDeferred(self._shut_down())
+        return self._stopping
 
-        def drained(dropped: int) -> Any:
+    async def _shut_down(self) -> None:
+        try:
+            # First stop accepting, so the drain has a fixed set to close.
+            results = await defer.DeferredList(
+                [defer.maybeDeferred(listener.stopService) for listener in self.listeners],
+                consumeErrors=True,
+            )
+            for ok, result in results:
+                if not ok:
+                    self.log.failure("stopping a listener failed", result)
+            dropped = await self.drainer.drain()
             if dropped:
                 self.factory.metrics.drain_dropped.inc(dropped)
             self.log.info("drain finished; {dropped} connections had to be dropped", dropped=dropped)
+        except Exception:
+            self.log.failure("drain failed")
+        finally:
             self.watchdog.stop()
             self.lag.stop()
-            rest = [defer.maybeDeferred(self.admin.stopService)] if self.admin is not None else []
-            return defer.gatherResults(rest, consumeErrors=True)
-
-        d.addCallback(drained)
-        d.addErrback(lambda f: self.log.failure("drain failed", f))
-        d.addBoth(lambda _: self.notifier.close())
-        self._stopping = d
-        return d
+            if self.admin is not None:
+                try:
+                    await defer.maybeDeferred(self.admin.stopService)
+                except Exception:
+                    self.log.failure("stopping the admin endpoint failed")
+            self.notifier.close()
