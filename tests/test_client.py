@@ -174,6 +174,25 @@ class ClientServiceTests(unittest.TestCase):
         attempts = [d["attempt"] for s, d in self.listener.states if s == "connecting"]
         self.assertEqual(attempts[:4], [1, 2, 3, 4])
 
+    def test_metrics(self) -> None:
+        """
+        With ClientMetrics, attempts, chosen delays and opens are counted.
+        """
+        from wsheart.metrics import ClientMetrics
+
+        metrics = ClientMetrics()
+        self.endpoint.server_factory = None
+        service = self.make_client()
+        service.metrics = metrics
+        service.startService()
+        self.run_for(3.5)  # attempts at 0, 1, 3
+        self.endpoint.server_factory = self.server_factory
+        self.run_for(5)
+        text = metrics.exposition().decode()
+        self.assertIn("wsheart_client_connect_attempts_total 4.0", text)
+        self.assertIn("wsheart_client_reconnect_delay_seconds_count 3.0", text)
+        self.assertIn("wsheart_client_connections_opened_total 1.0", text)
+
     def test_comes_back_when_server_returns(self) -> None:
         """
         After failures, the client connects as soon as the server is back

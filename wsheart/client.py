@@ -34,6 +34,7 @@ from zope.interface import Interface, implementer
 from wsheart import closecodes
 from wsheart.backoff import Backoff, BackoffSettings, hint_from_close, parse_retry_after
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
+from wsheart.metrics import ClientMetrics
 from wsheart.protocol import ClientFactory, ClientProtocol
 
 Message = Union[str, bytes]
@@ -209,6 +210,7 @@ class ReconnectingClientService(Service):
         max_message_size: int = 1024 * 1024,
         headers: Optional[dict[str, str]] = None,
         random: Any = _random.random,
+        metrics: Optional[ClientMetrics] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -230,6 +232,7 @@ class ReconnectingClientService(Service):
             handshake_timeout=handshake_timeout,
             headers=headers,
         )
+        self.metrics = metrics
         self.state = IDLE
         self.stop_reason: Optional[str] = None
         self._protocol: Optional[ClientProtocol] = None
@@ -330,6 +333,8 @@ class ReconnectingClientService(Service):
 
     def _connect(self) -> None:
         self._retry_call = None
+        if self.metrics is not None:
+            self.metrics.reconnect_attempts.inc()
         self._set_state(CONNECTING, attempt=self.attempt)
         d = self._endpoint.connect(self._factory)
         self._connecting = d
@@ -351,6 +356,8 @@ class ReconnectingClientService(Service):
         self._stable_call = self._clock.callLater(
             self._backoff.settings.stable_after, self._became_stable
         )
+        if self.metrics is not None:
+            self.metrics.opened.inc()
         self._set_state(OPEN, rtt=None)
         self._notify("client_opened")
 
@@ -369,6 +376,8 @@ class ReconnectingClientService(Service):
         self._notify("client_missed", heartbeat.misses)
 
     def protocol_dead(self, protocol: ClientProtocol, heartbeat: Heartbeat) -> None:
+        if self.metrics is not None:
+            self.metrics.server_deaths.inc()
         self.log.info(
             "server {url} declared dead: {misses} missed pongs",
             url=self.url,
@@ -449,6 +458,8 @@ class ReconnectingClientService(Service):
         if self._backoff.exhausted:
             self._give_up(f"gave up after {self._backoff.failures} failed attempts; last: {reason}")
             return
+        if self.metrics is not None:
+            self.metrics.reconnect_delay.observe(delay)
         self._set_state(WAITING, delay=delay, attempt=self.attempt, reason=reason)
         self._retry_call = self._clock.callLater(delay, self._connect)
 
