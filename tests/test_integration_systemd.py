@@ -161,7 +161,7 @@ class SocketActivationTLSTests(unittest.TestCase):
             + twistd_command()
             + [
                 "-n", "--pidfile=", "wsheart",
-                "--tls-endpoint", "systemd:domain=INET:index=0",
+                "--tls-endpoint", "systemd:domain=INET:name=wsheart",
                 "--tls-key", self.key, "--tls-cert", self.cert,
             ],
             cwd=REPO,

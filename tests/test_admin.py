@@ -1,0 +1,99 @@
+"""
+Unit tests for wsheart.admin's resources, rendered in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web.test.requesthelper import DummyRequest
+
+from wsheart.admin import admin_site
+from wsheart.health import Health, LagMonitor
+from wsheart.hub import Hub
+from wsheart.metrics import ServerMetrics
+
+
+class FakeHeartbeat:
+    last_seen = 8.0
+    last_rtt = 0.012
+    smoothed_rtt = 0.010
+    misses = 1
+
+
+def render(site: Any, path: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    request = DummyRequest(path.strip(b"/").split(b"/"))
+    resource = site.getResourceFor(request)
+    body = resource.render(request)
+    return request.responseCode or 200, dict(request.responseHeaders.getAllRawHeaders()), body
+
+
+class AdminResourceTests(unittest.TestCase):
+    """
+    /healthz, /connections and /metrics.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.hub = Hub(self.clock)
+        self.lag = LagMonitor(self.clock, period=0.5, threshold=2.0)
+        self.health = Health(self.lag)
+        self.metrics = ServerMetrics()
+        self.metrics.track_open_connections(self.hub.__len__)
+        self.site = admin_site(self.hub, self.health, self.metrics, self.clock)
+
+    def test_healthz_states(self) -> None:
+        """
+        200 while serving; 503 while draining or lagging, with the state.
+        """
+        status, headers, body = render(self.site, b"/healthz")
+        self.assertEqual((status, json.loads(body)["status"]), (200, "serving"))
+        self.assertEqual(headers[b"Content-Type"], [b"application/json"])
+        self.health.draining = True
+        status, _, body = render(self.site, b"/healthz")
+        self.assertEqual((status, json.loads(body)["status"]), (503, "draining"))
+        self.health.draining = False
+        self.lag.start()
+        self.clock.rightNow += 5  # the reactor stalls
+        status, _, body = render(self.site, b"/healthz")
+        self.assertEqual((status, json.loads(body)["status"]), (503, "lagging"))
+        self.lag.stop()
+
+    def test_connections(self) -> None:
+        """
+        Each open connection with its age, idleness, RTTs and misses.
+        """
+        self.clock.advance(5)
+        self.hub.add("c1", "tcp4:127.0.0.1:5000", object(), FakeHeartbeat())
+        self.clock.advance(5)
+        status, _, body = render(self.site, b"/connections")
+        (row,) = json.loads(body)
+        self.assertEqual(status, 200)
+        self.assertEqual(
+            row,
+            {
+                "id": "c1",
+                "peer": "tcp4:127.0.0.1:5000",
+                "age_seconds": 5.0,
+                "idle_seconds": 2.0,
+                "last_rtt_seconds": 0.012,
+                "smoothed_rtt_seconds": 0.01,
+                "misses": 1,
+                "state": "missing pongs",
+            },
+        )
+
+    def test_metrics(self) -> None:
+        """
+        Prometheus text with the open-connection gauge read at scrape time.
+        """
+        self.hub.add("c1", "p", object())
+        self.metrics.pings_sent.inc(3)
+        status, headers, body = render(self.site, b"/metrics")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers[b"Content-Type"][0].startswith(b"text/plain"))
+        self.assertIn(b"wsheart_connections_open 1.0", body)
+        self.assertIn(b"wsheart_heartbeat_pings_sent_total 3.0", body)
