@@ -205,6 +205,35 @@ class HeartbeatTests(unittest.TestCase):
         self.assertEqual(len(self.rec.pings), 1)
 
 
+class MovingClock(Clock):
+    """
+    A Clock whose time creeps forward on every read, as a real one does.
+    """
+
+    def seconds(self) -> float:
+        self.rightNow += 1e-6
+        return self.rightNow
+
+
+class RealClockTests(unittest.TestCase):
+    """
+    Scheduling must not assume that two reads of the clock agree.
+    """
+
+    def test_late_timer_with_moving_clock(self) -> None:
+        """
+        With timeout == interval (the next ping is due the moment the check
+        runs) and a clock that moves between reads, the heartbeat keeps
+        pinging instead of failing to schedule.
+        """
+        clock = MovingClock()
+        rec = Recorder(clock, HeartbeatSettings(interval=1, timeout=1, max_missed=2), answer_until=1000)
+        rec.heartbeat.start(0)
+        clock.pump([0.25] * 40)
+        self.assertGreaterEqual(len(rec.pings), 9)
+        self.assertEqual(rec.deaths, [])
+
+
 class DeathBoundTests(unittest.TestCase):
     """
     The contract: a peer silent from time t is declared dead no later than

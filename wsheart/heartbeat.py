@@ -207,8 +207,8 @@ class Heartbeat:
                 return
         # Schedule from when the last ping was due, not from now, so a
         # late timer (a busy reactor) does not push every later ping back.
-        next_ping = self._ping_due + self.settings.interval
-        self._ping_due = max(next_ping, self._clock.seconds())
-        self._call = self._clock.callLater(self._ping_due - self._clock.seconds(), self._ping)
+        now = self._clock.seconds()  # read once: a real clock moves between reads
+        self._ping_due = max(self._ping_due + self.settings.interval, now)
+        self._call = self._clock.callLater(self._ping_due - now, self._ping)
         if self.misses and self._on_miss is not None:
             self._on_miss(self)
