@@ -6,6 +6,8 @@ server protocol over an in-memory connection.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
@@ -213,6 +215,11 @@ class MovingClock(Clock):
     def seconds(self) -> float:
         self.rightNow += 1e-6
         return self.rightNow
+
+    def callLater(self, delay: float, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        # The reactor refuses negative delays; task.Clock does not.
+        assert delay >= 0, f"negative delay {delay}"
+        return super().callLater(delay, *args, **kwargs)
 
 
 class RealClockTests(unittest.TestCase):
