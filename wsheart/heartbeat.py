@@ -111,8 +111,12 @@ class Heartbeat:
         send_ping: Callable[[bytes], object],
         on_dead: Callable[["Heartbeat"], object],
         on_miss: Optional[Callable[["Heartbeat"], object]] = None,
+        scheduler: Optional[IReactorTime] = None,
     ) -> None:
         self._clock = clock
+        # Where the ping and check timers go: the clock itself, or a shared
+        # timer wheel (wsheart.wheel) that serves many connections at once.
+        self._timers = scheduler if scheduler is not None else clock
         self.settings = settings
         self._send_ping = send_ping
         self._on_dead = on_dead
@@ -145,7 +149,7 @@ class Heartbeat:
         if self._call is not None or self.dead:
             return
         self._ping_due = self._clock.seconds() + max(0.0, first_delay)
-        self._call = self._clock.callLater(max(0.0, first_delay), self._ping)
+        self._call = self._timers.callLater(max(0.0, first_delay), self._ping)
 
     def stop(self) -> None:
         """
@@ -190,7 +194,7 @@ class Heartbeat:
         self._in_flight = (self._seq, now)
         self._life_since_ping = False
         self.pings_sent += 1
-        self._call = self._clock.callLater(self.settings.timeout, self._check)
+        self._call = self._timers.callLater(self.settings.timeout, self._check)
         self._send_ping(encode_ping(self._seq, now))
 
     def _check(self) -> None:
@@ -209,6 +213,6 @@ class Heartbeat:
         # late timer (a busy reactor) does not push every later ping back.
         now = self._clock.seconds()  # read once: a real clock moves between reads
         self._ping_due = max(self._ping_due + self.settings.interval, now)
-        self._call = self._clock.callLater(self._ping_due - now, self._ping)
+        self._call = self._timers.callLater(self._ping_due - now, self._ping)
         if self.misses and self._on_miss is not None:
             self._on_miss(self)

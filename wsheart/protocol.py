@@ -32,6 +32,7 @@ from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
+from wsheart.wheel import TimerWheel
 
 # Largest opening-handshake request a server accepts before answering 431.
 MAX_HANDSHAKE_BYTES = 16 * 1024
@@ -88,6 +89,7 @@ class _Liveness:
             send_ping=self._send_heartbeat_ping,
             on_dead=self._heartbeat_dead,
             on_miss=self._heartbeat_missed,
+            scheduler=getattr(self.factory, "timers", None),  # type: ignore[attr-defined]
         )
         self.heartbeat.start(first_delay)
 
@@ -103,10 +105,44 @@ class _Liveness:
         self.close(closecodes.INTERNAL_ERROR, closecodes.HEARTBEAT_TIMEOUT_REASON)
 
     def dataReceived(self, data: bytes) -> None:
-        # Any inbound bytes are life: a busy link is not a dead link.
-        if self.heartbeat is not None:
-            self.heartbeat.traffic_received()
-        super().dataReceived(data)  # type: ignore[misc]
+        heartbeat = self.heartbeat
+        if heartbeat is not None:
+            # Any inbound bytes are life: a busy link is not a dead link
+            # (a large frame on a slow link arrives over many reads).
+            heartbeat.traffic_received()
+            if len(data) in (14, 18) and data[0] == 0x8A and self._pong_fast_path(data):
+                return
+        # Straight to Autobahn's parser: its Twisted adapter formats a debug
+        # line on every read, even with debug logging off.
+        self._dataReceived(data)  # type: ignore[attr-defined]
+
+    def _pong_fast_path(self, data: bytes) -> bool:
+        """
+        A read that is exactly one pong frame with a heartbeat-sized
+        payload, between frames: match it here instead of running
+        Autobahn's general frame parser.  Anything else goes the long way.
+        """
+        if self.state != self.STATE_OPEN or self.data or getattr(self, "current_frame", None) is not None:  # type: ignore[attr-defined]
+            return False
+        if self.factory.isServer:  # type: ignore[attr-defined]
+            if data[1] != 0x8C or len(data) != 18:  # clients must mask
+                return False
+            mask = int.from_bytes(data[2:6] * 3, "big")
+            payload = (int.from_bytes(data[6:], "big") ^ mask).to_bytes(12, "big")
+        else:
+            if data[1] != 0x0C or len(data) != 14:  # servers must not mask
+                return False
+            payload = data[2:]
+        self.onPong(payload)
+        return True
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        # The common case straight to the transport: Autobahn's version
+        # formats a debug line for every write, even with debug logging off.
+        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
+            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+        else:
+            self.transport.write(data)  # type: ignore[attr-defined]
 
     def onPong(self, payload: bytes) -> None:
         if self.heartbeat is not None:
@@ -228,8 +264,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         super()._handshake_timed_out()
 
     def _send_heartbeat_ping(self, payload: bytes) -> None:
-        self.sendPing(payload)
-        self.factory.metrics.pings_sent.inc()
+        if self.state == self.STATE_OPEN:
+            # A server frame is unmasked: FIN + opcode 9, then the length.
+            self.transport.write(b"\x89\x0c" + payload)
+            self.factory.metrics.pings_sent.inc()
 
     def onPong(self, payload: bytes) -> None:
         if self.heartbeat is not None:
@@ -362,6 +400,9 @@ class ServerFactory(WebSocketServerFactory):
     ) -> None:
         super().__init__(url=url, reactor=clock)
         self.hub = hub
+        # One timer wheel for every connection's heartbeat; its slack (the
+        # resolution) is small against any sensible timeout.
+        self.timers = TimerWheel(clock, resolution=min(0.05, heartbeat_settings.timeout / 20))
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.metrics.track_open_connections(hub.__len__)
         self.clock = clock
