@@ -266,7 +266,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def _send_heartbeat_ping(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN:
             # A server frame is unmasked: FIN + opcode 9, then the length.
-            self.transport.write(b"\x89\x0c" + payload)
+            self.transport.write(b"\x89\x0c" + payload)  # type: ignore[union-attr]
             self.factory.metrics.pings_sent.inc()
 
     def onPong(self, payload: bytes) -> None:
