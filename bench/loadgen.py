@@ -394,9 +394,11 @@ async def echo(args) -> None:
     await asyncio.sleep(args.warmup)
     gen.recording = True
     c0, t0 = cpu_seconds(), time.perf_counter()
+    emit({"event": "recording"})
     await asyncio.sleep(args.seconds)
     gen.recording = False
     window = time.perf_counter() - t0
+    emit({"event": "recorded"})
     cpu = cpu_seconds() - c0
     gen.sending = False
     # let the messages in flight come back (bounded)

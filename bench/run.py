@@ -41,6 +41,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -225,6 +227,17 @@ def established(port: int) -> int:
     return n
 
 
+def registry(admin_port: int) -> Optional[int]:
+    """wsheart's registry size from its admin endpoint's /healthz."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=5) as r:
+            return int(json.loads(r.read())["connections"])
+    except urllib.error.HTTPError as e:  # 503 still carries the body
+        return int(json.loads(e.read())["connections"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 # ---------------------------------------------------------------- servers and load generator
 
 
@@ -236,7 +249,7 @@ class Context:
         self.python = str(self.venv / "bin" / "python")
 
 
-def server_command(ctx: Context, peer: str, port: int, hb: tuple) -> tuple[list[str], dict]:
+def server_command(ctx: Context, peer: str, port: int, hb: tuple, admin_port: int = 0) -> tuple[list[str], dict]:
     interval, timeout, max_missed = hb
     if peer == "wsheart":
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -246,6 +259,8 @@ def server_command(ctx: Context, peer: str, port: int, hb: tuple) -> tuple[list[
             "--ping-interval", str(interval), "--ping-timeout", str(timeout),
             "--max-missed", str(max_missed),
         ]
+        if admin_port:
+            cmd += ["--admin-endpoint", f"tcp:{admin_port}:interface=127.0.0.1"]
         return cmd, {"cwd": str(REPO), "env": env}
     if peer == "autobahn":
         script = BENCH / "peers" / "autobahn_server.py"
@@ -263,12 +278,14 @@ def server_command(ctx: Context, peer: str, port: int, hb: tuple) -> tuple[list[
 
 
 @contextmanager
-def server(ctx: Context, peer: str, hb: tuple, tag: str):
+def server(ctx: Context, peer: str, hb: tuple, tag: str, admin_port: int = 0):
     port = free_port()
-    cmd, kw = server_command(ctx, peer, port, hb)
+    cmd, kw = server_command(ctx, peer, port, hb, admin_port)
     p = ctx.procs.start(cmd, SERVER_CPU, LOGS / f"{tag}-server.log", stdin=subprocess.DEVNULL, **kw)
     try:
         wait_port(port, p)
+        if admin_port:
+            wait_port(admin_port, p)
         yield p, port
     finally:
         ctx.procs.stop(p, grace=5.0)
@@ -380,7 +397,12 @@ def s2_dead(ctx: Context, peer: str, n: int, tag: str) -> dict:
     bound = dead_bound(peer, *hb)
     series: list[tuple[float, int]] = []
     first = last = None
-    with server(ctx, peer, hb, tag) as (srv, port):
+    # wsheart removes a peer from its registry at the moment it declares it
+    # dead, then gives it --close-timeout (1 s) to finish the closing
+    # handshake before it drops TCP: /healthz shows the registry's size.
+    admin_port = free_port() if peer == "wsheart" else 0
+    dead_first = dead_last = None
+    with server(ctx, peer, hb, tag, admin_port) as (srv, port):
         lg = LoadGen(ctx, ["hold", "--port", str(port), "--connections", str(n), "--max-seconds", "600"], tag)
         try:
             opened = lg.expect("open", 60 + n / 50)
@@ -390,12 +412,20 @@ def s2_dead(ctx: Context, peer: str, n: int, tag: str) -> dict:
             os.kill(lg.p.pid, signal.SIGSTOP)
             t0 = time.monotonic()
             deadline = t0 + bound + 10.0
+            registry_before = registry(admin_port) if admin_port else None
             while True:
                 count = established(port)
                 t = time.monotonic() - t0
                 series.append((round(t, 3), count))
                 if first is None and count < before:
                     first = t
+                if admin_port and dead_last is None:
+                    alive = registry(admin_port)
+                    t_reg = time.monotonic() - t0
+                    if dead_first is None and alive is not None and alive < registry_before:
+                        dead_first = t_reg
+                    if alive == 0:
+                        dead_last = t_reg
                 if count == 0:
                     last = t
                     break
@@ -422,6 +452,8 @@ def s2_dead(ctx: Context, peer: str, n: int, tag: str) -> dict:
         "all_closed_within_bound_plus_half": last is not None and last <= limit and before == n,
         "closed_pct_by_bound_plus_half": 100.0 * (before - left_at_limit) / before if before else None,
         "series": series[:: max(1, len(series) // 100)],
+        "registry_first_dead_s": dead_first,
+        "registry_last_dead_s": dead_last,
     }
 
 
@@ -432,9 +464,11 @@ def s3_echo(ctx: Context, peer: str, n: int, tag: str) -> dict:
                            "--seconds", str(a.echo_seconds), "--warmup", "1"], tag)
         try:
             lg.expect("open", 60)
+            lg.expect("recording", 30)
             c0, t0 = proc_cpu_s(srv.pid), time.monotonic()
-            done = lg.expect("done", a.echo_seconds + 30)
+            lg.expect("recorded", a.echo_seconds + 30)
             c1, t1 = proc_cpu_s(srv.pid), time.monotonic()
+            done = lg.expect("done", 30)
         finally:
             lg.stop()
     return {
@@ -488,7 +522,7 @@ def scenario_sizes(args: argparse.Namespace) -> dict[str, list[int]]:
 # metric -> (label, format, lower is better)
 HEADLINE = {
     "s1": ["cpu_us_per_round", "cpu_us_per_ping", "server_cpu_pct", "rss_kib_per_conn", "open_at_end", "loadgen_cpu_pct", "cpu0_other_pct"],
-    "s2": ["bound_s", "first_close_s", "last_close_s", "closed_pct_by_bound_plus_half"],
+    "s2": ["bound_s", "first_close_s", "last_close_s", "closed_pct_by_bound_plus_half", "registry_first_dead_s", "registry_last_dead_s"],
     "s3": ["rps", "p50_ms", "p99_ms", "server_cpu_pct", "loadgen_cpu_pct"],
     "s4": ["all_open_s", "handshake_p99_s", "server_cpu_s", "loadgen_cpu_s"],
 }
@@ -572,12 +606,14 @@ def markdown(medians: dict, ratios: dict, peers: list[str]) -> str:
         out.append("")
     if "s2" in medians:
         out += ["### S2 dead-peer detection (load generator frozen with SIGSTOP)", "",
-                "| server | N | bound s | first close s | last close s | vs Autobahn | closed by bound+0.5 s % | all closed within bound+0.5 s |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                "| server | N | bound s | first close s | last close s | vs Autobahn | closed by bound+0.5 s % | all closed within bound+0.5 s | wsheart registry: first / last dead s |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, peer, m in rows("s2"):
+            reg = "-" if m.get("registry_last_dead_s") is None else \
+                f"{fmt(m['registry_first_dead_s'], 2)} / {fmt(m['registry_last_dead_s'], 2)}"
             out.append(f"| {peer} | {n} | {fmt(m['bound_s'])} | {fmt(m['first_close_s'], 2)} | {fmt(m['last_close_s'], 2)} "
                        f"| {ratio(ratios, 's2', n, peer, 'last_close_s')} | {fmt(m['closed_pct_by_bound_plus_half'])} "
-                       f"| {m['all_closed_within_bound_plus_half']} |")
+                       f"| {m['all_closed_within_bound_plus_half']} | {reg} |")
         out.append("")
     if "s3" in medians:
         out += ["### S3 echo (10 messages in flight per connection)", "",
@@ -615,18 +651,26 @@ def chart(medians: dict, peers: list[str], path: Path, title: str) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors.get(peer), label=peer)
         ax.set_title(label)
+        ax.set_xticks(sorted(int(n) for n in data))
         ax.set_xlabel("connections")
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
 
-    def bars(ax, sc, metric, ylabel, label, hline=None):
+    def bars(ax, sc, metric, ylabel, label, hline=None, marker=None):
         data = medians.get(sc, {})
         n = max(data, key=int) if data else None
         names = [p for p in peers if n and p in data[n] and data[n][p].get(metric) is not None]
         vals = [data[n][p][metric] for p in names]
         ax.bar(names, vals, color=[colors.get(p) for p in names])
+        if marker:
+            metric2, text = marker
+            for i, p in enumerate(names):
+                v2 = data[n][p].get(metric2)
+                if v2 is not None:
+                    ax.plot([i], [v2], "kx", markersize=10, label=text)
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         if hline is not None:
@@ -644,7 +688,8 @@ def chart(medians: dict, peers: list[str], path: Path, title: str) -> None:
     if s2:
         bounds = {v.get("bound_s") for by in s2.values() for v in by.values()}
         bound = bounds.pop() if len(bounds) == 1 else None
-    bars(axes[0][2], "s2", "last_close_s", "seconds after SIGSTOP", "S2 dead peers: last socket closed", hline=bound)
+    bars(axes[0][2], "s2", "last_close_s", "seconds after SIGSTOP", "S2 dead peers: last socket closed", hline=bound,
+         marker=("registry_last_dead_s", "wsheart: last peer declared dead"))
     bars(axes[1][0], "s3", "rps", "round trips / s", "S3 echo throughput")
     bars(axes[1][1], "s3", "p99_ms", "ms", "S3 echo p99 latency")
     bars(axes[1][2], "s4", "all_open_s", "seconds", "S4 burst: all handshakes done")

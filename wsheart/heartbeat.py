@@ -104,6 +104,13 @@ class Heartbeat:
     @ivar dead: whether the peer has been declared dead.
     """
 
+    # One per connection: slots keep thousands of them small.
+    __slots__ = (
+        "_clock", "_timers", "settings", "_send_ping", "_on_dead", "_on_miss", "_call",
+        "_seq", "_in_flight", "_life_since_ping", "_ping_due", "misses", "last_rtt",
+        "smoothed_rtt", "last_seen", "pings_sent", "pongs_received", "dead",
+    )  # fmt: skip
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -53,7 +53,7 @@ class IConnection(Interface):
         """
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionInfo:
     """
     What the hub knows of one connection.

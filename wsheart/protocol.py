@@ -315,6 +315,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             factory.random() * factory.heartbeat_settings.interval,
         )
         factory.hub.add(self.connection_id, str(self.peer), self, self.heartbeat)
+        # The opening handshake is over: thousands of idle connections
+        # should not each keep a copy of its request and response.
+        self.http_headers = self.http_request_data = self.http_response_data = None
         self._call_handler("connection_opened", self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
