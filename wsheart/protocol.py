@@ -317,7 +317,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         factory.hub.add(self.connection_id, str(self.peer), self, self.heartbeat)
         # The opening handshake is over: thousands of idle connections
         # should not each keep a copy of its request and response.
-        self.http_headers = self.http_request_data = self.http_response_data = None
+        self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
         self._call_handler("connection_opened", self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
