@@ -128,7 +128,13 @@ class _Liveness:
         """
 
     def _heartbeat_dead(self, heartbeat: Heartbeat) -> None:
+        # A dead peer has not answered for max_missed pings: waiting for it
+        # to answer a close frame is pointless.  Send the close (so a peer
+        # that was only slow learns why), then close TCP once it is flushed;
+        # the close timer still aborts if even the flush stalls.
         self.close(closecodes.INTERNAL_ERROR, closecodes.HEARTBEAT_TIMEOUT_REASON)
+        if self.transport is not None:  # type: ignore[attr-defined]
+            self.transport.loseConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:
         heartbeat = self.heartbeat
