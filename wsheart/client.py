@@ -312,8 +312,18 @@ class ReconnectingClientService(Service):
         if self.running:
             super().stopService()
         if self.state == STOPPED:
-            # Already stopped (by the application or by giving up).
-            return self._lost if self._lost is not None else defer.succeed(None)
+            # Already stopped (by the application or by giving up); the
+            # connection may still be finishing its close.
+            if self._lost is None:
+                return defer.succeed(None)
+            gone: defer.Deferred[None] = defer.Deferred()
+
+            def relay(result: None) -> None:
+                gone.callback(None)
+                return result
+
+            self._lost.addCallback(relay)
+            return gone
         return self._halt(None)
 
     # the connection cycle
