@@ -346,7 +346,7 @@ async def hold(args) -> None:
             break
         try:
             cmd = await asyncio.wait_for(commands.get(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         if cmd is None:
             break
@@ -385,7 +385,7 @@ async def burst(args) -> None:
 
 async def echo(args) -> None:
     gen = Generator(args.port)
-    clients, _, failures = await open_many(gen, args.connections, args.concurrency, args.timeout)
+    clients, _times, failures = await open_many(gen, args.connections, args.concurrency, args.timeout)
     emit({"event": "open", "open": len(clients), "failed": failures})
     gen.sending = True
     for c in clients:

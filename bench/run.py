@@ -107,13 +107,20 @@ def ensure_environment(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- processes
 
 
-def _child_setup(cpu: int):
-    def setup() -> None:
-        os.sched_setaffinity(0, {cpu})  # what `taskset -c CPU` does
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def pinned(cmd: list[str], cpu: int) -> list[str]:
+    """
+    The command pinned to one CPU with taskset (which execs it: the pid we
+    get is the pid of the command).  Without taskset, Processes.start pins
+    the process right after it starts.  The RLIMIT_NOFILE that main()
+    raised is inherited.
+    """
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", str(cpu), *cmd] if taskset else cmd
 
-    return setup
+
+def loadavg() -> list[str]:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
 
 
 class Processes:
@@ -125,17 +132,17 @@ class Processes:
         self.live: list[subprocess.Popen] = []
 
     def start(self, cmd: list[str], cpu: int, log: Path, **kw: Any) -> subprocess.Popen:
-        logf = open(log, "ab")
-        kw.setdefault("stdout", logf)
-        p = subprocess.Popen(
-            cmd,
-            stderr=logf,
-            preexec_fn=_child_setup(cpu),
-            start_new_session=True,  # Ctrl-C reaches us, and we stop them in order
-            **kw,
-        )
-        logf.close()
+        with open(log, "ab") as logf:
+            kw.setdefault("stdout", logf)
+            p = subprocess.Popen(
+                pinned(cmd, cpu),
+                stderr=logf,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop them in order
+                **kw,
+            )
         self.live.append(p)
+        if not shutil.which("taskset"):
+            os.sched_setaffinity(p.pid, {cpu})
         return p
 
     def stop(self, p: subprocess.Popen, grace: float = 5.0) -> None:
@@ -195,15 +202,32 @@ def proc_rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def core_ticks(cpu: int) -> tuple[int, int]:
-    """(busy, total) ticks of one core from /proc/stat."""
+def core_ticks(cpu: int) -> dict[str, int]:
+    """Ticks of one core from /proc/stat: processes, interrupts, steal, total."""
     with open("/proc/stat") as f:
         for line in f:
             if line.startswith(f"cpu{cpu} "):
-                v = [int(x) for x in line.split()[1:]]
-                total = sum(v[:8])
-                return total - v[3] - v[4], total
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in line.split()[1:9])
+                return {
+                    "proc": user + nice + system,
+                    "irq": irq + softirq,
+                    "steal": steal,
+                    "total": user + nice + system + idle + iowait + irq + softirq + steal,
+                }
     raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+def core_load(k0: dict, k1: dict, server_cpu_s: float) -> dict:
+    """What else ran on the server's core during a window, in % of it."""
+    total = k1["total"] - k0["total"]
+    if total <= 0:
+        return {}
+    other = (k1["proc"] - k0["proc"]) - server_cpu_s * CLK_TCK
+    return {
+        "cpu0_other_procs_pct": max(0.0, 100.0 * other / total),
+        "cpu0_irq_softirq_pct": 100.0 * (k1["irq"] - k0["irq"]) / total,
+        "cpu0_steal_pct": 100.0 * (k1["steal"] - k0["steal"]) / total,
+    }
 
 
 def established(port: int) -> int:
@@ -241,18 +265,44 @@ def registry(admin_port: int) -> Optional[int]:
 # ---------------------------------------------------------------- servers and load generator
 
 
+def wsheart_files(root: Path) -> list[Path]:
+    files = sorted(p for p in (root / "wsheart").rglob("*.py") if "__pycache__" not in p.parts)
+    return files + [root / "twisted" / "plugins" / "wsheart_plugin.py"]
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over wsheart's source files: which code a sample ran."""
+    h = hashlib.sha256()
+    for f in wsheart_files(root):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def snapshot_wsheart(dest: Path) -> None:
+    for f in wsheart_files(REPO):
+        target = dest / f.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+
+
 class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.procs = Processes()
         self.venv = Path(args.venv).resolve()
+        # Where twistd finds wsheart: the checkout itself, or (default) a
+        # copy of the checkout's wsheart/ and twisted/plugins/ taken when the
+        # run starts, so that edits made while a long run goes on do not mix
+        # two versions of wsheart in one results file.
+        self.wsheart_root = REPO
+        self.wsheart_tree = tree_digest(REPO)
         self.python = str(self.venv / "bin" / "python")
 
 
 def server_command(ctx: Context, peer: str, port: int, hb: tuple, admin_port: int = 0) -> tuple[list[str], dict]:
     interval, timeout, max_missed = hb
     if peer == "wsheart":
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(ctx.wsheart_root))
         cmd = [
             str(ctx.venv / "bin" / "twistd"), "-n", "--pidfile=", "wsheart",
             "--endpoint", f"tcp:{port}:interface=127.0.0.1",
@@ -261,7 +311,7 @@ def server_command(ctx: Context, peer: str, port: int, hb: tuple, admin_port: in
         ]
         if admin_port:
             cmd += ["--admin-endpoint", f"tcp:{admin_port}:interface=127.0.0.1"]
-        return cmd, {"cwd": str(REPO), "env": env}
+        return cmd, {"cwd": str(ctx.wsheart_root), "env": env}
     if peer == "autobahn":
         script = BENCH / "peers" / "autobahn_server.py"
         return [ctx.python, str(script), "--port", str(port), "--ping-interval", str(interval),
@@ -370,9 +420,8 @@ def s1_idle(ctx: Context, peer: str, n: int, tag: str) -> dict:
     elapsed = t1 - t0
     cpu = c1 - c0
     pings = st1["pings"] - st0["pings"]
-    core_total = k1[1] - k0[1]
-    other = (k1[0] - k0[0]) - cpu * CLK_TCK
     return {
+        **core_load(k0, k1, cpu),
         "cpu_us_per_round": cpu * 1e6 / (n * elapsed / interval),
         "cpu_us_per_ping": cpu * 1e6 / pings if pings else None,
         "server_cpu_pct": 100.0 * cpu / elapsed,
@@ -385,7 +434,6 @@ def s1_idle(ctx: Context, peer: str, n: int, tag: str) -> dict:
         "connect_failed": opened["failed"],
         "connect_s": opened["seconds"],
         "loadgen_cpu_pct": 100.0 * (st1["cpu_s"] - st0["cpu_s"]) / max(1e-9, st1["t"] - st0["t"]),
-        "cpu0_other_pct": max(0.0, 100.0 * other / core_total) if core_total else None,
         "window_s": elapsed,
         "interval_s": interval,
     }
@@ -393,7 +441,7 @@ def s1_idle(ctx: Context, peer: str, n: int, tag: str) -> dict:
 
 def s2_dead(ctx: Context, peer: str, n: int, tag: str) -> dict:
     hb = HEARTBEAT["s2"]
-    interval, timeout, max_missed = hb
+    interval = hb[0]
     bound = dead_bound(peer, *hb)
     series: list[tuple[float, int]] = []
     first = last = None
@@ -465,9 +513,9 @@ def s3_echo(ctx: Context, peer: str, n: int, tag: str) -> dict:
         try:
             lg.expect("open", 60)
             lg.expect("recording", 30)
-            c0, t0 = proc_cpu_s(srv.pid), time.monotonic()
+            c0, k0, t0 = proc_cpu_s(srv.pid), core_ticks(SERVER_CPU), time.monotonic()
             lg.expect("recorded", a.echo_seconds + 30)
-            c1, t1 = proc_cpu_s(srv.pid), time.monotonic()
+            c1, k1, t1 = proc_cpu_s(srv.pid), core_ticks(SERVER_CPU), time.monotonic()
             done = lg.expect("done", 30)
         finally:
             lg.stop()
@@ -480,6 +528,7 @@ def s3_echo(ctx: Context, peer: str, n: int, tag: str) -> dict:
         "lost": done["lost"],
         "server_cpu_pct": 100.0 * (c1 - c0) / (t1 - t0),
         "loadgen_cpu_pct": done["cpu_pct"],
+        **core_load(k0, k1, c1 - c0),
         "depth": a.depth,
     }
 
@@ -521,7 +570,8 @@ def scenario_sizes(args: argparse.Namespace) -> dict[str, list[int]]:
 
 # metric -> (label, format, lower is better)
 HEADLINE = {
-    "s1": ["cpu_us_per_round", "cpu_us_per_ping", "server_cpu_pct", "rss_kib_per_conn", "open_at_end", "loadgen_cpu_pct", "cpu0_other_pct"],
+    "s1": ["cpu_us_per_round", "cpu_us_per_ping", "server_cpu_pct", "rss_kib_per_conn", "open_at_end", "loadgen_cpu_pct",
+           "cpu0_other_procs_pct", "cpu0_irq_softirq_pct", "cpu0_steal_pct"],
     "s2": ["bound_s", "first_close_s", "last_close_s", "closed_pct_by_bound_plus_half", "registry_first_dead_s", "registry_last_dead_s"],
     "s3": ["rps", "p50_ms", "p99_ms", "server_cpu_pct", "loadgen_cpu_pct"],
     "s4": ["all_open_s", "handshake_p99_s", "server_cpu_s", "loadgen_cpu_s"],
@@ -596,13 +646,14 @@ def markdown(medians: dict, ratios: dict, peers: list[str]) -> str:
 
     if "s1" in medians:
         out += ["### S1 idle heartbeat cost (interval 1 s)", "",
-                "| server | N | CPU us / round | vs Autobahn | CPU us / ping seen | server CPU % | RSS KiB / conn | vs Autobahn | open at end | loadgen CPU % | other load on CPU 0 % |",
+                "| server | N | CPU us / round | vs Autobahn | CPU us / ping seen | server CPU % | RSS KiB / conn | vs Autobahn | open at end | loadgen CPU % | CPU 0: other processes / irq+softirq / steal % |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for n, peer, m in rows("s1"):
             out.append(f"| {peer} | {n} | {fmt(m['cpu_us_per_round'])} | {ratio(ratios, 's1', n, peer, 'cpu_us_per_round')} "
                        f"| {fmt(m['cpu_us_per_ping'])} | {fmt(m['server_cpu_pct'])} | {fmt(m['rss_kib_per_conn'], 2)} "
                        f"| {ratio(ratios, 's1', n, peer, 'rss_kib_per_conn')} | {fmt(m['open_at_end'], 0)} "
-                       f"| {fmt(m['loadgen_cpu_pct'])} | {fmt(m['cpu0_other_pct'])} |")
+                       f"| {fmt(m['loadgen_cpu_pct'])} | {fmt(m.get('cpu0_other_procs_pct'))} / "
+                       f"{fmt(m.get('cpu0_irq_softirq_pct'))} / {fmt(m.get('cpu0_steal_pct'))} |")
         out.append("")
     if "s2" in medians:
         out += ["### S2 dead-peer detection (load generator frozen with SIGSTOP)", "",
@@ -676,7 +727,8 @@ def chart(medians: dict, peers: list[str], path: Path, title: str) -> None:
         if hline is not None:
             ax.axhline(hline, color="black", linestyle="--", linewidth=1, label=f"bound {hline:g} s")
             ax.axhline(hline + 0.5, color="grey", linestyle=":", linewidth=1, label="bound + 0.5 s")
-            ax.legend(fontsize=8)
+            ax.set_ylim(0, max(vals + [hline + 0.5]) * 1.4)
+            ax.legend(fontsize=8, loc="upper left", ncol=2)
         ax.set_title(f"{label} (N={n})" if n else label)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
@@ -696,6 +748,11 @@ def chart(medians: dict, peers: list[str], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def chart_title(meta: dict) -> str:
+    return (f"wsheart bench ({meta['mode']}, {meta['args']['repeats']} repeat(s), medians) - "
+            f"server on CPU 0, load generator on CPU 1")
 
 
 # ---------------------------------------------------------------- main
@@ -722,6 +779,8 @@ def versions(ctx: Context) -> dict:
                                              text=True, env=env).stdout.strip()
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "wsheart", "twisted"], cwd=REPO, env=env)
         v["wsheart_uncommitted_changes"] = dirty.returncode != 0
+        v["wsheart_tree"] = ctx.wsheart_tree
+        v["wsheart_source"] = "snapshot of the checkout at start" if ctx.wsheart_root != REPO else "live checkout"
     except OSError:
         pass
     return v
@@ -743,6 +802,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--echo-seconds", type=float, help="S3 measured window, s (quick: 5; full: 10)")
     p.add_argument("--venv", default=str(BENCH / ".venv"), help="the bench's own virtualenv (created if missing)")
     p.add_argument("--output", default=str(RESULTS), help="results directory (bench/results)")
+    p.add_argument("--live-checkout", action="store_true",
+                   help="run wsheart from the checkout itself, not from a copy taken at start")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw chart.png and results.md from the results.json in --output")
     p.add_argument("--no-setup", action="store_true", help="do not create the venv or re-exec; run with this python")
     a = p.parse_args()
     q = a.quick
@@ -770,6 +833,14 @@ def main() -> int:
     global RESULTS, LOGS
     RESULTS = Path(args.output).resolve()
     LOGS = RESULTS / "logs"
+    if args.replot:
+        doc = json.loads((RESULTS / "results.json").read_text())
+        peers = doc["meta"]["args"]["peers"]
+        table = markdown(doc["medians"], doc["ratios_vs_autobahn"], peers)
+        chart(doc["medians"], peers, RESULTS / "chart.png", chart_title(doc["meta"]))
+        (RESULTS / "results.md").write_text(table + "\n")
+        print(table)
+        return 0
     if os.cpu_count() < 2:
         print("warning: fewer than 2 CPUs; server and load generator share CPU 0", file=sys.stderr)
         global CLIENT_CPU
@@ -778,7 +849,8 @@ def main() -> int:
         print("node or bench/node_modules/ws missing: skipping the ws peer", file=sys.stderr)
         args.peers.remove("ws")
     os.sched_setaffinity(0, {CLIENT_CPU})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Raised here, inherited by every server and load generator started.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     need = max(args.connections + [args.dead_connections, args.burst_connections]) + 100
     if hard < need:
@@ -791,6 +863,14 @@ def main() -> int:
     shutil.rmtree(LOGS, ignore_errors=True)
     LOGS.mkdir(parents=True)
     ctx = Context(args)
+    snapshot_dir = None
+    if not args.live_checkout:
+        import tempfile
+
+        snapshot_dir = Path(tempfile.mkdtemp(prefix="wsheart-bench-"))
+        snapshot_wsheart(snapshot_dir)
+        ctx.wsheart_root = snapshot_dir
+        ctx.wsheart_tree = tree_digest(snapshot_dir)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -814,7 +894,7 @@ def main() -> int:
         "args": {k: v for k, v in vars(args).items() if k not in ("venv", "output")},
         "heartbeat": {k: {"interval_s": v[0], "timeout_s": v[1], "wsheart_max_missed": v[2]} for k, v in HEARTBEAT.items()},
         "machine": {"cpus": os.cpu_count(), "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU,
-                    "loadavg_at_start": open("/proc/loadavg").read().split()[:3]},
+                    "loadavg_at_start": loadavg()},
         "versions": versions(ctx),
     }
     samples: list[dict] = []
@@ -825,7 +905,7 @@ def main() -> int:
         medians, ratios = summarize(samples)
         meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
         meta["complete"] = final
-        meta["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+        meta["loadavg_at_end"] = loadavg()
         doc = {"meta": meta, "medians": medians, "ratios_vs_autobahn": ratios, "samples": samples}
         tmp = out_json.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
@@ -839,7 +919,9 @@ def main() -> int:
             print(f"[{i}/{len(runs)}] {tag} ...", end=" ", flush=True)
             t0 = time.monotonic()
             sample = {"scenario": sc, "peer": peer, "n": n, "repeat": rep + 1,
-                      "loadavg": open("/proc/loadavg").read().split()[0]}
+                      "loadavg": loadavg()[0]}
+            if peer == "wsheart":
+                sample["wsheart_tree"] = tree_digest(ctx.wsheart_root)
             try:
                 sample["metrics"] = SCENARIO_FUNCS[sc](ctx, peer, n, tag)
                 brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sample["metrics"].items()
@@ -860,12 +942,17 @@ def main() -> int:
         print("\ninterrupted: stopping every process started, keeping partial results", file=sys.stderr)
     finally:
         ctx.procs.stop_all()
+        if snapshot_dir is not None:
+            shutil.rmtree(snapshot_dir, ignore_errors=True)
+    trees = sorted({s["wsheart_tree"] for s in samples if "wsheart_tree" in s})
+    meta["wsheart_trees_measured"] = trees
+    if len(trees) > 1:
+        print(f"WARNING: wsheart's source changed during the run ({trees}); see samples[].wsheart_tree",
+              file=sys.stderr)
     medians, ratios = save(complete)
     table = markdown(medians, ratios, args.peers)
-    title = (f"wsheart bench ({meta['mode']}, {args.repeats} repeat(s), medians) - "
-             f"server on CPU 0, load generator on CPU 1")
     try:
-        chart(medians, args.peers, RESULTS / "chart.png", title)
+        chart(medians, args.peers, RESULTS / "chart.png", chart_title(meta))
     except Exception as e:  # the numbers matter more than the picture
         print(f"chart failed: {type(e).__name__}: {e}", file=sys.stderr)
     (RESULTS / "results.md").write_text(table + "\n")

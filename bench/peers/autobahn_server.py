@@ -32,7 +32,7 @@ def main():
     p.add_argument("--backlog", type=int, default=4096)
     a = p.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     factory = WebSocketServerFactory(f"ws://127.0.0.1:{a.port}")
