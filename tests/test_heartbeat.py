@@ -241,6 +241,36 @@ class RealClockTests(unittest.TestCase):
         self.assertEqual(rec.deaths, [])
 
 
+class CadenceTests(unittest.TestCase):
+    """
+    Late timers do not slow the ping rate down.
+    """
+
+    def test_rate_kept_with_late_timers(self) -> None:
+        """
+        With timeout == interval and every timer firing 50 ms late (a timer
+        wheel's slack), 100 intervals still carry 100 pings, not ~90.
+        """
+        clock = Clock()
+
+        class Late:
+            def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+                return clock.callLater(delay + 0.05, f, *args)
+
+        settings = HeartbeatSettings(interval=1, timeout=1, max_missed=2)
+        pings: list[float] = []
+
+        def send(payload: bytes) -> None:
+            pings.append(clock.seconds())
+            heartbeat.pong_received(payload)
+
+        heartbeat = Heartbeat(clock, settings, send_ping=send, on_dead=lambda hb: None, scheduler=Late())
+        heartbeat.start(0)
+        clock.pump([0.01] * 10_000)
+        self.assertGreaterEqual(len(pings), 99)
+        self.assertLessEqual(len(pings), 101)
+
+
 class DeathBoundTests(unittest.TestCase):
     """
     The contract: a peer silent from time t is declared dead no later than

@@ -201,7 +201,13 @@ class Heartbeat:
         self._in_flight = (self._seq, now)
         self._life_since_ping = False
         self.pings_sent += 1
-        self._call = self._timers.callLater(self.settings.timeout, self._check)
+        # The check is due a timeout after the ping was *due*, so a late
+        # timer does not stretch every cycle (with timeout == interval that
+        # lost ~10% of the pings); a ping sent late still gets at least
+        # half the timeout to be answered.
+        timeout = self.settings.timeout
+        check_at = max(self._ping_due + timeout, now + timeout / 2)
+        self._call = self._timers.callLater(check_at - now, self._check)
         self._send_ping(encode_ping(self._seq, now))
 
     def _check(self) -> None:
@@ -216,10 +222,11 @@ class Heartbeat:
                 self.dead = True
                 self._on_dead(self)
                 return
-        # Schedule from when the last ping was due, not from now, so a
-        # late timer (a busy reactor) does not push every later ping back.
+        # Keep the cadence: the next ping is due an interval after the last
+        # one was due, not after this (possibly late) check; if that moment
+        # has passed, ping at once.
         now = self._clock.seconds()  # read once: a real clock moves between reads
-        self._ping_due = max(self._ping_due + self.settings.interval, now)
-        self._call = self._timers.callLater(self._ping_due - now, self._ping)
+        self._ping_due += self.settings.interval
+        self._call = self._timers.callLater(max(0.0, self._ping_due - now), self._ping)
         if self.misses and self._on_miss is not None:
             self._on_miss(self)
