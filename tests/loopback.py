@@ -38,6 +38,27 @@ def async_test(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]
     return wrapper
 
 
+async def sleep(seconds: float) -> None:
+    """
+    Wait on the real reactor.
+    """
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+async def wait_until(test: unittest.TestCase, predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """
+    Poll C{predicate} on the real reactor until true; fail the test after
+    C{timeout} seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            test.fail(f"condition not met within {timeout} s")
+        await sleep(0.02)
+
+
 def twistd_command() -> list[str]:
     """
     The twistd of the running interpreter's environment.

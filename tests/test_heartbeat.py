@@ -382,6 +382,8 @@ class ServerHeartbeatTests(unittest.TestCase):
         self.assertEqual(cause, "dead")
         self.assertLessEqual(died_at - frozen_at, self.settings.death_bound + 0.1)
         self.assertEqual(len(self.factory.hub), 0)
+        self.assertEqual(self.server.localCloseCode, closecodes.INTERNAL_ERROR)
+        self.assertEqual(self.server.localCloseReason, b"heartbeat timeout")
         # The close frame went out and TCP is closing at once: waiting for
         # a dead peer to answer is pointless.  Should even the flush stall,
         # the connection is aborted close_timeout later.

@@ -13,12 +13,11 @@ from typing import Any
 
 import websockets.sync.client
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from wsheart.tap import Options, makeService
 
-from .loopback import async_test, free_port
+from .loopback import async_test, free_port, sleep
 
 
 def http_get(url: str) -> tuple[int, str, bytes]:
@@ -28,12 +27,6 @@ def http_get(url: str) -> tuple[int, str, bytes]:
             return response.status, response.headers.get("content-type", ""), response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("content-type", ""), e.read()
-
-
-async def sleep(seconds: float) -> None:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d
 
 
 class AdminIntegrationTests(unittest.TestCase):

@@ -11,7 +11,6 @@ from typing import Any
 
 import websockets.sync.client
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from wsheart import client as wclient
@@ -20,7 +19,7 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory
 
-from .loopback import async_test, free_port, listen, make_ca, make_server_cert
+from .loopback import async_test, free_port, listen, make_ca, make_server_cert, sleep, wait_until
 
 
 class Recorder(wclient.ClientListener):
@@ -42,12 +41,6 @@ class Recorder(wclient.ClientListener):
         return [detail for _, state, detail in self.states if state == "waiting"]
 
 
-async def sleep(seconds: float) -> None:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d
-
-
 class ClientIntegrationTests(unittest.TestCase):
     """
     The client service against a real wsheart server in this process.
@@ -63,13 +56,6 @@ class ClientIntegrationTests(unittest.TestCase):
         self.addCleanup(lambda: service.running and service.stopService())
         return service
 
-    async def wait_until(self, predicate: Any, timeout: float = 10.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail("condition not met in time")
-            await sleep(0.02)
-
     @async_test
     async def test_reconnects_after_server_returns(self) -> None:
         """
@@ -84,21 +70,21 @@ class ClientIntegrationTests(unittest.TestCase):
         listener = Recorder()
         service = self.make_client(f"ws://127.0.0.1:{port_number}/", listener, random=lambda: 1.0)
         service.startService()
-        await self.wait_until(lambda: service.state == wclient.OPEN)
+        await wait_until(self, lambda: service.state == wclient.OPEN)
 
         await port.stopListening()
         for info in factory.hub:
             info.connection.transport.abortConnection()
-        await self.wait_until(lambda: len(listener.waits()) >= 4)
+        await wait_until(self, lambda: len(listener.waits()) >= 4)
         delays = [w["delay"] for w in listener.waits()[:4]]
         self.assertEqual(delays, sorted(delays))
         self.assertGreater(delays[-1], delays[0])
         self.assertIn("refused", listener.waits()[-1]["reason"])
 
         await listen(self, factory, description)
-        await self.wait_until(lambda: listener.opened == 2)
+        await wait_until(self, lambda: listener.opened == 2)
         self.assertTrue(service.send("back"))
-        await self.wait_until(lambda: listener.messages == ["back"])
+        await wait_until(self, lambda: listener.messages == ["back"])
 
 
 class TLSIntegrationTests(unittest.TestCase):
@@ -132,13 +118,6 @@ class TLSIntegrationTests(unittest.TestCase):
         self.addCleanup(lambda: service.running and service.stopService())
         return service
 
-    async def wait_until(self, predicate: Any, timeout: float = 10.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail("condition not met in time")
-            await sleep(0.02)
-
     @async_test
     async def test_wss_with_private_ca(self) -> None:
         """
@@ -150,9 +129,9 @@ class TLSIntegrationTests(unittest.TestCase):
             f"wss://localhost:{port}/", listener, trust_root=wclient.load_trust_root(self.ca_path)
         )
         service.startService()
-        await self.wait_until(lambda: service.state == wclient.OPEN)
+        await wait_until(self, lambda: service.state == wclient.OPEN)
         service.send("over tls")
-        await self.wait_until(lambda: listener.messages == ["over tls"])
+        await wait_until(self, lambda: listener.messages == ["over tls"])
 
     @async_test
     async def test_websockets_library_over_tls(self) -> None:
@@ -205,5 +184,5 @@ class TLSIntegrationTests(unittest.TestCase):
         listener = Recorder()
         service = self.make_client(f"wss://localhost:{port}/", listener)
         service.startService()
-        await self.wait_until(lambda: listener.waits())
+        await wait_until(self, lambda: listener.waits())
         self.assertIn("certificate is not trusted", listener.waits()[0]["reason"])

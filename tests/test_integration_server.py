@@ -14,14 +14,13 @@ from typing import Any
 
 import websockets.sync.client
 from twisted.internet import reactor, threads
-from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory, ServerProtocol
 
-from .loopback import async_test, listen
+from .loopback import async_test, listen, wait_until
 
 
 def ws_connect(port: int, **kwargs: Any) -> Any:
@@ -101,17 +100,8 @@ class ServerIntegrationTests(unittest.TestCase):
             self.assertEqual(len(factory.hub), 1)
         finally:
             await threads.deferToThread(ws.close)
-        await self.wait_until(lambda: len(factory.hub) == 0)
+        await wait_until(self, lambda: len(factory.hub) == 0)
         self.assertEqual(factory.hub.closed_total, {"closed": 1})
-
-    async def wait_until(self, predicate: Any, timeout: float = 5.0) -> None:
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                self.fail("condition not met in time")
-            d: Deferred[None] = Deferred()
-            reactor.callLater(0.02, d.callback, None)
-            await d
 
     @async_test
     async def test_frozen_peer_closed_within_bound(self) -> None:
@@ -144,7 +134,7 @@ class ServerIntegrationTests(unittest.TestCase):
 
         opened_wall = await threads.deferToThread(open_and_freeze)
         opened = reactor.seconds() - (time.time() - opened_wall)
-        await self.wait_until(lambda: factory.lost_at, timeout=10)
+        await wait_until(self, lambda: factory.lost_at, timeout=10)
         (died_at, cause), = removed
         self.assertEqual(cause, "dead")
         # Silent from the moment it opened; first ping spread over the
