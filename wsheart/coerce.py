@@ -11,18 +11,28 @@ from typing import Callable
 from twisted.python import usage
 
 
-def positive_float(name: str) -> Callable[[str], float]:
+def _seconds(name: str, allow_zero: bool) -> Callable[[str], float]:
+    kind = "zero or more" if allow_zero else "a positive number of"
+
     def parse(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
             raise usage.UsageError(f"--{name} must be a number of seconds, got {value!r}")
-        if not number > 0 or number == float("inf"):
-            raise usage.UsageError(f"--{name} must be a positive number of seconds, got {value!r}")
+        if not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
+            raise usage.UsageError(f"--{name} must be {kind} seconds, got {value!r}")
         return number
 
-    parse.coerceDoc = "Seconds, a positive number."  # type: ignore[attr-defined]
+    parse.coerceDoc = "Seconds, zero or more." if allow_zero else "Seconds, a positive number."  # type: ignore[attr-defined]
     return parse
+
+
+def positive_float(name: str) -> Callable[[str], float]:
+    return _seconds(name, allow_zero=False)
+
+
+def non_negative_float(name: str) -> Callable[[str], float]:
+    return _seconds(name, allow_zero=True)
 
 
 def positive_int(name: str) -> Callable[[str], int]:
@@ -36,18 +46,4 @@ def positive_int(name: str) -> Callable[[str], int]:
         return number
 
     parse.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
-    return parse
-
-
-def non_negative_float(name: str) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of seconds, got {value!r}")
-        if not number >= 0 or number == float("inf"):
-            raise usage.UsageError(f"--{name} must be zero or more seconds, got {value!r}")
-        return number
-
-    parse.coerceDoc = "Seconds, zero or more."  # type: ignore[attr-defined]
     return parse

@@ -106,9 +106,6 @@ class Hub:
     def __len__(self) -> int:
         return len(self._connections)
 
-    def __contains__(self, connection_id: object) -> bool:
-        return connection_id in self._connections
-
     def __iter__(self) -> Iterator[ConnectionInfo]:
         return iter(list(self._connections.values()))
 
