@@ -91,9 +91,20 @@ class AdminResourceTests(unittest.TestCase):
         Prometheus text with the open-connection gauge read at scrape time.
         """
         self.hub.add("c1", "p", object())
-        self.metrics.pings_sent.inc(3)
+        self.metrics.heartbeat.pings_sent = 3
+        self.metrics.heartbeat.pong(0.001)
+        self.metrics.heartbeat.pong(0.002)
+        self.metrics.heartbeat.pong(20.0)
         status, headers, body = render(self.site, b"/metrics")
         self.assertEqual(status, 200)
         self.assertTrue(headers[b"Content-Type"][0].startswith(b"text/plain"))
         self.assertIn(b"wsheart_connections_open 1.0", body)
         self.assertIn(b"wsheart_heartbeat_pings_sent_total 3.0", body)
+        self.assertIn(b"wsheart_heartbeat_pongs_received_total 3.0", body)
+        # Cumulative buckets; a value equal to a bound counts in that bucket.
+        self.assertIn(b'wsheart_heartbeat_rtt_seconds_bucket{le="0.001"} 1.0', body)
+        self.assertIn(b'wsheart_heartbeat_rtt_seconds_bucket{le="0.005"} 2.0', body)
+        self.assertIn(b'wsheart_heartbeat_rtt_seconds_bucket{le="10.0"} 2.0', body)
+        self.assertIn(b'wsheart_heartbeat_rtt_seconds_bucket{le="+Inf"} 3.0', body)
+        self.assertIn(b"wsheart_heartbeat_rtt_seconds_count 3.0", body)
+        self.assertIn(b"wsheart_heartbeat_rtt_seconds_sum 20.003", body)

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from wsheart import closecodes
 from wsheart.handler import EchoHandler, IMessageHandler
+from wsheart.directwrite import write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
@@ -298,16 +299,14 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def _send_heartbeat_ping(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN:
             # A server frame is unmasked: FIN + opcode 9, then the length.
-            self.transport.write(b"\x89\x0c" + payload)  # type: ignore[union-attr]
-            self.factory.metrics.pings_sent.inc()
+            write_small(self.transport, b"\x89\x0c" + payload)
+            self.factory.metrics.heartbeat.pings_sent += 1
 
     def onPong(self, payload: bytes) -> None:
         if self.heartbeat is not None:
             rtt = self.heartbeat.pong_received(payload)
             if rtt is not None:
-                metrics = self.factory.metrics
-                metrics.pongs_received.inc()
-                metrics.rtt.observe(rtt)
+                self.factory.metrics.heartbeat.pong(rtt)
 
     def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
         self.factory.metrics.misses.inc()
