@@ -219,3 +219,22 @@ def make_server_cert(directory: str, ca_key: Any, ca_cert: Any, hostname: str, s
         f.write(cert.public_bytes(serialization.Encoding.PEM))
         f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
+
+
+def require_tool(path: str, what: str) -> str:
+    """
+    C{path} (an executable, absolute or on PATH) for a test that needs it.
+
+    Missing, the test is skipped with C{what} as the reason - unless
+    C{WSHEART_REQUIRE_ALL=1} (set by .ci/run), where a missing tool is a
+    failure: CI must never pass by skipping.
+    """
+    import shutil
+
+    found = path if os.path.isabs(path) and os.access(path, os.X_OK) else shutil.which(path)
+    if found:
+        return found
+    message = f"{what}: {path} not found"
+    if os.environ.get("WSHEART_REQUIRE_ALL") == "1":
+        raise AssertionError(message + " (WSHEART_REQUIRE_ALL=1)")
+    raise unittest.SkipTest(message)

@@ -24,8 +24,9 @@ class FakeHeartbeat:
     misses = 1
 
 
-def render(site: Any, path: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+def render(site: Any, path: bytes, args: Any = None) -> tuple[int, dict[bytes, list[bytes]], bytes]:
     request = DummyRequest(path.strip(b"/").split(b"/"))
+    request.args = args or {}
     resource = site.getResourceFor(request)
     body = resource.render(request)
     return request.responseCode or 200, dict(request.responseHeaders.getAllRawHeaders()), body
@@ -108,3 +109,30 @@ class AdminResourceTests(unittest.TestCase):
         self.assertIn(b'wsheart_heartbeat_rtt_seconds_bucket{le="+Inf"} 3.0', body)
         self.assertIn(b"wsheart_heartbeat_rtt_seconds_count 3.0", body)
         self.assertIn(b"wsheart_heartbeat_rtt_seconds_sum 20.003", body)
+
+    def test_connections_limit(self) -> None:
+        """
+        C{?limit=N} returns the first N rows; a bad limit is a 400 with a reason.
+        """
+        for i in range(5):
+            self.hub.add(f"c{i}", "p", object())
+        status, _, body = render(self.site, b"/connections", {b"limit": [b"2"]})
+        self.assertEqual((status, [row["id"] for row in json.loads(body)]), (200, ["c0", "c1"]))
+        status, _, body = render(self.site, b"/connections", {b"limit": [b"-1"]})
+        self.assertEqual(status, 400)
+        self.assertIn("limit", json.loads(body)["error"])
+
+    def test_status_page(self) -> None:
+        """
+        /status is HTML that loads only its own script and style, served here.
+        """
+        status, headers, body = render(self.site, b"/status")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers[b"Content-Type"], [b"text/html; charset=utf-8"])
+        self.assertIn(b"script-src 'self'", headers[b"Content-Security-Policy"][0])
+        self.assertIn(b'src="/status.js"', body)
+        for path, kind in [(b"/status.js", b"text/javascript"), (b"/pages.css", b"text/css")]:
+            status, headers, asset = render(self.site, path)
+            self.assertEqual(status, 200)
+            self.assertTrue(headers[b"Content-Type"][0].startswith(kind), path)
+            self.assertTrue(asset)

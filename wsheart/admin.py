@@ -7,7 +7,9 @@ loopback or a private interface (see README "Monitor").
   GET /healthz      200 {"status": "serving", ...}; 503 while draining or
                     when the reactor lags
   GET /metrics      Prometheus text format
-  GET /connections  JSON list of open connections
+  GET /connections  JSON list of open connections (C{?limit=N}: the first N)
+  GET /status       a live page of the connections and their RTT (HTML;
+                    its script and style are served here too)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from wsheart import __version__
 from wsheart.health import Health
 from wsheart.hub import Hub
 from wsheart.metrics import CONTENT_TYPE, ServerMetrics
+from wsheart.pages import CSS, HTML, HTML_SECURITY_HEADERS, JS, static_text
 
 
 def _json(request: Request, status: int, body: Any) -> bytes:
@@ -72,9 +75,17 @@ class ConnectionsResource(Resource):
         self._clock = clock
 
     def render_GET(self, request: Request) -> bytes:
+        limit = None
+        if b"limit" in request.args:  # type: ignore[operator]
+            raw = request.args[b"limit"][0]  # type: ignore[index]
+            if not raw.isdigit():
+                return _json(request, 400, {"error": "limit must be a non-negative integer"})
+            limit = int(raw)
         now = self._clock.seconds()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for snap in self._hub.snapshot():
+            if limit is not None and len(rows) >= limit:
+                break
             rows.append(
                 {
                     "id": snap.connection_id,
@@ -88,6 +99,29 @@ class ConnectionsResource(Resource):
                 }
             )
         return _json(request, 200, rows)
+
+
+class StaticResource(Resource):
+    """
+    One file of C{wsheart/static}, read at start-up.
+    """
+
+    isLeaf = True
+
+    def __init__(self, name: str, content_type: str, html: bool = False) -> None:
+        super().__init__()
+        self._body = static_text(name).encode("utf-8")
+        self._content_type = content_type.encode("ascii")
+        self._html = html
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", self._content_type)
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if self._html:
+            for name, value in HTML_SECURITY_HEADERS:
+                request.setHeader(name.encode("ascii"), value.encode("ascii"))
+        return self._body
 
 
 class _QuietSite(Site):
@@ -107,6 +141,9 @@ def admin_site(hub: Hub, health: Health, metrics: ServerMetrics, clock: IReactor
     root.putChild(b"healthz", HealthResource(health, hub))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"connections", ConnectionsResource(hub, clock))
+    root.putChild(b"status", StaticResource("status.html", HTML, html=True))
+    root.putChild(b"status.js", StaticResource("status.js", JS))
+    root.putChild(b"pages.css", StaticResource("pages.css", CSS))
     site = _QuietSite(root)
     site.displayTracebacks = False
     site.noisy = False

@@ -35,6 +35,7 @@ from wsheart.directwrite import write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
+from wsheart.pages import Pages, parse_request_head, wants_upgrade
 from wsheart.wheel import TimerWheel
 
 class _LazyPformat:
@@ -271,6 +272,22 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             return
         super().dataReceived(data)
 
+    def processHandshake(self) -> None:
+        # A browser asking for a page (no Upgrade header) gets it from
+        # wsheart.pages; everything else - WebSocket handshakes, good or
+        # bad, and unknown paths - goes to Autobahn as before.
+        pages = self.factory.pages
+        if pages is not None:
+            end = self.data.find(b"\r\n\r\n")
+            request = parse_request_head(self.data[:end]) if end >= 0 else None
+            if request is not None and not wants_upgrade(request):
+                response = pages.respond(request)
+                if response is not None:
+                    self.sendData(response)
+                    self.dropConnection(abort=False)  # type: ignore[attr-defined]
+                    return
+        super().processHandshake()  # type: ignore[misc]
+
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):  # type: ignore[no-untyped-def]
         # A short, complete HTTP answer (Autobahn's has no body and puts the
         # reason in the status line), so curl or a browser shows why.
@@ -431,6 +448,7 @@ class ServerFactory(WebSocketServerFactory):
         random: Callable[[], float] = random.random,
         url: Optional[str] = None,
         metrics: Optional[ServerMetrics] = None,
+        pages: bool = False,
     ) -> None:
         super().__init__(url=url, reactor=clock)
         self.hub = hub
@@ -447,6 +465,19 @@ class ServerFactory(WebSocketServerFactory):
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.random = random
+        # The browser library and demo page (wsheart.pages), set up to match
+        # this server's text heartbeat.
+        self.pages: Optional[Pages] = None
+        if pages:
+            self.pages = Pages(
+                {
+                    "pingText": app_ping or None,
+                    "pongText": app_pong if app_ping else None,
+                    "interval": round(heartbeat_settings.interval * 1000),
+                    "timeout": round(heartbeat_settings.timeout * 1000),
+                    "maxMissed": heartbeat_settings.max_missed,
+                }
+            )
         self.setProtocolOptions(
             # A plain HTTP request gets "426 Upgrade Required", not a page.
             webStatus=False,

@@ -61,6 +61,10 @@ class Options(usage.Options):
         "otherwise."
     )
 
+    optFlags: list[list[Any]] = [
+        ["no-pages", None, "Do not serve the browser library (/wsheart.js) and the demo page (/) on the WebSocket endpoints."],
+    ]
+
     optParameters: list[list[Any]] = [
         ["ping-interval", None, 25.0, "Seconds between heartbeat pings.", positive_float("ping-interval")],
         ["ping-timeout", None, 10.0, "Seconds a ping may wait for its pong.", positive_float("ping-timeout")],
@@ -249,6 +253,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         max_message_size=options["max-message-size"],
         handshake_timeout=options["handshake-timeout"],
         close_timeout=options["close-timeout"],
+        pages=not options["no-pages"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])

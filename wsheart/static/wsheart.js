@@ -327,7 +327,8 @@ var WsHeart = (function () {
       this._stopTimers();
       if (wasOpen) this._emit("close", { code: code, reason: reason || "", wasClean: !!wasClean });
       if (this._stopped) return;
-      var description = "closed with " + code + (reason ? " (" + reason + ")" : "");
+      var description =
+        code === 1006 ? "connection lost" + (reason ? " (" + reason + ")" : "") : "closed with " + code + (reason ? " (" + reason + ")" : "");
       if (!wasOpen) description = "connection failed before it opened" + (reason ? ": " + reason : "");
       if (wasOpen && TERMINAL.indexOf(code) >= 0) {
         this._stop("server refused: " + description);

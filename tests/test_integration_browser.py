@@ -1,0 +1,223 @@
+"""
+Integration tests of wsheart.js and the pages in a real headless Chromium
+(Debian's chromium, driven by Playwright; never a downloaded browser)
+against the daemon as shipped: twistd in a subprocess on 127.0.0.1.
+
+Each test starts its own daemon and browser and stops both.  Screenshots
+of the demo and status pages go to $WSHEART_ARTIFACTS (default:
+./artifacts, which under trial is _trial_temp/artifacts).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from twisted.trial import unittest
+
+from .loopback import Process, free_port, require_tool, twistd_command, wait_for_port
+
+CHROMIUM = os.environ.get("WSHEART_CHROMIUM", "/usr/bin/chromium")
+# Short timings so that each story takes seconds: server heartbeat 1 s /
+# 0.5 s / 2 misses (the page takes these from the daemon), backoff windows
+# 200, 400, 800 ... ms up to 3 s.
+BACKOFF = "initialDelay=200&maxDelay=3000&minDelay=50"
+
+
+def artifacts_dir() -> str:
+    path = os.path.abspath(os.environ.get("WSHEART_ARTIFACTS", "artifacts"))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+class BrowserTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        chromium = require_tool(CHROMIUM, "the browser tests need Debian's chromium package")
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            if os.environ.get("WSHEART_REQUIRE_ALL") == "1":
+                raise
+            raise unittest.SkipTest("the browser tests need playwright (pip install '.[test]')")
+        self.playwright = sync_playwright().start()
+        self.addCleanup(self.playwright.stop)
+        self.browser = self.playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
+        )
+        self.addCleanup(self.browser.close)
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.console: list[str] = []
+
+    # -- helpers ------------------------------------------------------------
+
+    def start_daemon(self, *extra: str) -> Process:
+        argv = twistd_command() + [
+            "-n", "--pidfile=", "wsheart",
+            "--endpoint", f"tcp:{self.port}:interface=127.0.0.1",
+            "--admin-endpoint", f"tcp:{self.admin_port}:interface=127.0.0.1",
+            "--ping-interval", "1", "--ping-timeout", "0.5", "--max-missed", "2",
+            *extra,
+        ]  # fmt: skip
+        process = Process(self, argv)
+        wait_for_port(self.port)
+        wait_for_port(self.admin_port)
+        return process
+
+    def open_page(self, path: str = "/") -> Any:
+        page = self.browser.new_page()
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+        page.goto(f"http://127.0.0.1:{self.port}{path}")
+        return page
+
+    def wait(self, page: Any, js: str, timeout: float = 10.0, arg: Any = None) -> Any:
+        # Functions (not expression strings): the pages' CSP forbids eval.
+        return page.wait_for_function(js, arg=arg, timeout=timeout * 1000).json_value()
+
+    def states(self, page: Any) -> list[dict[str, Any]]:
+        return page.evaluate("() => window.wsheartDemo.states")  # type: ignore[no-any-return]
+
+    def screenshot(self, page: Any, name: str) -> None:
+        page.screenshot(path=os.path.join(artifacts_dir(), name), full_page=True)
+
+    def connected(self, page: Any, timeout: float = 10.0) -> None:
+        self.wait(page, "() => document.getElementById('state').textContent === 'connected'", timeout)
+
+    def echo(self, page: Any, text: str) -> None:
+        page.fill("#message", text)
+        page.click("#send")
+        self.wait(page, "(t) => window.wsheartDemo.messages.includes(t)", arg=text)
+
+    def assert_no_page_errors(self) -> None:
+        # Failed WebSocket connects while the daemon is down are expected
+        # console noise; anything else (a CSP violation, an exception) is not.
+        unexpected = [line for line in self.console if "WebSocket connection to" not in line]
+        self.assertEqual(unexpected, [])
+
+    # -- stories ------------------------------------------------------------
+
+    def test_echo_rtt_and_status_page(self) -> None:
+        """
+        The demo page connects, echoes, shows the RTT; the library loads as
+        an ES module too; the admin status page lists the connection with
+        its RTT and draws the chart, updating without a reload.
+        """
+        self.start_daemon()
+        page = self.open_page("/")
+        self.connected(page)
+        self.echo(page, "hello from chromium")
+        rtt = self.wait(page, "() => { const t = document.getElementById('rtt').textContent; return t !== '-' && t; }")
+        self.assertRegex(rtt, r"^\d+(\.\d)? ms")
+        version = page.evaluate("async () => (await import('/wsheart.mjs')).WsHeart.VERSION")
+        self.assertEqual(version, page.evaluate("() => WsHeart.VERSION"))
+        self.screenshot(page, "demo-page.png")
+
+        status = self.browser.new_page()
+        status.on("console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+        status.goto(f"http://127.0.0.1:{self.admin_port}/status")
+        self.wait(status, "() => document.querySelectorAll('#connections tr').length === 1")
+        # The server's own heartbeat gives the RTT within a couple of intervals.
+        self.wait(status, "() => /ms$/.test(document.querySelector('#connections tr td:nth-child(5)').textContent)")
+        polls = status.evaluate("() => window.wsheartStatus.polls")
+        second = self.open_page("/")
+        self.connected(second)
+        self.wait(status, "() => document.querySelectorAll('#connections tr').length === 2")
+        self.assertGreater(status.evaluate("() => window.wsheartStatus.polls"), polls)
+        self.assertEqual(status.inner_text("#count"), "2")
+        # The chart has drawn something (a blank canvas is one colour).
+        coloured = status.evaluate(
+            """() => { const c = document.getElementById('rtt-chart');
+                       const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                       const seen = new Set(); for (let i = 0; i < d.length; i += 4) seen.add(d[i] + ',' + d[i+1] + ',' + d[i+2] + ',' + d[i+3]);
+                       return seen.size; }"""
+        )
+        self.assertGreater(coloured, 2)
+        self.screenshot(status, "status-page.png")
+        self.assert_no_page_errors()
+
+    def test_reconnects_with_growing_jittered_delays(self) -> None:
+        """
+        The daemon is killed: two tabs show "reconnecting" with delays drawn
+        from growing windows, each tab its own; the daemon comes back and
+        both reconnect by themselves.
+        """
+        daemon = self.start_daemon()
+        tabs = [self.open_page(f"/?{BACKOFF}") for _ in range(2)]
+        for tab in tabs:
+            self.connected(tab)
+        daemon.stop(signal.SIGKILL)
+        for tab in tabs:
+            self.wait(tab, "() => window.wsheartDemo.states.filter(s => s.state === 'reconnecting').length >= 4", 20)
+        self.assertIn("as attempt", tabs[0].inner_text("#detail"))
+        self.assertEqual(tabs[0].inner_text("#state"), "reconnecting")
+        self.screenshot(tabs[0], "demo-page-reconnecting.png")
+        sequences = []
+        for tab in tabs:
+            waits = [s for s in self.states(tab) if s["state"] == "reconnecting"][:4]
+            windows = [s["window"] for s in waits]
+            self.assertEqual(windows, [200, 400, 800, 1600])
+            for s in waits:
+                self.assertGreaterEqual(s["delay"], 50)
+                self.assertLessEqual(s["delay"], 50 + s["window"])
+            self.assertEqual([s["attempt"] for s in waits], [1, 2, 3, 4])
+            sequences.append([s["delay"] for s in waits])
+        self.assertNotEqual(sequences[0], sequences[1], "two tabs retried in step")
+
+        self.start_daemon()
+        for tab in tabs:
+            self.connected(tab, timeout=15)
+            self.echo(tab, "back again")
+        self.assert_no_page_errors()
+
+    def test_drain_hint_makes_the_page_wait(self) -> None:
+        """
+        SIGTERM drains with close 1012 and a hint: the page waits at least
+        retry_after before its next attempt, says the server asked, and
+        then reconnects to the new daemon.
+        """
+        daemon = self.start_daemon("--drain-time", "0", "--drain-retry-after", "2")
+        page = self.open_page(f"/?{BACKOFF}&stableAfter=500")
+        self.connected(page)
+        time.sleep(1.0)  # stable, so that the hint alone decides the wait
+        daemon.stop(signal.SIGTERM)
+        self.assertEqual(daemon.popen.returncode, 0)
+        waiting = self.wait(page, "() => window.wsheartDemo.states.find(s => s.state === 'reconnecting')")
+        self.assertTrue(waiting["hinted"])
+        self.assertGreaterEqual(waiting["delay"], 2000)
+        self.assertLessEqual(waiting["delay"], 2000 + 5000 + 50 + 1)  # retry_after + jitter (at least 5 s) + floor
+        self.assertIn("server asked to wait", page.inner_text("#detail"))
+        self.screenshot(page, "demo-page-hinted-wait.png")
+        self.start_daemon()  # back at once: the page must still wait
+        self.connected(page, timeout=15)
+        states = self.states(page)
+        reconnecting = next(s for s in states if s["state"] == "reconnecting")
+        attempt = next(s for s in states if s["state"] == "connecting" and s["at"] > reconnecting["at"])
+        self.assertGreaterEqual(attempt["at"] - reconnecting["at"], 2000)
+        self.assert_no_page_errors()
+
+    def test_frozen_server_is_found_dead(self) -> None:
+        """
+        A daemon that stops answering (SIGSTOP: its sockets stay open) is
+        declared dead by the page's own heartbeat within interval * maxMissed
+        + timeout (2.5 s here) plus timer slack.
+        """
+        daemon = self.start_daemon()
+        page = self.open_page(f"/?{BACKOFF}")
+        self.connected(page)
+        self.wait(page, "() => window.wsheartDemo.client.rtt !== null")
+        os.kill(daemon.pid, signal.SIGSTOP)
+        self.addCleanup(self._cont, daemon)
+        start = page.evaluate("() => Date.now()")
+        dead = self.wait(page, "() => window.wsheartDemo.states.find(s => s.state === 'reconnecting')", 10)
+        self.assertIn("heartbeat timeout", dead["reason"])
+        self.assertLessEqual(dead["at"] - start, 2500 + 500)
+
+    def _cont(self, daemon: Process) -> None:
+        if daemon.popen.poll() is None:
+            os.kill(daemon.pid, signal.SIGCONT)

@@ -1,0 +1,128 @@
+// Type declarations for wsheart.js, the browser client of wsheart.
+// Served at /wsheart.d.ts.  Every duration is in milliseconds.
+
+export interface WsHeartClock {
+  now(): number;
+  setTimeout(f: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export interface WsHeartOptions {
+  /** Between heartbeat pings (default 25000). */
+  interval?: number;
+  /** For the pong (default 10000). */
+  timeout?: number;
+  /** Unanswered pings in a row that make the server dead (default 2). */
+  maxMissed?: number;
+  /** The text sent as a ping (default "ping"); null turns the heartbeat off. */
+  pingText?: string | null;
+  /** The text expected back (default "pong"); never delivered as a message. */
+  pongText?: string | null;
+  /** For the opening handshake (default 10000). */
+  connectTimeout?: number;
+  /** First backoff window (default 1000). */
+  initialDelay?: number;
+  /** Window growth per failed attempt (default 2). */
+  factor?: number;
+  /** Largest backoff window (default 60000). */
+  maxDelay?: number;
+  /** Added to every delay (default 100). */
+  minDelay?: number;
+  /** Open this long before the backoff resets (default 30000). */
+  stableAfter?: number;
+  /** Failed attempts in a row before giving up (default Infinity). */
+  maxAttempts?: number;
+  /** Messages held while not connected (default 100). */
+  queueLimit?: number;
+  /** Subprotocols offered in the handshake. */
+  protocols?: string | string[];
+  /** Default "arraybuffer". */
+  binaryType?: BinaryType;
+  /** For tests and unusual hosts. */
+  WebSocket?: typeof WebSocket;
+  clock?: WsHeartClock;
+  random?: () => number;
+  window?: EventTarget | null;
+  document?: (EventTarget & { visibilityState?: string }) | null;
+}
+
+export type WsHeartState = "connecting" | "open" | "reconnecting" | "closed";
+
+export interface WsHeartStateDetail {
+  state: WsHeartState;
+  /** The attempt in progress, or (when reconnecting) the next one, counted from the last open connection. */
+  attempt: number;
+  /** When reconnecting: the wait before the next attempt. */
+  delay: number | null;
+  /** When reconnecting on the backoff schedule: the jitter window the delay was drawn from. */
+  window: number | null;
+  /** When reconnecting: whether the wait is a server's hint (close 1012/1013). */
+  hinted: boolean;
+  /** Why it is reconnecting or closed. */
+  reason: string | null;
+  /** When reconnecting: clock time of the next attempt. */
+  retryAt: number | null;
+}
+
+export interface WsHeartEventMap {
+  state: CustomEvent<WsHeartStateDetail>;
+  open: CustomEvent<{ attempt: number }>;
+  message: CustomEvent<{ data: string | ArrayBuffer | Blob }>;
+  close: CustomEvent<{ code: number; reason: string; wasClean: boolean }>;
+  heartbeat: CustomEvent<{ rtt: number; smoothedRtt: number }>;
+  miss: CustomEvent<{ misses: number }>;
+  overflow: CustomEvent<{ data: unknown; queued: number }>;
+}
+
+export declare class WsHeart extends EventTarget {
+  constructor(url: string | URL, options?: WsHeartOptions);
+
+  static readonly VERSION: string;
+  static readonly DEFAULTS: Readonly<Required<Omit<WsHeartOptions, "WebSocket" | "clock" | "random" | "window" | "document" | "protocols">>>;
+  static readonly TERMINAL_CODES: readonly number[];
+  /** The jitter window after `failures` failed attempts in a row. */
+  static backoffWindow(failures: number, options?: WsHeartOptions): number;
+  /** The reconnect hint of a close frame, in ms, or null. */
+  static parseHint(code: number, reason: string): { retryAfter: number; jitter: number } | null;
+
+  readonly url: string;
+  readonly options: Readonly<Required<Omit<WsHeartOptions, "WebSocket" | "clock" | "random" | "window" | "document">>>;
+  readonly state: WsHeartState;
+  readonly attempt: number;
+  readonly failures: number;
+  readonly rtt: number | null;
+  readonly smoothedRtt: number | null;
+  readonly misses: number;
+  readonly closeReason: string | null;
+  readonly retryAt: number | null;
+  /** Messages waiting for the next open connection. */
+  readonly queued: number;
+
+  /** Send now, or queue while not connected; false (and an "overflow" event) when the queue is full. Throws after close(). */
+  send(data: string | ArrayBufferLike | Blob | ArrayBufferView): boolean;
+  /** Close for good. */
+  close(code?: number, reason?: string): void;
+  /** Send a heartbeat ping now. */
+  probe(): void;
+
+  addEventListener<K extends keyof WsHeartEventMap>(
+    type: K,
+    listener: (this: WsHeart, event: WsHeartEventMap[K]) => unknown,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: boolean | AddEventListenerOptions): void;
+  removeEventListener<K extends keyof WsHeartEventMap>(
+    type: K,
+    listener: (this: WsHeart, event: WsHeartEventMap[K]) => unknown,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  removeEventListener(type: string, listener: EventListenerOrEventListenerObject, options?: boolean | EventListenerOptions): void;
+}
+
+export default WsHeart;
+
+declare global {
+  /** The global of the classic-script form (<script src="/wsheart.js">). */
+  // eslint-disable-next-line no-var
+  var WsHeart: typeof import("./wsheart").WsHeart;
+}
