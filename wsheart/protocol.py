@@ -34,8 +34,10 @@ from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
+from wsheart.channels import Broker
 from wsheart.metrics import ServerMetrics
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
+from wsheart.v1 import SUBPROTOCOL, ChannelProtocolHandler
 from wsheart.wheel import TimerWheel
 
 class _LazyPformat:
@@ -259,6 +261,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     factory: "ServerFactory"
     connection_id: Optional[str] = None
     _dead = False
+    # The handler of this connection: the factory's, or the channel handler
+    # for wsheart.v1 (chosen in onOpen).
+    handler: IMessageHandler = EchoHandler()
 
     def connectionMade(self) -> None:
         self.clock = self.factory.clock
@@ -328,8 +333,19 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
         self.factory.metrics.misses.inc()
 
+    def onConnect(self, request: Any) -> Optional[str]:
+        # wsheart.v1 when the client offers it and channels are on; any
+        # other offer is declined (no Sec-WebSocket-Protocol in the answer).
+        if self.factory.channel_handler is not None and SUBPROTOCOL in request.protocols:
+            return SUBPROTOCOL
+        return None
+
     def onOpen(self) -> None:
         factory = self.factory
+        if self.websocket_protocol_in_use == SUBPROTOCOL and factory.channel_handler is not None:
+            self.handler = factory.channel_handler
+        else:
+            self.handler = factory.handler
         factory.metrics.connections_opened.inc()
         self.connection_id = factory.hub.new_id()
         self._start_heartbeat(
@@ -355,7 +371,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
 
     def _call_handler(self, method: str, *args: Any) -> None:
         try:
-            result = getattr(self.factory.handler, method)(*args)
+            result = getattr(self.handler, method)(*args)
         except Exception:
             self._handler_failed(Failure(), method)
             return
@@ -449,6 +465,7 @@ class ServerFactory(WebSocketServerFactory):
         url: Optional[str] = None,
         metrics: Optional[ServerMetrics] = None,
         pages: bool = False,
+        channels: Optional[Broker] = None,
     ) -> None:
         super().__init__(url=url, reactor=clock)
         self.hub = hub
@@ -465,6 +482,14 @@ class ServerFactory(WebSocketServerFactory):
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.random = random
+        # Channels (wsheart.v1) for the connections that ask for them; a
+        # connection leaves its channels when it leaves the hub - for a dead
+        # peer, at the moment of death.
+        self.channels = channels
+        self.channel_handler: Optional[ChannelProtocolHandler] = None
+        if channels is not None:
+            self.channel_handler = ChannelProtocolHandler(channels)
+            hub.on_removal(lambda info, cause: channels.remove_connection(info.connection_id))
         # The browser library and demo page (wsheart.pages), set up to match
         # this server's text heartbeat.
         self.pages: Optional[Pages] = None

@@ -1,0 +1,155 @@
+"""
+The C{wsheart.v1} subprotocol on the server: JSON text frames for channels,
+presence and recovery (every frame is documented in docs/protocol.md).
+
+A connection that offers C{wsheart.v1} in C{Sec-WebSocket-Protocol} gets
+this handler instead of the daemon's own (echo or C{--handler}); the
+channel state lives in a L{wsheart.channels.Broker}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from wsheart import closecodes
+from wsheart.channels import Broker, ChannelError, Position, check_channel_name, encode
+from wsheart.handler import MessageHandler, Message
+from wsheart.hub import IConnection
+
+SUBPROTOCOL = "wsheart.v1"
+PONG = '{"op":"pong"}'
+
+# Error codes of "error" frames (the HTTP API answers with the same
+# numbers as statuses).
+BAD_REQUEST = 400  # malformed JSON, a missing or invalid field
+FORBIDDEN = 403  # publishing to a channel clients may not publish to
+NOT_SUBSCRIBED = 404  # unsubscribe from a channel not subscribed to
+UNKNOWN_OP = 405
+TOO_LARGE = 413
+TOO_MANY = 429  # subscriptions per connection, or channels
+
+MAX_REF = 64
+
+
+class ChannelProtocolHandler(MessageHandler):
+    """
+    Serves wsheart.v1 connections from a L{Broker}.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def message_received(self, connection: IConnection, message: Message) -> None:
+        if isinstance(message, bytes):
+            connection.close(closecodes.UNSUPPORTED_DATA, "wsheart.v1 takes JSON text frames")
+            return
+        try:
+            frame = json.loads(message)
+        except ValueError:
+            self._error(connection, BAD_REQUEST, "malformed JSON")
+            return
+        if not isinstance(frame, dict):
+            self._error(connection, BAD_REQUEST, "a frame is a JSON object")
+            return
+        ref = frame.get("ref")
+        if ref is not None and not (isinstance(ref, (str, int)) and not isinstance(ref, bool) and len(str(ref)) <= MAX_REF):
+            self._error(connection, BAD_REQUEST, f"ref must be a string or integer of at most {MAX_REF} characters")
+            return
+        op = frame.get("op")
+        method = _OPS.get(op) if isinstance(op, str) else None
+        if method is None:
+            self._error(connection, UNKNOWN_OP, f"unknown op {op!r}", ref=ref)
+            return
+        channel = frame.get("channel")
+        try:
+            method(self, connection, frame)
+        except ChannelError as e:
+            self._error(connection, e.code, e.reason, channel=channel if isinstance(channel, str) else None, ref=ref)
+
+    def connection_closed(self, connection: IConnection, code: int, reason: str) -> None:
+        self.broker.remove_connection(_id(connection))
+
+    # -- ops ------------------------------------------------------------------
+
+    def _subscribe(self, connection: IConnection, frame: dict[str, Any]) -> None:
+        channel = check_channel_name(frame.get("channel"))
+        since = _position(frame.get("since"))
+        name = frame.get("name")
+        result = self.broker.subscribe(_id(connection), connection, channel, since=since, name=name)
+        reply: dict[str, Any] = {
+            "op": "subscribed",
+            "channel": channel,
+            "epoch": result.position.epoch,
+            "seq": result.position.seq,
+            "recovered": result.recovered,
+        }
+        if self.broker.settings.presence_events(channel):
+            reply["presence"] = list(result.presence)
+        _with_ref(reply, frame)
+        connection.send_text(encode(reply))
+        for missed in result.missed:
+            connection.send_text(missed)
+
+    def _unsubscribe(self, connection: IConnection, frame: dict[str, Any]) -> None:
+        channel = check_channel_name(frame.get("channel"))
+        if not self.broker.unsubscribe(_id(connection), channel):
+            raise ChannelError(NOT_SUBSCRIBED, f"not subscribed to {channel}")
+        connection.send_text(encode(_with_ref({"op": "unsubscribed", "channel": channel}, frame)))
+
+    def _publish(self, connection: IConnection, frame: dict[str, Any]) -> None:
+        channel = check_channel_name(frame.get("channel"))
+        if "data" not in frame:
+            raise ChannelError(BAD_REQUEST, "publish needs data")
+        if not self.broker.settings.may_publish(channel):
+            raise ChannelError(FORBIDDEN, f"clients may not publish to {channel}")
+        position = self.broker.publish(channel, frame["data"])
+        reply = {"op": "published", "channel": channel, "epoch": position.epoch, "seq": position.seq}
+        connection.send_text(encode(_with_ref(reply, frame)))
+
+    def _ping(self, connection: IConnection, frame: dict[str, Any]) -> None:
+        connection.send_text(PONG)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _error(
+        self, connection: IConnection, code: int, reason: str, channel: Optional[str] = None, ref: Any = None
+    ) -> None:
+        frame: dict[str, Any] = {"op": "error", "code": code, "reason": reason}
+        if channel is not None:
+            frame["channel"] = channel
+        if ref is not None:
+            frame["ref"] = ref
+        connection.send_text(encode(frame))
+
+
+_OPS = {
+    "subscribe": ChannelProtocolHandler._subscribe,
+    "unsubscribe": ChannelProtocolHandler._unsubscribe,
+    "publish": ChannelProtocolHandler._publish,
+    "ping": ChannelProtocolHandler._ping,
+}
+
+
+def _id(connection: IConnection) -> str:
+    connection_id = getattr(connection, "connection_id", None)
+    return connection_id if isinstance(connection_id, str) else str(id(connection))
+
+
+def _position(since: Any) -> Optional[Position]:
+    if since is None:
+        return None
+    if not isinstance(since, dict):
+        raise ChannelError(BAD_REQUEST, 'since must be {"epoch": E, "seq": S}')
+    epoch, seq = since.get("epoch"), since.get("seq")
+    if not isinstance(epoch, str) or len(epoch) > 64:
+        raise ChannelError(BAD_REQUEST, "since.epoch must be a string")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ChannelError(BAD_REQUEST, "since.seq must be a non-negative integer")
+    return Position(epoch, seq)
+
+
+def _with_ref(reply: dict[str, Any], frame: dict[str, Any]) -> dict[str, Any]:
+    if frame.get("ref") is not None:
+        reply["ref"] = frame["ref"]
+    return reply
