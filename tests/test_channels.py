@@ -299,3 +299,41 @@ class ProtocolHandlerTests(unittest.TestCase):
         self.assertEqual(self.broker.presence("news"), [{"id": "b"}])
         self.assertEqual(self.broker.presence("chat.x"), [])
         self.assertEqual(list(self.broker.subscriptions("a")), [])
+
+
+class PresenceDeathTests(unittest.TestCase):
+    """
+    A dead peer leaves presence when the heartbeat declares it dead, over
+    in-memory transports driven by a Clock.
+    """
+
+    def test_dead_peer_leaves_presence_within_the_bound(self) -> None:
+        from .memory import connect_client, make_server_factory
+
+        clock = Clock()
+        broker = Broker(clock)
+        factory = make_server_factory(clock, channels=broker)  # interval 10, timeout 4, 2 misses: bound 24 s
+        frozen, server_frozen, pump_frozen = connect_client(factory, clock)
+        watcher, server_watcher, pump_watcher = connect_client(factory, clock)
+        assert factory.channel_handler is not None
+        factory.channel_handler.message_received(server_frozen, json.dumps({"op": "subscribe", "channel": "room"}))
+        factory.channel_handler.message_received(server_watcher, json.dumps({"op": "subscribe", "channel": "room"}))
+        pump_watcher.flush()
+        silent_at = clock.seconds()
+        frozen.frozen = True
+        left_at = None
+        for _ in range(400):
+            clock.advance(0.1)
+            pump_frozen.flush()
+            pump_watcher.flush()
+            ids = [c["id"] for c in broker.presence("room")]
+            if server_frozen.connection_id not in ids:
+                left_at = clock.seconds()
+                break
+        self.assertIsNotNone(left_at, "the frozen peer never left presence")
+        assert left_at is not None
+        self.assertLessEqual(left_at - silent_at, 10 * 2 + 4 + 0.1)
+        self.assertTrue(server_frozen._dead, "it left because the heartbeat declared it dead")
+        self.assertIsNone(factory.hub.get(server_frozen.connection_id))
+        leaves = [json.loads(m) for m in watcher.messages if '"leave"' in m]
+        self.assertEqual([m["client"]["id"] for m in leaves], [server_frozen.connection_id])

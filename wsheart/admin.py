@@ -8,6 +8,7 @@ loopback or a private interface (see README "Monitor").
                     when the reactor lags
   GET /metrics      Prometheus text format
   GET /connections  JSON list of open connections (C{?limit=N}: the first N)
+  POST /publish/..., GET /channels/...  the channel API (wsheart.api)
   GET /status       a live page of the connections and their RTT (HTML;
                     its script and style are served here too)
 """
@@ -15,13 +16,15 @@ loopback or a private interface (see README "Monitor").
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsheart import __version__
+from wsheart.api import install_api
+from wsheart.channels import Broker
 from wsheart.health import Health
 from wsheart.hub import Hub
 from wsheart.metrics import CONTENT_TYPE, ServerMetrics
@@ -133,11 +136,21 @@ class _QuietSite(Site):
         pass
 
 
-def admin_site(hub: Hub, health: Health, metrics: ServerMetrics, clock: IReactorTime) -> Site:
+def admin_site(
+    hub: Hub,
+    health: Health,
+    metrics: ServerMetrics,
+    clock: IReactorTime,
+    broker: Optional[Broker] = None,
+    api_token: Optional[bytes] = None,
+) -> Site:
     """
-    The admin endpoint's site.
+    The admin endpoint's site; with a C{broker}, also the channel API
+    (L{wsheart.api}), which answers only with C{api_token}.
     """
     root = Resource()
+    if broker is not None:
+        install_api(root, broker, api_token)
     root.putChild(b"healthz", HealthResource(health, hub))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"connections", ConnectionsResource(hub, clock))

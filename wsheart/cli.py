@@ -6,9 +6,18 @@ L{wsheart.client.ReconnectingClientService}.  Each stdin line is sent as a
 text message; each message received is written to stdout (binary ones as
 C{base64:} and the base64 text); state changes go to stderr.  It keeps
 running across server restarts until stdin closes or it is interrupted.
+With C{--channel NAME} (repeatable) it speaks wsheart.v1 instead: it
+subscribes, writes each channel message to stdout as one JSON object
+C{{"channel", "epoch", "seq", "data"}}, resumes from its last position after
+every reconnect, and publishes each stdin line (as a JSON string) to the
+first channel.
 
-Exit statuses: 0 when stdin closed or on interrupt; 1 when the client gave
-up (terminal close code, refused handshake, attempt limit reached); 2 on a
+C{wsheart publish ADMIN_URL CHANNEL MESSAGE}: publish through the HTTP API
+of the admin endpoint; prints C{{"channel", "epoch", "seq"}}.
+
+Exit statuses: 0 when stdin closed or on interrupt (connect) or when
+published (publish); 1 when the client gave up (terminal close code,
+refused handshake, attempt limit reached) or the publish failed; 2 on a
 usage error.
 """
 
@@ -16,7 +25,13 @@ from __future__ import annotations
 
 import base64
 import getopt
+import json
+import os
 import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from collections import deque
 from typing import Any, Optional, TextIO
 
@@ -26,16 +41,38 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.backoff import BackoffSettings
+from wsheart.channelclient import ChannelSession
+from wsheart.channels import check_channel_name, ChannelError
 from wsheart.client import ClientListener, ReconnectingClientService, load_trust_root
 from wsheart.coerce import non_negative_float, positive_float, positive_int
 from wsheart.heartbeat import HeartbeatSettings
+from wsheart.v1 import SUBPROTOCOL
 
 # Lines typed while disconnected wait here and go out on reconnect; past
 # this many the oldest are dropped, and stderr says so.
 MAX_QUEUED_LINES = 1000
 
 
-class ConnectOptions(usage.Options):
+class _GnuOptions(usage.Options):
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        # Accept options after the positional arguments too (wsheart
+        # connect URL --ca F): Twisted's parser stops at the first one.
+        argv = sys.argv[1:] if options is None else options
+        try:
+            pairs, positional = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e))
+        flat: list[str] = []
+        for name, value in pairs:
+            flat.append(name)
+            if value or (name.startswith("--") and name[2:] + "=" in self.longOpt):
+                flat.append(value)
+            elif not name.startswith("--") and name[1:] + ":" in self.shortOpt:
+                flat.append(value)
+        super().parseOptions(flat + ["--"] + positional)
+
+
+class ConnectOptions(_GnuOptions):
     synopsis = "URL [options]"
     longdesc = (
         "Connect to a ws:// or wss:// URL and stay connected: stdin lines are sent as "
@@ -51,25 +88,22 @@ class ConnectOptions(usage.Options):
         ["max-delay", None, 60.0, "Largest reconnect window, seconds.", positive_float("max-delay")],
         ["stable-after", None, 30.0, "Seconds open before the failure count resets.", non_negative_float("stable-after")],
         ["max-attempts", None, None, "Give up after this many failed attempts in a row (default: never)", positive_int("max-attempts")],
+        ["name", None, None, "With --channel: the name others see in presence."],
     ]
     optFlags = [["quiet", "q", "Do not report state changes on stderr."]]
 
-    def parseOptions(self, options: Optional[list[str]] = None) -> None:
-        # Accept options after the URL too (wsheart connect URL --ca F):
-        # Twisted's parser stops at the first positional argument.
-        argv = sys.argv[1:] if options is None else options
+    def __init__(self) -> None:
+        super().__init__()
+        self["channels"] = []
+
+    def opt_channel(self, name: str) -> None:
+        """
+        Subscribe to this channel over wsheart.v1 (repeatable); stdin lines are published to the first.
+        """
         try:
-            pairs, positional = getopt.gnu_getopt(argv, self.shortOpt, self.longOpt)
-        except getopt.error as e:
-            raise usage.UsageError(str(e))
-        flat: list[str] = []
-        for name, value in pairs:
-            flat.append(name)
-            if value or (name.startswith("--") and name[2:] + "=" in self.longOpt):
-                flat.append(value)
-            elif not name.startswith("--") and name[1:] + ":" in self.shortOpt:
-                flat.append(value)
-        super().parseOptions(flat + ["--"] + positional)
+            self["channels"].append(check_channel_name(name))
+        except ChannelError as e:
+            raise usage.UsageError(f"--channel: {e.reason}")
 
     def parseArgs(self, url: str) -> None:  # type: ignore[override]
         self["url"] = url
@@ -100,9 +134,59 @@ class ConnectOptions(usage.Options):
                 raise usage.UsageError(f"--ca: {e}")
 
 
+class PublishOptions(_GnuOptions):
+    synopsis = "ADMIN_URL CHANNEL MESSAGE [options]"
+    longdesc = (
+        "Publish MESSAGE (a JSON string, or any JSON value with --json) to CHANNEL through the "
+        "channel API of a wsheart admin endpoint, e.g. wsheart publish http://127.0.0.1:9090 news hello. "
+        "Retried on network errors with one Idempotency-Key, so it is published at most once."
+    )
+    optParameters: list[list[Any]] = [
+        ["token-file", None, None, "File whose first line is the API token (default: $WSHEART_API_TOKEN)."],
+        ["idempotency-key", None, None, "Key that makes retries safe (default: a fresh random one)."],
+        ["retries", None, 3, "Attempts on network errors and 5xx answers.", positive_int("retries")],
+        ["timeout", None, 10.0, "Seconds per attempt.", positive_float("timeout")],
+    ]
+    optFlags = [["json", None, "MESSAGE is JSON (an object, a number, ...), not a string."]]
+
+    def parseArgs(self, admin_url: str, channel: str, message: str) -> None:  # type: ignore[override]
+        self["admin-url"] = admin_url.rstrip("/")
+        self["channel"] = channel
+        self["message"] = message
+
+    def postOptions(self) -> None:
+        if not self["admin-url"].startswith(("http://", "https://")):
+            raise usage.UsageError(f"ADMIN_URL must start with http:// or https://, got {self['admin-url']!r}")
+        try:
+            check_channel_name(self["channel"])
+        except ChannelError as e:
+            raise usage.UsageError(e.reason)
+        if self["json"]:
+            try:
+                self["data"] = json.loads(self["message"])
+            except ValueError as e:
+                raise usage.UsageError(f"--json: MESSAGE is not JSON: {e}")
+        else:
+            self["data"] = self["message"]
+        if self["token-file"]:
+            try:
+                with open(self["token-file"], "rb") as f:
+                    self["token"] = f.readline().strip().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--token-file: {e}")
+        else:
+            self["token"] = os.environ.get("WSHEART_API_TOKEN", "")
+        if not self["token"]:
+            raise usage.UsageError("no API token: use --token-file or set WSHEART_API_TOKEN")
+        self["idempotency-key"] = self["idempotency-key"] or uuid.uuid4().hex
+
+
 class Options(usage.Options):
     synopsis = "wsheart COMMAND [options]"
-    subCommands = [["connect", None, ConnectOptions, "Connect to a WebSocket URL from the terminal."]]
+    subCommands = [
+        ["connect", None, ConnectOptions, "Connect to a WebSocket URL from the terminal."],
+        ["publish", None, PublishOptions, "Publish a message to a channel through the admin endpoint's API."],
+    ]
 
     def opt_version(self) -> None:
         """
@@ -176,6 +260,54 @@ class TerminalListener(ClientListener):
             self.report(f"not connected: send queue full ({MAX_QUEUED_LINES} lines), dropped the oldest")
 
 
+class ChannelTerminal(TerminalListener):
+    """
+    The wsheart.v1 mode of C{wsheart connect}: channel messages go to
+    stdout as JSON lines, stdin lines are published to the first channel.
+    """
+
+    def __init__(self, out: TextIO, err: TextIO, quiet: bool, channel: str) -> None:
+        super().__init__(out, err, quiet)
+        self.channel = channel
+        self.session: Optional[ChannelSession] = None
+        self.refused: Optional[str] = None
+
+    def channel_subscribed(self, session: ChannelSession, channel: str, recovered: bool) -> None:
+        position = session.positions[channel]
+        seq = position.seq if position is not None else 0
+        how = "recovered every missed message" if recovered else "nothing recovered"
+        self.report(f"subscribed to {channel} at seq {seq} ({how})")
+
+    def channel_message(self, session: ChannelSession, channel: str, data: Any, epoch: str, seq: int) -> None:
+        line = {"channel": channel, "epoch": epoch, "seq": seq, "data": data}
+        self.out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def channel_presence(self, session: ChannelSession, channel: str, event: str, client: dict[str, Any]) -> None:
+        who = client.get("name") or client.get("id")
+        self.report(f"{who} {'joined' if event == 'join' else 'left'} {channel}")
+
+    def channel_error(self, session: ChannelSession, code: int, reason: str, frame: dict[str, Any]) -> None:
+        self.report(f"server error {code}: {reason}")
+        if code == 0:
+            self.refused = reason
+
+    def client_opened(self, client: Any) -> None:
+        while self.queue and self._publish(self.queue[0]):
+            self.queue.popleft()
+
+    def send_line(self, client: Any, line: str) -> None:
+        if not self.queue and self._publish(line):
+            return
+        self.queue.append(line)
+        if len(self.queue) > MAX_QUEUED_LINES:
+            self.queue.popleft()
+            self.report(f"not connected: send queue full ({MAX_QUEUED_LINES} lines), dropped the oldest")
+
+    def _publish(self, line: str) -> bool:
+        return self.session is not None and self.session.publish(self.channel, line)
+
+
 class StdinLines(LineReceiver):
     """
     Sends each stdin line; stdin closing ends the session.
@@ -204,21 +336,31 @@ def connect(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> 
     Run C{wsheart connect} until stdin closes (returns) or the client gives
     up (raises SystemExit(1)).
     """
-    listener = TerminalListener(out, err, options["quiet"])
+    listener: TerminalListener
+    service_listener: Any
+    protocols = None
+    if options["channels"]:
+        listener = ChannelTerminal(out, err, options["quiet"], options["channels"][0])
+        session = ChannelSession(listener, options["channels"], name=options["name"])
+        listener.session = session
+        service_listener, protocols = session, [SUBPROTOCOL]
+    else:
+        listener = service_listener = TerminalListener(out, err, options["quiet"])
     client = ReconnectingClientService(
         options["url"],
-        listener,
+        service_listener,
         reactor=reactor,
         heartbeat=options["heartbeat"],
         backoff=options["backoff"],
         trust_root=options["trust-root"],
+        protocols=protocols,
     )
     stdin_closed: defer.Deferred[Any] = defer.Deferred()
     stdio.StandardIO(StdinLines(listener, client, stdin_closed), reactor=reactor)
     client.startService()
     gave_up = client.when_stopped()
     yield defer.DeferredList([stdin_closed, gave_up], fireOnOneCallback=True, consumeErrors=True)
-    if client.stop_reason is not None:
+    if client.stop_reason is not None or getattr(listener, "refused", None):
         raise SystemExit(1)
     if listener.queue:
         listener.report(f"stdin closed with {len(listener.queue)} unsent lines")
@@ -236,6 +378,48 @@ def main(argv: Optional[list[str]] = None) -> None:
         command = f" {options.subCommand}" if options.subCommand else ""
         sys.stderr.write(f"wsheart: {e}\n(see: wsheart{command} --help)\n")
         raise SystemExit(2)
+    if options.subCommand == "publish":
+        raise SystemExit(publish(options.subOptions, sys.stdout, sys.stderr))
     from twisted.internet.task import react
 
     react(connect, (options.subOptions, sys.stdout, sys.stderr))
+
+
+def publish(options: PublishOptions, out: TextIO, err: TextIO) -> int:
+    """
+    C{wsheart publish}: one POST, retried with the same Idempotency-Key on
+    network errors and 5xx answers.  Returns the exit status.
+    """
+    url = f"{options['admin-url']}/publish/{options['channel']}"
+    body = json.dumps(options["data"]).encode("utf-8")
+    headers = {
+        "Authorization": f"Bearer {options['token']}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": options["idempotency-key"],
+    }
+    # The admin endpoint is private: never send the token through a proxy.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for attempt in range(1, options["retries"] + 1):
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with opener.open(request, timeout=options["timeout"]) as response:
+                out.write(response.read().decode("utf-8"))
+                out.flush()
+                return 0
+        except urllib.error.HTTPError as e:
+            try:
+                reason = json.loads(e.read().decode("utf-8")).get("error", "")
+            except (ValueError, AttributeError):
+                reason = ""
+            if e.code >= 500 and attempt < options["retries"]:
+                time.sleep(0.5 * attempt)
+                continue
+            err.write(f"wsheart: publish refused: HTTP {e.code}" + (f": {reason}" if reason else "") + "\n")
+            return 1
+        except (urllib.error.URLError, OSError) as e:
+            if attempt < options["retries"]:
+                time.sleep(0.5 * attempt)
+                continue
+            err.write(f"wsheart: publish failed after {attempt} attempts: {getattr(e, 'reason', e)}\n")
+            return 1
+    return 1

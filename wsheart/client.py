@@ -211,6 +211,7 @@ class ReconnectingClientService(Service):
         headers: Optional[dict[str, str]] = None,
         random: Any = _random.random,
         metrics: Optional[ClientMetrics] = None,
+        protocols: Optional[list[str]] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -231,6 +232,7 @@ class ReconnectingClientService(Service):
             max_message_size=max_message_size,
             handshake_timeout=handshake_timeout,
             headers=headers,
+            protocols=protocols,
         )
         self.metrics = metrics
         self.state = IDLE
@@ -260,6 +262,14 @@ class ReconnectingClientService(Service):
         """
         hb = self.heartbeat
         return hb.last_rtt if hb is not None else None
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """
+        The subprotocol the server accepted on the open connection, if any.
+        """
+        protocol = self._protocol
+        return getattr(protocol, "websocket_protocol_in_use", None) if protocol is not None else None
 
     @property
     def heartbeat(self) -> Optional[Heartbeat]:

@@ -35,15 +35,23 @@ def non_negative_float(name: str) -> Callable[[str], float]:
     return _seconds(name, allow_zero=True)
 
 
-def positive_int(name: str) -> Callable[[str], int]:
+def _whole(name: str, minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             raise usage.UsageError(f"--{name} must be a whole number, got {value!r}")
-        if number < 1:
-            raise usage.UsageError(f"--{name} must be at least 1, got {value!r}")
+        if number < minimum:
+            raise usage.UsageError(f"--{name} must be at least {minimum}, got {value!r}")
         return number
 
-    parse.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
+    parse.coerceDoc = f"A whole number, at least {minimum}."  # type: ignore[attr-defined]
     return parse
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    return _whole(name, 1)
+
+
+def non_negative_int(name: str) -> Callable[[str], int]:
+    return _whole(name, 0)

@@ -603,8 +603,9 @@ class ClientFactory(WebSocketClientFactory):
         handshake_timeout: float = 10.0,
         close_timeout: float = 1.0,
         headers: Optional[dict[str, str]] = None,
+        protocols: Optional[list[str]] = None,
     ) -> None:
-        super().__init__(url=url, reactor=clock, headers=headers)
+        super().__init__(url=url, reactor=clock, headers=headers, protocols=protocols)
         self.owner = owner
         self.clock = clock
         self.heartbeat_settings = heartbeat_settings

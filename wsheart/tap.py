@@ -15,7 +15,9 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.admin import admin_site
-from wsheart.coerce import non_negative_float, positive_float, positive_int
+from wsheart.api import read_token_file
+from wsheart.channels import Broker, ChannelSettings
+from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
 from wsheart.heartbeat import HeartbeatSettings
@@ -63,6 +65,7 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [
         ["no-pages", None, "Do not serve the browser library (/wsheart.js) and the demo page (/) on the WebSocket endpoints."],
+        ["no-channels", None, "Turn the wsheart.v1 subprotocol (channels, presence, recovery) off."],
     ]
 
     optParameters: list[list[Any]] = [
@@ -115,6 +118,13 @@ class Options(usage.Options):
         ],
         ["max-reactor-lag", None, 2.0, "Reactor lag in seconds past which /healthz fails and the watchdog is withheld.", positive_float("max-reactor-lag")],
         ["log-format", None, "text", "text or json (one JSON object per line on stdout)."],
+        ["history-size", None, 100, "wsheart.v1: messages kept per channel for recovery (0: none).", non_negative_int("history-size")],
+        ["history-age", None, 300.0, "wsheart.v1: seconds a message is kept for recovery.", non_negative_float("history-age")],
+        ["max-channels", None, 10000, "wsheart.v1: channels at once (with subscribers or history).", positive_int("max-channels")],
+        ["max-subscriptions", None, 100, "wsheart.v1: channels one connection may subscribe to.", positive_int("max-subscriptions")],
+        ["client-publish", None, "chat.*", "wsheart.v1: comma-separated channel patterns clients may publish to (empty: none)."],
+        ["quiet-presence", None, "", "wsheart.v1: comma-separated channel patterns without join/leave events."],
+        ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
     ]
 
     def __init__(self) -> None:
@@ -178,6 +188,30 @@ class Options(usage.Options):
             # twistd reads its observer factory from its own --logger
             # option after this returns; --log-format json fills it in.
             parent["logger"] = "wsheart.logs.json_stdout_observer"
+        self["channels"] = None
+        if not self["no-channels"]:
+            try:
+                self["channels"] = ChannelSettings(
+                    history_size=self["history-size"],
+                    history_age=self["history-age"],
+                    max_channels=self["max-channels"],
+                    max_subscriptions=self["max-subscriptions"],
+                    max_data_bytes=self["max-message-size"],
+                    client_publish=_patterns(self["client-publish"]),
+                    quiet_presence=_patterns(self["quiet-presence"]),
+                )
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        self["api-token"] = None
+        if self["api-token-file"]:
+            if not self["admin-endpoint"]:
+                raise usage.UsageError("--api-token-file needs --admin-endpoint (the API is served there)")
+            if self["no-channels"]:
+                raise usage.UsageError("--api-token-file: the channel API needs channels (drop --no-channels)")
+            try:
+                self["api-token"] = read_token_file(self["api-token-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--api-token-file: {e}")
         self["handler-factory"] = None
         if self["handler"]:
             try:
@@ -201,6 +235,10 @@ class Options(usage.Options):
             return ReloadableServerTLS(key, cert)
         except TLSConfigError as e:
             raise usage.UsageError(f"--tls-key/--tls-cert: {e}")
+
+
+def _patterns(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
 def _check_endpoint(description: str, option: str = "--endpoint") -> None:
@@ -243,6 +281,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
             handler = build_handler(handler_factory, hub)
         except HandlerLoadError as e:
             raise usage.UsageError(str(e))
+    broker = Broker(reactor, options["channels"]) if options["channels"] is not None else None
     factory = ServerFactory(
         hub=hub,
         clock=reactor,
@@ -254,6 +293,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         handshake_timeout=options["handshake-timeout"],
         close_timeout=options["close-timeout"],
         pages=not options["no-pages"],
+        channels=broker,
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
@@ -276,6 +316,6 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         for description in options["tls-endpoint"]:
             service.add_listener(strports.service(description, tls_factory, reactor=reactor))
     if options["admin-endpoint"]:
-        site = admin_site(hub, service.health, factory.metrics, reactor)
+        site = admin_site(hub, service.health, factory.metrics, reactor, broker=broker, api_token=options["api-token"])
         service.set_admin(strports.service(options["admin-endpoint"], site, reactor=reactor))
     return service

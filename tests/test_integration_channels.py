@@ -1,0 +1,298 @@
+"""
+Integration tests of wsheart.v1 over real loopback sockets: the websockets
+library as an independent client, the HTTP API on a real admin site, the
+Python channel client recovering across a forced disconnect in the middle
+of a burst, and the CLI against a real twistd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+import websockets.sync.client
+from twisted.internet import reactor, threads
+from twisted.trial import unittest
+
+from wsheart.admin import admin_site
+from wsheart.backoff import BackoffSettings
+from wsheart.channelclient import ChannelListener, ChannelSession
+from wsheart.channels import Broker, ChannelSettings
+from wsheart.client import OPEN, ReconnectingClientService
+from wsheart.health import Health, LagMonitor
+from wsheart.heartbeat import HeartbeatSettings
+from wsheart.hub import Hub
+from wsheart.protocol import ServerFactory
+from wsheart.v1 import SUBPROTOCOL
+
+from .loopback import Process, async_test, free_port, listen, sleep, twistd_command, wait_for_port, wait_until
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def http(url: str, method: str = "GET", body: Optional[bytes] = None, token: Optional[str] = TOKEN,
+         headers: Optional[dict[str, str]] = None) -> tuple[int, Any]:  # fmt: skip
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+class ChannelServer:
+    """
+    A wsheart server with channels and the admin API, in this process.
+    """
+
+    def __init__(self, test: unittest.TestCase, settings: ChannelSettings = ChannelSettings()) -> None:
+        self.test = test
+        self.hub = Hub(reactor)
+        self.broker = Broker(reactor, settings)
+        self.factory = ServerFactory(
+            hub=self.hub, clock=reactor, channels=self.broker, heartbeat_settings=HeartbeatSettings(1, 0.5, 2)
+        )
+        health = Health(LagMonitor(reactor))
+        self.site = admin_site(self.hub, health, self.factory.metrics, reactor, broker=self.broker, api_token=TOKEN.encode())
+
+    async def start(self) -> None:
+        port = await listen(self.test, self.factory)
+        admin = await listen(self.test, self.site)
+        self.url = f"ws://127.0.0.1:{port.getHost().port}/"
+        self.admin = f"http://127.0.0.1:{admin.getHost().port}"
+
+
+def ws(url: str) -> Any:
+    return websockets.sync.client.connect(url, proxy=None, open_timeout=5, subprotocols=[SUBPROTOCOL])
+
+
+class IndependentClientTests(unittest.TestCase):
+    timeout = 30
+
+    @async_test
+    async def test_subscribe_publish_over_http_and_errors(self) -> None:
+        """
+        The websockets library negotiates wsheart.v1, subscribes, receives
+        what the HTTP API publishes; bad frames get errors and the
+        connection carries on.
+        """
+        server = ChannelServer(self)
+        await server.start()
+
+        def client_side() -> list[Any]:
+            with ws(server.url) as c:
+                assert c.subprotocol == SUBPROTOCOL
+                c.send(json.dumps({"op": "subscribe", "channel": "news", "name": "ws"}))
+                frames = [json.loads(c.recv(timeout=5))]
+                c.send("{oops")
+                frames.append(json.loads(c.recv(timeout=5)))
+                c.send(json.dumps({"op": "publish", "channel": "news", "data": 1}))
+                frames.append(json.loads(c.recv(timeout=5)))
+                c.send(json.dumps({"op": "ping"}))
+                frames.append(c.recv(timeout=5))
+                c.send(json.dumps({"op": "ready"}))  # unknown op: an error, then the test publishes
+                frames.append(json.loads(c.recv(timeout=5)))
+                frames.append(json.loads(c.recv(timeout=5)))
+                return frames
+
+        received = threads.deferToThread(client_side)
+        await wait_until(self, lambda: server.broker.presence("news"))
+        await wait_until(self, lambda: server.broker.channels()[0]["subscribers"] == 1)
+        status, answer = await threads.deferToThread(
+            http, server.admin + "/publish/news", "POST", json.dumps({"headline": "hi"}).encode()
+        )
+        self.assertEqual(status, 200, answer)
+        frames = await received
+        self.assertEqual(frames[0]["op"], "subscribed")
+        self.assertEqual((frames[1]["op"], frames[1]["code"]), ("error", 400))
+        self.assertEqual((frames[2]["op"], frames[2]["code"]), ("error", 403))
+        self.assertEqual(frames[3], '{"op":"pong"}')
+        self.assertEqual((frames[4]["op"], frames[4]["code"]), ("error", 405))
+        self.assertEqual(frames[5], {"op": "message", "channel": "news", "epoch": answer["epoch"], "seq": 1, "data": {"headline": "hi"}})
+
+    @async_test
+    async def test_http_api(self) -> None:
+        server = ChannelServer(self, ChannelSettings(history_size=3, max_data_bytes=100))
+        await server.start()
+        api = server.admin
+
+        def calls() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            out["no token"] = http(api + "/channels", token=None)
+            out["wrong token"] = http(api + "/channels", token="x" * 30)
+            out["publish"] = [http(api + "/publish/news", "POST", json.dumps(i).encode()) for i in range(5)]
+            out["retry"] = http(api + "/publish/news", "POST", b'"once"', headers={"Idempotency-Key": "k"})
+            out["retry again"] = http(api + "/publish/news", "POST", b'"once"', headers={"Idempotency-Key": "k"})
+            out["bad json"] = http(api + "/publish/news", "POST", b"{nope")
+            out["too big"] = http(api + "/publish/news", "POST", json.dumps("x" * 200).encode())
+            out["bad name"] = http(api + "/publish/bad%20name", "POST", b"1")
+            out["get publish"] = http(api + "/publish/news")
+            out["channels"] = http(api + "/channels")
+            out["history"] = http(api + "/channels/news/history?since=2")
+            out["history bad"] = http(api + "/channels/news/history?since=x")
+            out["presence"] = http(api + "/channels/news/presence")
+            return out
+
+        out = await threads.deferToThread(calls)
+        self.assertEqual(out["no token"][0], 401)
+        self.assertEqual(out["wrong token"][0], 401)
+        self.assertEqual([r[1]["seq"] for r in out["publish"]], [1, 2, 3, 4, 5])
+        self.assertEqual(out["retry"][1]["seq"], 6)
+        self.assertEqual(out["retry again"][1]["seq"], 6, "an Idempotency-Key publishes once")
+        for key in ("bad json", "too big", "bad name", "get publish"):
+            self.assertIn(out[key][0], (400, 405, 413), key)
+            self.assertIn("error", out[key][1], key)
+        self.assertEqual(out["too big"][0], 413)
+        self.assertEqual(out["get publish"][0], 405)
+        [row] = out["channels"][1]
+        self.assertEqual((row["channel"], row["seq"], row["history"]), ("news", 6, 3))
+        history = out["history"][1]
+        self.assertFalse(history["complete"], "seq 3 is no longer in a 3-message history")
+        self.assertEqual([m["seq"] for m in history["messages"]], [4, 5, 6])
+        self.assertEqual(out["history bad"][0], 400)
+        self.assertEqual(out["presence"], (200, {"channel": "news", "clients": []}))
+
+
+class Collector(ChannelListener):
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, int, Any]] = []
+        self.subscribed: list[bool] = []
+
+    def channel_message(self, session: Any, channel: str, data: Any, epoch: str, seq: int) -> None:
+        self.messages.append((epoch, seq, data))
+
+    def channel_subscribed(self, session: Any, channel: str, recovered: bool) -> None:
+        self.subscribed.append(recovered)
+
+
+class RecoveryTests(unittest.TestCase):
+    timeout = 60
+
+    @async_test
+    async def test_python_client_recovers_a_burst_across_an_abort(self) -> None:
+        """
+        300 messages are published while the client's connection is
+        aborted twice in the middle: it reconnects, resubscribes from its
+        position and ends with every message exactly once, in order.
+        """
+        server = ChannelServer(self, ChannelSettings(history_size=1000))
+        await server.start()
+        collector = Collector()
+        session = ChannelSession(collector, channels=["feed"])
+        service = ReconnectingClientService(
+            server.url,
+            session,
+            reactor=reactor,
+            heartbeat=HeartbeatSettings(1, 0.5, 2),
+            backoff=BackoffSettings(initial=0.05, factor=2, cap=0.2, floor=0.01, stable_after=0.5),
+            protocols=[SUBPROTOCOL],
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        await wait_until(self, lambda: collector.subscribed)
+
+        aborted = 0
+        for i in range(300):
+            server.broker.publish("feed", {"n": i})
+            if i in (100, 200):
+                # Mid-burst: wait for the client to be connected, then cut it off.
+                await wait_until(self, lambda: len(server.hub) == 1)
+                for info in server.hub:
+                    info.connection.abort()  # type: ignore[attr-defined]
+                    aborted += 1
+            if i % 10 == 0:
+                await sleep(0.005)
+        self.assertEqual(aborted, 2)
+        await wait_until(self, lambda: len(collector.messages) >= 300 and service.state == OPEN, timeout=20)
+        await sleep(0.2)
+        seqs = [seq for _, seq, _ in collector.messages]
+        self.assertEqual(seqs, list(range(1, 301)), "lost, repeated or reordered messages")
+        self.assertEqual([d["n"] for _, _, d in collector.messages], list(range(300)))
+        self.assertEqual(len({epoch for epoch, _, _ in collector.messages}), 1)
+        self.assertEqual(collector.subscribed, [False, True, True])
+        self.assertEqual(session.duplicates_dropped, 0)
+
+    @async_test
+    async def test_gap_beyond_history_is_reported(self) -> None:
+        """
+        Away longer than the history reaches: recovered is false.
+        """
+        server = ChannelServer(self, ChannelSettings(history_size=5))
+        await server.start()
+        collector = Collector()
+        session = ChannelSession(collector, channels=["feed"])
+        service = ReconnectingClientService(
+            server.url, session, reactor=reactor,
+            backoff=BackoffSettings(initial=0.5, factor=2, cap=1, floor=0.3), protocols=[SUBPROTOCOL],
+        )  # fmt: skip
+        service.startService()
+        self.addCleanup(service.stopService)
+        await wait_until(self, lambda: collector.subscribed)
+        for info in server.hub:
+            info.connection.abort()  # type: ignore[attr-defined]
+        for i in range(20):  # while it waits at least 0.3 s to come back
+            server.broker.publish("feed", i)
+        await wait_until(self, lambda: len(collector.subscribed) == 2, timeout=10)
+        self.assertEqual(collector.subscribed, [False, False])
+
+
+class CommandLineTests(unittest.TestCase):
+    """
+    wsheart connect --channel and wsheart publish against a real twistd.
+    """
+
+    timeout = 60
+
+    def test_connect_and_publish(self) -> None:
+        directory = tempfile.mkdtemp()
+        token_file = os.path.join(directory, "token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        port, admin = free_port(), free_port()
+        Process(self, twistd_command() + [
+            "-n", "--pidfile=", "wsheart", "--endpoint", f"tcp:{port}:interface=127.0.0.1",
+            "--admin-endpoint", f"tcp:{admin}:interface=127.0.0.1", "--api-token-file", token_file,
+        ])  # fmt: skip
+        wait_for_port(port)
+        wait_for_port(admin)
+        cli = [sys.executable, "-m", "wsheart"]
+        listener = Process(self, cli + ["connect", f"ws://127.0.0.1:{port}/", "--channel", "news", "--name", "term"], stdin=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if http(f"http://127.0.0.1:{admin}/channels/news/presence")[1]["clients"]:
+                break
+            time.sleep(0.1)
+        published = []
+        for i, message in enumerate(["hello", '{"n": 2}']):
+            argv = cli + ["publish", f"http://127.0.0.1:{admin}", "news", message, "--token-file", token_file]
+            if i == 1:
+                argv.append("--json")
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=dict(os.environ, PYTHONPATH=_repo()))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            published.append(json.loads(result.stdout))
+        self.assertEqual([p["seq"] for p in published], [1, 2])
+        refused = subprocess.run(
+            cli + ["publish", f"http://127.0.0.1:{admin}", "news", "x"],
+            capture_output=True, text=True, timeout=20, env=dict(os.environ, PYTHONPATH=_repo(), WSHEART_API_TOKEN="w" * 20),
+        )  # fmt: skip
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("HTTP 401", refused.stderr)
+        time.sleep(0.5)
+        listener.stop()
+        lines = [json.loads(line) for line in listener.stdout.decode().splitlines()]
+        self.assertEqual([(m["seq"], m["data"]) for m in lines], [(1, "hello"), (2, {"n": 2})])
+        self.assertIn("subscribed to news at seq 0", listener.stderr.decode())
+
+
+def _repo() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,153 @@
+"""
+The channel HTTP API on the admin endpoint, for back ends that publish:
+
+  POST /publish/{channel}                 body: JSON, the message data
+                                          -> {"channel", "epoch", "seq"}
+  GET  /channels                          -> [{"channel", "epoch", "seq", "subscribers", "history"}]
+  GET  /channels/{channel}/presence       -> {"channel", "clients": [{"id", "name"?}]}
+  GET  /channels/{channel}/history?since=N
+                                          -> {"channel", "epoch", "seq", "complete", "messages": [{"seq", "data"}]}
+
+Every request needs C{Authorization: Bearer TOKEN} with the token of
+C{--api-token-file}: 401 otherwise.  Without that option the API is off
+(404).  Errors are JSON C{{"error": reason}} with the status the wsheart.v1
+error codes use (400, 403, 404, 405, 413, 429).  A publish is whole or not
+at all; an C{Idempotency-Key} header makes a retried publish answer with the
+first one's position instead of publishing again.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Optional
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from wsheart.channels import Broker, ChannelError, check_channel_name
+
+MAX_IDEMPOTENCY_KEY = 128
+
+
+def read_token_file(path: str) -> bytes:
+    """
+    The API token: the file's first line, which must not be empty.
+    Raises L{ValueError} with the reason.
+    """
+    with open(path, "rb") as f:
+        token = f.readline().strip()
+    if not token:
+        raise ValueError(f"{path} holds no token (the first line is empty)")
+    if len(token) < 16:
+        raise ValueError(f"{path}: the token is shorter than 16 characters")
+    return token
+
+
+def _json(request: Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+class _Guarded(Resource):
+    """
+    Base of the API resources: the bearer token check and JSON errors.
+    """
+
+    def __init__(self, broker: Broker, token: Optional[bytes]) -> None:
+        super().__init__()
+        self.broker = broker
+        self.token = token
+
+    def render(self, request: Request) -> bytes:
+        if self.token is None:
+            return _json(request, 404, {"error": "the channel API is off: start wsheart with --api-token-file"})
+        given = request.getHeader(b"authorization") or b""
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="wsheart"')
+            return _json(request, 401, {"error": "missing or wrong bearer token"})
+        method = request.method.decode("ascii", "replace")
+        handler = getattr(self, f"api_{method}", None)
+        if handler is None:
+            allowed = sorted(name[4:] for name in dir(self) if name.startswith("api_"))
+            request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
+            return _json(request, 405, {"error": f"{method} not allowed here"})
+        try:
+            return handler(request)  # type: ignore[no-any-return]
+        except ChannelError as e:
+            return _json(request, e.code, {"error": e.reason})
+
+
+class PublishResource(_Guarded):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return PublishChannel(self.broker, self.token, path.decode("utf-8", "replace"))
+
+    def api_POST(self, request: Request) -> bytes:
+        raise ChannelError(400, "POST /publish/{channel}")
+
+
+class PublishChannel(_Guarded):
+    isLeaf = True
+
+    def __init__(self, broker: Broker, token: Optional[bytes], channel: str) -> None:
+        super().__init__(broker, token)
+        self.channel = channel
+
+    def api_POST(self, request: Request) -> bytes:
+        if request.postpath:
+            raise ChannelError(400, "POST /publish/{channel}: channel names have no '/'")
+        channel = check_channel_name(self.channel)
+        assert request.content is not None
+        body = request.content.read(self.broker.settings.max_data_bytes + 1)
+        if len(body) > self.broker.settings.max_data_bytes:
+            raise ChannelError(413, f"message data is larger than {self.broker.settings.max_data_bytes} bytes")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ChannelError(400, f"the body must be JSON (the message data): {e}") from None
+        key_header = request.getHeader(b"idempotency-key")
+        key = None
+        if key_header is not None:
+            key = key_header.decode("utf-8", "replace")
+            if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+                raise ChannelError(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+        position = self.broker.publish(channel, data, idempotency_key=key)
+        return _json(request, 200, {"channel": channel, "epoch": position.epoch, "seq": position.seq})
+
+
+class ChannelsResource(_Guarded):
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if not path:
+            return self
+        return ChannelResource(self.broker, self.token, path.decode("utf-8", "replace"))
+
+    def api_GET(self, request: Request) -> bytes:
+        return _json(request, 200, self.broker.channels())
+
+
+class ChannelResource(_Guarded):
+    isLeaf = True
+
+    def __init__(self, broker: Broker, token: Optional[bytes], channel: str) -> None:
+        super().__init__(broker, token)
+        self.channel = channel
+
+    def api_GET(self, request: Request) -> bytes:
+        channel = check_channel_name(self.channel)
+        what = request.postpath
+        if what == [b"presence"]:
+            return _json(request, 200, {"channel": channel, "clients": self.broker.presence(channel)})
+        if what == [b"history"]:
+            raw = (request.args or {}).get(b"since", [b"0"])[0]
+            if not raw.isdigit():
+                raise ChannelError(400, "since must be a non-negative integer (a seq)")
+            return _json(request, 200, self.broker.history(channel, int(raw)))
+        raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
+
+
+def install_api(root: Resource, broker: Broker, token: Optional[bytes]) -> None:
+    root.putChild(b"publish", PublishResource(broker, token))
+    root.putChild(b"channels", ChannelsResource(broker, token))

@@ -1,0 +1,232 @@
+"""
+Channels from Python: a L{ReconnectingClientService} listener that speaks
+wsheart.v1, keeps each channel's position (epoch, seq) and resubscribes
+from it after every reconnect, so the application gets every message it
+missed exactly once - or learns (C{recovered=False}) that it must refetch.
+
+    class Chat(ChannelListener):
+        def channel_message(self, session, channel, data, epoch, seq):
+            print(channel, data)
+        def channel_subscribed(self, session, channel, recovered):
+            if not recovered:
+                refetch(channel)
+
+    session = ChannelSession(Chat(), channels=["chat.lobby"], name="bot")
+    service = ReconnectingClientService(url, session, protocols=[SUBPROTOCOL])
+    service.startService()
+    session.publish("chat.lobby", {"text": "hello"})
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Optional
+
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from wsheart.channels import Position
+from wsheart.client import ClientListener, IClientListener
+from wsheart.v1 import SUBPROTOCOL
+
+__all__ = ["SUBPROTOCOL", "ChannelListener", "ChannelSession", "IChannelListener"]
+
+
+class IChannelListener(Interface):
+    def channel_subscribed(session: "ChannelSession", channel: str, recovered: bool) -> None:
+        """
+        A (re)subscription took effect.  C{recovered} is true when every
+        message since the last position was (or is about to be) delivered;
+        false on a first subscription or when history could not cover the
+        gap (refetch the application state).
+        """
+
+    def channel_message(session: "ChannelSession", channel: str, data: Any, epoch: str, seq: int) -> None:
+        """
+        A message, in order, each once.
+        """
+
+    def channel_presence(session: "ChannelSession", channel: str, event: str, client: dict[str, Any]) -> None:
+        """
+        C{event} is C{"join"} or C{"leave"}.
+        """
+
+    def channel_error(session: "ChannelSession", code: int, reason: str, frame: dict[str, Any]) -> None:
+        """
+        The server refused a request (docs/protocol.md lists the codes).
+        """
+
+
+@implementer(IChannelListener)
+class ChannelListener:
+    """
+    Ignores everything; subclass it and override what you need.  Also gets
+    the connection's own events (C{client_state}, C{client_closed}, ...) if
+    it defines them.
+    """
+
+    def channel_subscribed(self, session: "ChannelSession", channel: str, recovered: bool) -> None:
+        pass
+
+    def channel_message(self, session: "ChannelSession", channel: str, data: Any, epoch: str, seq: int) -> None:
+        pass
+
+    def channel_presence(self, session: "ChannelSession", channel: str, event: str, client: dict[str, Any]) -> None:
+        pass
+
+    def channel_error(self, session: "ChannelSession", code: int, reason: str, frame: dict[str, Any]) -> None:
+        pass
+
+
+@implementer(IClientListener)
+class ChannelSession(ClientListener):
+    """
+    The wsheart.v1 side of one reconnecting client.
+
+    @ivar positions: the last position seen per subscribed channel.
+    @ivar presence: the clients present per channel, as last told.
+    """
+
+    log = Logger()
+
+    def __init__(self, listener: Any, channels: Iterable[str] = (), name: Optional[str] = None) -> None:
+        self.listener = listener
+        self.name = name
+        self.positions: dict[str, Optional[Position]] = {channel: None for channel in channels}
+        self.presence: dict[str, dict[str, dict[str, Any]]] = {}
+        self.client: Any = None
+        self.duplicates_dropped = 0
+
+    # -- the application's side --------------------------------------------
+
+    def subscribe(self, channel: str) -> None:
+        """
+        Subscribe now if connected, and after every reconnect.
+        """
+        if channel not in self.positions:
+            self.positions[channel] = None
+            self._send_subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        if self.positions.pop(channel, 0) != 0:
+            self._send({"op": "unsubscribe", "channel": channel})
+
+    def publish(self, channel: str, data: Any, ref: Any = None) -> bool:
+        """
+        Publish through the WebSocket (the server must allow clients to
+        publish on C{channel}); False while not connected.
+        """
+        frame: dict[str, Any] = {"op": "publish", "channel": channel, "data": data}
+        if ref is not None:
+            frame["ref"] = ref
+        return self._send(frame)
+
+    # -- IClientListener -----------------------------------------------------
+
+    def client_opened(self, client: Any) -> None:
+        self.client = client
+        if getattr(client, "subprotocol", SUBPROTOCOL) != SUBPROTOCOL:
+            # A server without channels (--no-channels) echoes or handles
+            # frames as plain messages: retrying would not change that.
+            self._call("channel_error", 0, "the server did not accept the wsheart.v1 subprotocol", {})
+            client.stopService()
+            return
+        for channel in list(self.positions):
+            self._send_subscribe(channel)
+        self._forward("client_opened", client)
+
+    def client_message(self, client: Any, message: Any) -> None:
+        self.client = client
+        if not isinstance(message, str):
+            return
+        try:
+            frame = json.loads(message)
+        except ValueError:
+            self.log.warn("wsheart.v1: not JSON from the server: {text!r}", text=message[:200])
+            return
+        if not isinstance(frame, dict):
+            return
+        op = frame.get("op")
+        channel = frame.get("channel")
+        if op == "message" and channel in self.positions:
+            self._message(channel, frame)
+        elif op == "subscribed" and channel in self.positions:
+            recovered = bool(frame.get("recovered"))
+            if not recovered:
+                # Start from the channel's present; with recovery the
+                # missed messages follow and move the position themselves.
+                self.positions[channel] = Position(frame["epoch"], frame["seq"])
+            if "presence" in frame:
+                self.presence[channel] = {c["id"]: c for c in frame["presence"]}
+            self._call("channel_subscribed", channel, recovered)
+        elif op in ("join", "leave") and channel in self.positions:
+            who = frame.get("client") or {}
+            members = self.presence.setdefault(channel, {})
+            who_id = str(who.get("id"))
+            if op == "join":
+                members[who_id] = who
+            else:
+                members.pop(who_id, None)
+            self._call("channel_presence", channel, op, who)
+        elif op == "error":
+            self._call("channel_error", frame.get("code"), frame.get("reason"), frame)
+
+    def client_state(self, client: Any, state: str, detail: dict[str, Any]) -> None:
+        self.client = client
+        self._forward("client_state", client, state, detail)
+
+    def client_rtt(self, client: Any, rtt: float) -> None:
+        self._forward("client_rtt", client, rtt)
+
+    def client_missed(self, client: Any, misses: int) -> None:
+        self._forward("client_missed", client, misses)
+
+    def client_closed(self, client: Any, code: int, reason: str, was_clean: bool) -> None:
+        self._forward("client_closed", client, code, reason, was_clean)
+
+    # -- internals -------------------------------------------------------------
+
+    def _message(self, channel: str, frame: dict[str, Any]) -> None:
+        epoch, seq = frame.get("epoch"), frame.get("seq")
+        if not isinstance(epoch, str) or not isinstance(seq, int):
+            return
+        position = self.positions[channel]
+        if position is not None and position.epoch == epoch and seq <= position.seq:
+            # Already delivered: the server never repeats within a
+            # subscription, but a resubscribe racing a live message could.
+            self.duplicates_dropped += 1
+            return
+        self.positions[channel] = Position(epoch, seq)
+        self._call("channel_message", channel, frame.get("data"), epoch, seq)
+
+    def _send_subscribe(self, channel: str) -> None:
+        frame: dict[str, Any] = {"op": "subscribe", "channel": channel}
+        position = self.positions.get(channel)
+        if position is not None:
+            frame["since"] = {"epoch": position.epoch, "seq": position.seq}
+        if self.name is not None:
+            frame["name"] = self.name
+        self._send(frame)
+
+    def _send(self, frame: dict[str, Any]) -> bool:
+        if self.client is None:
+            return False
+        return bool(self.client.send(json.dumps(frame, separators=(",", ":"))))
+
+    def _call(self, method: str, *args: Any) -> None:
+        handler = getattr(self.listener, method, None)
+        if handler is None:
+            return
+        try:
+            handler(self, *args)
+        except Exception:
+            self.log.failure("channel listener failed in {method}", method=method)
+
+    def _forward(self, method: str, *args: Any) -> None:
+        handler = getattr(self.listener, method, None)
+        if handler is None:
+            return
+        try:
+            handler(*args)
+        except Exception:
+            self.log.failure("channel listener failed in {method}", method=method)
