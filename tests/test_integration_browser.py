@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -109,7 +110,7 @@ class BrowserTests(unittest.TestCase):
         its RTT and draws the chart, updating without a reload.
         """
         self.start_daemon()
-        page = self.open_page("/")
+        page = self.open_page("/?mode=echo")
         self.connected(page)
         self.echo(page, "hello from chromium")
         rtt = self.wait(page, "() => { const t = document.getElementById('rtt').textContent; return t !== '-' && t; }")
@@ -125,7 +126,7 @@ class BrowserTests(unittest.TestCase):
         # The server's own heartbeat gives the RTT within a couple of intervals.
         self.wait(status, "() => /ms$/.test(document.querySelector('#connections tr td:nth-child(5)').textContent)")
         polls = status.evaluate("() => window.wsheartStatus.polls")
-        second = self.open_page("/")
+        second = self.open_page("/?mode=echo")
         self.connected(second)
         self.wait(status, "() => document.querySelectorAll('#connections tr').length === 2")
         self.assertGreater(status.evaluate("() => window.wsheartStatus.polls"), polls)
@@ -221,3 +222,86 @@ class BrowserTests(unittest.TestCase):
     def _cont(self, daemon: Process) -> None:
         if daemon.popen.poll() is None:
             os.kill(daemon.pid, signal.SIGCONT)
+
+    def test_tab_that_was_offline_gets_every_missed_message_once(self) -> None:
+        """
+        The demo chat room (wsheart.v1) in two Chromium tabs and a Python
+        client (wsheart connect --channel); one tab drops off the network
+        in the middle of a burst of messages and, back online, shows every
+        one it missed, once, in order.
+        """
+        import json
+        import sys
+        import tempfile
+        import urllib.request
+
+        token = "chat-test-token-0123456789"
+        token_file = os.path.join(tempfile.mkdtemp(), "token")
+        with open(token_file, "w") as f:
+            f.write(token + "\n")
+        self.start_daemon("--api-token-file", token_file)
+        python_client = Process(
+            self,
+            [sys.executable, "-m", "wsheart", "connect", f"ws://127.0.0.1:{self.port}/", "--channel", "chat.lobby", "--name", "py"],
+            stdin=subprocess.PIPE,
+        )
+        contexts = [self.browser.new_context() for _ in range(2)]
+        pages = []
+        for context, name in zip(contexts, ["ann", "bob"]):
+            page = context.new_page()
+            page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+            page.goto(f"http://127.0.0.1:{self.port}/?name={name}&{BACKOFF}")
+            pages.append(page)
+        ann, bob = pages
+        for page in pages:
+            self.wait(page, "() => document.querySelectorAll('#presence li').length === 3")
+        self.assertEqual(sorted(ann.inner_text("#presence").split()), ["ann", "bob", "py"])
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def publish(text: str) -> None:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.admin_port}/publish/chat.lobby",
+                data=json.dumps({"name": "api", "text": text}).encode(),
+                headers={"Authorization": f"Bearer {token}"},
+                method="POST",
+            )
+            with opener.open(request, timeout=5) as response:
+                assert response.status == 200
+
+        def say(page: Any, text: str) -> None:
+            page.fill("#message", text)
+            page.click("#send")
+
+        say(ann, "hello from ann")
+        for i in range(5):
+            publish(f"burst {i}")
+        self.wait(bob, "() => window.wsheartDemo.publications.length >= 6")
+        contexts[1].set_offline(True)  # bob drops off the network mid-burst
+        for i in range(5, 15):
+            publish(f"burst {i}")
+        say(ann, "bob, are you there?")
+        # The server's heartbeat finds bob dead (bound 2.5 s here): ann sees him leave.
+        self.wait(ann, "() => !document.getElementById('presence').textContent.includes('bob')", 10)
+        for i in range(15, 20):
+            publish(f"burst {i}")
+        self.screenshot(bob, "chat-offline.png")
+        contexts[1].set_offline(False)
+        self.wait(bob, "() => window.wsheartDemo.subscribed.length >= 2 && window.wsheartDemo.client.state === 'open'", 20)
+        say(bob, "back")
+        total = 1 + 20 + 1 + 1
+        for page in pages:
+            self.wait(page, "(n) => window.wsheartDemo.publications.length >= n", 15, arg=total)
+        time.sleep(0.3)
+        for page in pages:
+            seqs = page.evaluate("() => window.wsheartDemo.publications.map(p => p.seq)")
+            self.assertEqual(seqs, list(range(1, total + 1)), "missed, repeated or reordered messages")
+        self.assertEqual(bob.evaluate("() => window.wsheartDemo.subscribed.map(s => s.recovered)")[-1], True)
+        self.assertIn("missed message(s) recovered", bob.inner_text("#log"))
+        self.wait(ann, "() => document.getElementById('presence').textContent.includes('bob')")
+        self.screenshot(bob, "chat-recovered.png")
+        self.screenshot(ann, "chat-other-tab.png")
+        python_client.stop()
+        lines = [json.loads(line) for line in python_client.stdout.decode().splitlines()]
+        self.assertEqual([m["seq"] for m in lines], list(range(1, total + 1)))
+        self.assert_no_page_errors()

@@ -501,6 +501,8 @@ class ServerFactory(WebSocketServerFactory):
                     "interval": round(heartbeat_settings.interval * 1000),
                     "timeout": round(heartbeat_settings.timeout * 1000),
                     "maxMissed": heartbeat_settings.max_missed,
+                    "channels": channels is not None,
+                    "channel": "chat.lobby",
                 }
             )
         self.setProtocolOptions(

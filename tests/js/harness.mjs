@@ -79,7 +79,8 @@ export function fakeWebSocketClass() {
       this.readyState = 2;
     }
     // -- what the network does --
-    serverOpens() {
+    serverOpens(protocol = "") {
+      this.protocol = protocol;
       this.readyState = 1;
       this.onopen && this.onopen({});
     }
@@ -122,7 +123,7 @@ export function makeClient(options = {}) {
     random: () => 0.5,
     ...options,
   });
-  for (const type of ["state", "open", "message", "close", "heartbeat", "miss", "overflow"]) {
+  for (const type of ["state", "open", "message", "close", "heartbeat", "miss", "overflow", "subscribed", "publication", "presence", "error", "published"]) {
     client.addEventListener(type, (e) => events.push({ type, ...e.detail }));
   }
   const socket = () => WebSocket.sockets[WebSocket.sockets.length - 1];

@@ -19,6 +19,17 @@ const hint = WsHeart.parseHint(1012, '{"retry_after": 5}');
 if (hint) console.log(hint.retryAfter + hint.jitter);
 console.log(WsHeartDefault.VERSION, window0, globalThis.WsHeart.DEFAULTS.interval);
 
+const chat = new WsHeart("wss://example.org/", { protocols: "wsheart.v1" });
+chat.subscribe("chat.lobby", { name: "ann" });
+chat.addEventListener("publication", (e) => console.log(e.detail.channel, e.detail.seq, e.detail.data));
+chat.addEventListener("subscribed", (e) => {
+  if (!e.detail.recovered) console.log("refetch", e.detail.channel);
+});
+chat.addEventListener("presence", (e) => console.log(e.detail.members.map((m) => m.name ?? m.id)));
+chat.publish("chat.lobby", { text: "hi" });
+const where = chat.positions["chat.lobby"];
+if (where) console.log(where.epoch, where.seq);
+
 // @ts-expect-error: durations are numbers of milliseconds
 new WsHeart("wss://example.org/", { interval: "25s" });
 // @ts-expect-error: no such state

@@ -64,6 +64,16 @@ export interface WsHeartStateDetail {
   retryAt: number | null;
 }
 
+export interface WsHeartPosition {
+  epoch: string;
+  seq: number;
+}
+
+export interface WsHeartClient {
+  id: string;
+  name?: string;
+}
+
 export interface WsHeartEventMap {
   state: CustomEvent<WsHeartStateDetail>;
   open: CustomEvent<{ attempt: number }>;
@@ -72,6 +82,14 @@ export interface WsHeartEventMap {
   heartbeat: CustomEvent<{ rtt: number; smoothedRtt: number }>;
   miss: CustomEvent<{ misses: number }>;
   overflow: CustomEvent<{ data: unknown; queued: number }>;
+  /** wsheart.v1: a (re)subscription took effect; recovered: every missed message follows. */
+  subscribed: CustomEvent<{ channel: string; recovered: boolean; epoch: string; seq: number; presence: WsHeartClient[] | null }>;
+  /** wsheart.v1: a channel message, in order, each once. */
+  publication: CustomEvent<{ channel: string; data: unknown; epoch: string; seq: number }>;
+  presence: CustomEvent<{ channel: string; event: "join" | "leave"; client: WsHeartClient; members: WsHeartClient[] }>;
+  /** wsheart.v1: the server refused a request (docs/protocol.md). */
+  error: CustomEvent<{ code: number; reason: string; channel: string | null; ref?: string | number }>;
+  published: CustomEvent<{ op: "published"; channel: string; epoch: string; seq: number; ref?: string | number }>;
 }
 
 export declare class WsHeart extends EventTarget {
@@ -97,6 +115,10 @@ export declare class WsHeart extends EventTarget {
   readonly retryAt: number | null;
   /** Messages waiting for the next open connection. */
   readonly queued: number;
+  /** wsheart.v1: the last position seen per subscribed channel. */
+  readonly positions: Readonly<Record<string, WsHeartPosition | null>>;
+  /** wsheart.v1: who is present per channel, by connection id. */
+  readonly presence: Readonly<Record<string, Record<string, WsHeartClient>>>;
 
   /** Send now, or queue while not connected; false (and an "overflow" event) when the queue is full. Throws after close(). */
   send(data: string | ArrayBufferLike | Blob | ArrayBufferView): boolean;
@@ -104,6 +126,11 @@ export declare class WsHeart extends EventTarget {
   close(code?: number, reason?: string): void;
   /** Send a heartbeat ping now. */
   probe(): void;
+  /** wsheart.v1 (options.protocols must include "wsheart.v1"): subscribe now and after every reconnect, resuming from the last message seen. */
+  subscribe(channel: string, options?: { name?: string }): void;
+  unsubscribe(channel: string): void;
+  /** wsheart.v1: publish (queued like send() while not connected). */
+  publish(channel: string, data: unknown, ref?: string | number): boolean;
 
   addEventListener<K extends keyof WsHeartEventMap>(
     type: K,

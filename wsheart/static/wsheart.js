@@ -11,6 +11,10 @@
  *   obeys the server's 1012/1013 close hints ({"retry_after", "jitter"}),
  *   stops on terminal close codes and says why.
  * - a bounded send queue while not connected; overflow is reported.
+ * - channels (the wsheart.v1 subprotocol, docs/protocol.md): subscribe(),
+ *   publish(), presence, and recovery: after every reconnect it
+ *   resubscribes from the last (epoch, seq) it saw, so the application
+ *   gets every message it missed exactly once, or `recovered: false`.
  *
  * Use it as a classic script (<script src="/wsheart.js">: a global
  * `WsHeart`) or as an ES module (import { WsHeart } from "/wsheart.mjs").
@@ -51,6 +55,7 @@ var WsHeart = (function () {
 
   // Close codes after which retrying would be refused again.
   var TERMINAL = [1003, 1007, 1008, 1009, 1010, 4401, 4403];
+  var V1 = "wsheart.v1";
   var HINTED = [1012, 1013];
 
   /** The jitter window after `failures` failed attempts in a row. */
@@ -100,6 +105,12 @@ var WsHeart = (function () {
       for (key in options) {
         if (options[key] !== undefined) o[key] = options[key];
       }
+    }
+    // On wsheart.v1 every frame is JSON: the heartbeat is {"op":"ping"}.
+    var offered = [].concat(o.protocols || []);
+    if (offered.indexOf(V1) >= 0) {
+      if (!options || options.pingText === undefined) o.pingText = '{"op":"ping"}';
+      if (!options || options.pongText === undefined) o.pongText = '{"op":"pong"}';
     }
     positive(o, "interval");
     positive(o, "timeout");
@@ -187,6 +198,13 @@ var WsHeart = (function () {
       this.closeReason = null;
       /** When the pending reconnect attempt is due (clock ms), or null. */
       this.retryAt = null;
+
+      /** wsheart.v1: channel -> {epoch, seq} of the last message seen (or null). */
+      this.positions = {};
+      /** wsheart.v1: channel -> {connection id: client} as last told. */
+      this.presence = {};
+      this._v1 = [].concat(this.options.protocols || []).indexOf(V1) >= 0;
+      this._names = {};
 
       this._ws = null;
       this._queue = [];
@@ -307,8 +325,21 @@ var WsHeart = (function () {
       this.misses = 0;
       var attempt = this.attempt;
       this.attempt = 0;
+      if (this._v1 && this._ws.protocol !== V1) {
+        // A server without channels: retrying will not change that.
+        var ws = this._ws;
+        this._stop("the server did not accept the " + V1 + " subprotocol");
+        try {
+          ws.close(1000);
+        } catch (e) {
+          /* closing */
+        }
+        return;
+      }
       this._setState("open", {});
       this._emit("open", { attempt: attempt });
+      // Subscriptions first (with their positions), then what was queued.
+      for (var channel in this.positions) this._sendSubscribe(channel);
       while (this._queue.length && this.state === "open") this._ws.send(this._queue.shift());
       this._timers.stable = this._clock.setTimeout(function () {
         self._timers.stable = null;
@@ -427,7 +458,109 @@ var WsHeart = (function () {
         }
         return;
       }
+      if (this._v1 && typeof data === "string" && this._v1Frame(data)) return;
       this._emit("message", { data: data });
+    }
+
+    // -- wsheart.v1 -------------------------------------------------------
+
+    /**
+     * Subscribe to a channel now and after every reconnect, resuming from
+     * the last message seen.  options.name: shown to others in presence.
+     */
+    subscribe(channel, options) {
+      this._needV1("subscribe");
+      if (options && options.name !== undefined) this._names[channel] = options.name;
+      if (!(channel in this.positions)) {
+        this.positions[channel] = null;
+        if (this.state === "open") this._sendSubscribe(channel);
+      }
+    }
+
+    unsubscribe(channel) {
+      this._needV1("unsubscribe");
+      if (channel in this.positions) {
+        delete this.positions[channel];
+        delete this.presence[channel];
+        if (this.state === "open") this._ws.send(JSON.stringify({ op: "unsubscribe", channel: channel }));
+      }
+    }
+
+    /** Publish to a channel (queued like send() while not connected). */
+    publish(channel, data, ref) {
+      this._needV1("publish");
+      var frame = { op: "publish", channel: channel, data: data };
+      if (ref !== undefined) frame.ref = ref;
+      return this.send(JSON.stringify(frame));
+    }
+
+    _needV1(what) {
+      if (!this._v1) throw new Error("WsHeart: " + what + "() needs options.protocols to include \"" + V1 + "\"");
+    }
+
+    _sendSubscribe(channel) {
+      var frame = { op: "subscribe", channel: channel };
+      var position = this.positions[channel];
+      if (position) frame.since = { epoch: position.epoch, seq: position.seq };
+      if (this._names[channel] !== undefined) frame.name = this._names[channel];
+      this._ws.send(JSON.stringify(frame));
+    }
+
+    /** Handle one wsheart.v1 frame; false if it is not one. */
+    _v1Frame(text) {
+      var frame;
+      try {
+        frame = JSON.parse(text);
+      } catch (e) {
+        return false;
+      }
+      if (!frame || typeof frame !== "object" || typeof frame.op !== "string") return false;
+      var channel = frame.channel;
+      var subscribed = typeof channel === "string" && channel in this.positions;
+      switch (frame.op) {
+        case "message":
+          if (subscribed) {
+            var position = this.positions[channel];
+            // Already delivered (a resubscribe racing a live message): once only.
+            if (position && position.epoch === frame.epoch && frame.seq <= position.seq) return true;
+            this.positions[channel] = { epoch: frame.epoch, seq: frame.seq };
+            this._emit("publication", { channel: channel, data: frame.data, epoch: frame.epoch, seq: frame.seq });
+          }
+          return true;
+        case "subscribed":
+          if (subscribed) {
+            // With recovery the missed messages follow and move the
+            // position themselves; without, start from the present.
+            if (!frame.recovered) this.positions[channel] = { epoch: frame.epoch, seq: frame.seq };
+            if (frame.presence) {
+              var members = {};
+              frame.presence.forEach(function (c) {
+                members[c.id] = c;
+              });
+              this.presence[channel] = members;
+            }
+            this._emit("subscribed", { channel: channel, recovered: !!frame.recovered, epoch: frame.epoch, seq: frame.seq, presence: frame.presence || null });
+          }
+          return true;
+        case "join":
+        case "leave":
+          if (subscribed && frame.client) {
+            var present = this.presence[channel] || (this.presence[channel] = {});
+            if (frame.op === "join") present[frame.client.id] = frame.client;
+            else delete present[frame.client.id];
+            this._emit("presence", { channel: channel, event: frame.op, client: frame.client, members: Object.keys(present).map(function (id) { return present[id]; }) });
+          }
+          return true;
+        case "error":
+          this._emit("error", { code: frame.code, reason: frame.reason, channel: channel || null, ref: frame.ref });
+          return true;
+        case "published":
+        case "unsubscribed":
+          this._emit(frame.op, frame);
+          return true;
+        default:
+          return false;
+      }
     }
 
     _schedulePing(delay) {

@@ -1,0 +1,324 @@
+"""
+Channel benchmarks: publish fan-out (1 publisher -> N subscribers, messages
+delivered per second) for wsheart's wsheart.v1 channels against a raw
+Twisted + Autobahn broadcast (prepareMessage once, sendPreparedMessage to
+each: the baseline of every ratio) and websockets.broadcast; and recovery
+time for a wsheart client that missed M messages.
+
+    python3 bench/fanout.py                       # N = 100, 1000, 5000; 3 interleaved repeats
+    python3 bench/fanout.py --subscribers 1000 --repeats 1
+
+Runs in bench/.venv like run.py (created from bench/requirements.txt).  Each
+server on CPU 0, the load (all subscribers and the publisher, one asyncio
+process: bench/loadgen.py's client) on CPU 1, loopback only, every process
+stopped by its pid.  Writes bench/results/fanout.json and prints a table.
+
+Fan-out method: the publisher sends a window of 20 messages (64-byte text
+payloads; wsheart: {"op":"publish"} frames on the channel chat.bench), then
+waits until every subscriber has received all of them, and repeats for
+--seconds.  Delivered/s = N * messages / elapsed.  The server's CPU share
+and the load generator's are reported beside it: when the load generator
+is near 100% the figure is its limit, not the server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+SERVER_CPU, CLIENT_CPU = 0, 1
+PAYLOAD = "x" * 64
+WINDOW = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_ticks(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Server:
+    def __init__(self, name: str, port: int, history: int) -> None:
+        self.name = name
+        venv_bin = Path(sys.executable).parent
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        if name == "wsheart":
+            cmd = [str(venv_bin / "twistd"), "-n", "--pidfile=", "wsheart",
+                   "--endpoint", f"tcp:{port}:interface=127.0.0.1", "--history-size", str(history),
+                   "--max-message-size", str(1 << 20)]  # fmt: skip
+        elif name == "autobahn":
+            cmd = [sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port)]
+        else:
+            cmd = [sys.executable, str(BENCH / "peers" / "websockets_broadcast.py"), "--port", str(port)]
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(SERVER_CPU), *cmd], cwd=str(REPO), env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        wait_port(port)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def subscriber_classes() -> Any:
+    import loadgen
+
+    class Sub(loadgen.Client):
+        """
+        loadgen's client, offering wsheart.v1 and keeping the last text.
+        """
+
+        subprotocol: Optional[bytes] = None
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            extra = b"Sec-WebSocket-Protocol: " + self.subprotocol + b"\r\n" if self.subprotocol else b""
+            transport.write(
+                b"GET / HTTP/1.1\r\nHost: " + self.gen.host_header + b"\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + extra
+                + b"Sec-WebSocket-Key: " + self.key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )  # fmt: skip
+            self.texts: list[bytes] = []
+            self.keep = False
+
+        def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+            if opcode == loadgen.OP_TEXT and self.keep:
+                self.texts.append(payload)
+            super()._frame(fin, opcode, payload)
+
+        def send_text(self, text: str) -> None:
+            self.transport.write(loadgen.masked_frame(loadgen.OP_TEXT, text.encode()))
+
+    return loadgen, Sub
+
+
+async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
+    loadgen, Sub = subscriber_classes()
+    port = free_port()
+    server = Server(name, port, history=100)
+    try:
+        gen = loadgen.Generator(port)
+        Sub.subprotocol = b"wsheart.v1" if name == "wsheart" else None
+        loop = asyncio.get_running_loop()
+        clients: list[Any] = []
+
+        async def one() -> None:
+            opened = loop.create_future()
+            _, client = await loop.create_connection(lambda: Sub(gen, opened), "127.0.0.1", port)
+            await asyncio.wait_for(opened, 30)
+            clients.append(client)
+
+        for start in range(0, n + 1, 250):
+            await asyncio.gather(*(one() for _ in range(min(250, n + 1 - start))))
+        publisher, subscribers = clients[0], clients[1:]
+        sub_frame = json.dumps({"op": "subscribe", "channel": "chat.bench"}) if name == "wsheart" else "sub"
+        for s in subscribers:
+            s.send_text(sub_frame)
+        deadline = time.monotonic() + 30
+        while gen.messages < n and time.monotonic() < deadline:  # every "subscribed" answer
+            await asyncio.sleep(0.01)
+        if gen.messages < n:
+            raise RuntimeError(f"{name}: only {gen.messages} of {n} subscribed")
+        if name == "wsheart":
+            pub = json.dumps({"op": "publish", "channel": "chat.bench", "data": PAYLOAD})
+        else:
+            pub = PAYLOAD
+
+        async def window() -> None:
+            target = gen.messages + n * WINDOW + (WINDOW if name == "wsheart" else 0)  # + the publisher's acks
+            for _ in range(WINDOW):
+                publisher.send_text(pub)
+            limit = time.monotonic() + 30
+            while gen.messages < target:
+                if time.monotonic() > limit:
+                    raise RuntimeError(f"{name}: window not delivered ({gen.messages} of {target})")
+                await asyncio.sleep(0)
+
+        for _ in range(3):  # warm up
+            await window()
+        start_messages = gen.messages
+        server_cpu0, my_cpu0 = cpu_ticks(server.process.pid), time.process_time()
+        t0 = time.perf_counter()
+        windows = 0
+        while time.perf_counter() - t0 < seconds:
+            await window()
+            windows += 1
+        elapsed = time.perf_counter() - t0
+        delivered = n * WINDOW * windows
+        assert gen.messages - start_messages >= delivered
+        return {
+            "server": name,
+            "subscribers": n,
+            "messages_published": WINDOW * windows,
+            "delivered_per_second": round(delivered / elapsed),
+            "server_cpu_pct": round(100 * (cpu_ticks(server.process.pid) - server_cpu0) / elapsed, 1),
+            "loadgen_cpu_pct": round(100 * (time.process_time() - my_cpu0) / elapsed, 1),
+            "lost_connections": gen.lost_after_open,
+        }
+    finally:
+        for c in locals().get("clients", []):
+            if c.transport is not None:
+                c.transport.abort()
+        server.stop()
+
+
+async def recovery_run(missed: int) -> dict[str, Any]:
+    """
+    A wsheart client subscribes, goes away, M messages are published, and
+    it resubscribes from its position: time until the last missed message.
+    """
+    loadgen, Sub = subscriber_classes()
+    port = free_port()
+    server = Server("wsheart", port, history=max(missed, 100))
+    try:
+        gen = loadgen.Generator(port)
+        Sub.subprotocol = b"wsheart.v1"
+        loop = asyncio.get_running_loop()
+
+        async def connect() -> Any:
+            opened = loop.create_future()
+            _, client = await loop.create_connection(lambda: Sub(gen, opened), "127.0.0.1", port)
+            await asyncio.wait_for(opened, 30)
+            client.keep = True
+            return client
+
+        reader, publisher = await connect(), await connect()
+        reader.send_text(json.dumps({"op": "subscribe", "channel": "chat.bench"}))
+        while not reader.texts:
+            await asyncio.sleep(0.01)
+        subscribed = json.loads(reader.texts[0])
+        reader.transport.close()
+        pub = json.dumps({"op": "publish", "channel": "chat.bench", "data": PAYLOAD})
+        for i in range(missed):
+            publisher.send_text(pub)
+            if i % 100 == 99:
+                while len(publisher.texts) < i + 1:  # acks: the server has them all so far
+                    await asyncio.sleep(0)
+        while len(publisher.texts) < missed:
+            await asyncio.sleep(0.001)
+        back = await connect()
+        t0 = time.perf_counter()
+        back.send_text(json.dumps({"op": "subscribe", "channel": "chat.bench",
+                                   "since": {"epoch": subscribed["epoch"], "seq": subscribed["seq"]}}))  # fmt: skip
+        limit = time.monotonic() + 60
+        while len(back.texts) < missed + 1:
+            if time.monotonic() > limit:
+                raise RuntimeError(f"recovered {len(back.texts) - 1} of {missed}")
+            await asyncio.sleep(0)
+        took = time.perf_counter() - t0
+        answer = json.loads(back.texts[0])
+        seqs = [json.loads(t)["seq"] for t in back.texts[1:]]
+        assert answer["recovered"] is True and seqs == list(range(1, missed + 1)), "recovery incomplete"
+        for c in (publisher, back):
+            c.transport.abort()
+        return {"missed": missed, "recovery_ms": round(took * 1000, 2), "messages_per_second": round(missed / took)}
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", default="100,1000,5000")
+    parser.add_argument("--servers", default="wsheart,autobahn,websockets")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--missed", default="1000,10000")
+    parser.add_argument("--json", default=str(BENCH / "results" / "fanout.json"))
+    parser.add_argument("--venv", default=str(BENCH / ".venv"))
+    args = parser.parse_args()
+    import run  # the bench venv bootstrap (re-executes in bench/.venv)
+
+    run.ensure_environment(args)
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    servers = args.servers.split(",")
+    sizes = [int(n) for n in args.subscribers.split(",")]
+    samples: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        order = servers[repeat % len(servers):] + servers[: repeat % len(servers)]
+        for n in sizes:
+            for name in order:
+                sample = asyncio.run(fanout_run(name, n, args.seconds))
+                sample["repeat"] = repeat + 1
+                print(json.dumps(sample), flush=True)
+                samples.append(sample)
+    recovery = []
+    for m in [int(x) for x in args.missed.split(",")]:
+        runs = [asyncio.run(recovery_run(m)) for _ in range(args.repeats)]
+        result = {"missed": m, "recovery_ms": statistics.median(r["recovery_ms"] for r in runs),
+                  "runs_ms": [r["recovery_ms"] for r in runs]}  # fmt: skip
+        result["messages_per_second"] = round(m / (result["recovery_ms"] / 1000))
+        print(json.dumps(result), flush=True)
+        recovery.append(result)
+    medians = []
+    for n in sizes:
+        base = None
+        rows = []
+        for name in servers:
+            vals = [s["delivered_per_second"] for s in samples if s["server"] == name and s["subscribers"] == n]
+            cpu = [s["server_cpu_pct"] for s in samples if s["server"] == name and s["subscribers"] == n]
+            load = [s["loadgen_cpu_pct"] for s in samples if s["server"] == name and s["subscribers"] == n]
+            row = {"server": name, "subscribers": n, "delivered_per_second": statistics.median(vals),
+                   "server_cpu_pct": statistics.median(cpu), "loadgen_cpu_pct": statistics.median(load)}  # fmt: skip
+            if name == "autobahn":
+                base = row["delivered_per_second"]
+            rows.append(row)
+        for row in rows:
+            row["vs_autobahn"] = round(row["delivered_per_second"] / base, 2) if base else None
+        medians += rows
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"command": " ".join(sys.argv), "samples": samples, "medians": medians, "recovery": recovery}, f, indent=2)
+    print("\n| subscribers | server | delivered/s | vs Autobahn | server CPU % | loadgen CPU % |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for row in medians:
+        print(f"| {row['subscribers']} | {row['server']} | {row['delivered_per_second']:.0f} | "
+              f"{row['vs_autobahn']:.2f}x | {row['server_cpu_pct']} | {row['loadgen_cpu_pct']} |")  # fmt: skip
+    print("\n| missed messages | recovery (median) | messages/s |")
+    print("|---:|---:|---:|")
+    for r in recovery:
+        print(f"| {r['missed']} | {r['recovery_ms']:.1f} ms | {r['messages_per_second']} |")
+
+
+if __name__ == "__main__":
+    main()
