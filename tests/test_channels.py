@@ -337,3 +337,55 @@ class PresenceDeathTests(unittest.TestCase):
         self.assertIsNone(factory.hub.get(server_frozen.connection_id))
         leaves = [json.loads(m) for m in watcher.messages if '"leave"' in m]
         self.assertEqual([m["client"]["id"] for m in leaves], [server_frozen.connection_id])
+
+
+class FramesTests(unittest.TestCase):
+    """
+    L{wsheart.frames}: one frame for many connections.
+    """
+
+    def test_text_frame_lengths(self) -> None:
+        from wsheart.frames import text_frame
+
+        self.assertEqual(text_frame(b""), b"\x81\x00")
+        self.assertEqual(text_frame(b"a" * 125)[:2], b"\x81\x7d")
+        self.assertEqual(text_frame(b"a" * 126)[:4], b"\x81\x7e\x00\x7e")
+        self.assertEqual(text_frame(b"a" * 65535)[:4], b"\x81\x7e\xff\xff")
+        self.assertEqual(text_frame(b"a" * 65536)[:10], b"\x81\x7f" + (65536).to_bytes(8, "big"))
+        self.assertEqual(len(text_frame(b"a" * 70000)), 70000 + 10)
+
+    def test_frames_are_read_by_an_independent_parser(self) -> None:
+        """
+        Autobahn's client parser reads what text_frame builds, at every
+        length class, through a real server protocol's write_frame.
+        """
+        from wsheart.frames import send_to_all
+
+        from .memory import connect_client, make_server_factory
+
+        clock = Clock()
+        factory = make_server_factory(clock, max_message_size=1 << 20)
+        client, server, pump = connect_client(factory, clock)
+        texts = ["", "é" * 40, "x" * 200, "y" * 70000]
+        for text in texts:
+            self.assertEqual(send_to_all([server], text), 1)
+        pump.flush()
+        self.assertEqual(client.messages, texts)
+
+    def test_send_to_all_frames_once(self) -> None:
+        from wsheart.frames import send_to_all
+
+        class Framed(FakeConnection):
+            def __init__(self, cid: str) -> None:
+                super().__init__(cid)
+                self.frames_written: list[bytes] = []
+
+            def write_frame(self, frame: bytes) -> bool:
+                self.frames_written.append(frame)
+                return True
+
+        framed = [Framed(f"f{i}") for i in range(3)]
+        plain = FakeConnection("p")
+        self.assertEqual(send_to_all([*framed, plain], "hi"), 4)
+        self.assertEqual({id(c.frames_written[0]) for c in framed}.__len__(), 1, "built once, shared")
+        self.assertEqual(plain.sent, ["hi"])

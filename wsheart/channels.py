@@ -26,6 +26,7 @@ from typing import Any, Iterable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
+from wsheart.frames import send_to_all
 from wsheart.hub import IConnection
 
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$")
@@ -198,9 +199,7 @@ class Broker:
             while len(channel.history) > self.settings.history_size:
                 channel.history.popleft()
         self._expire_history(channel, now)
-        for subscriber in list(channel.subscribers.values()):
-            if subscriber.connection.send_text(frame):
-                self.delivered_total += 1
+        self.delivered_total += send_to_all([s.connection for s in channel.subscribers.values()], frame)
         position = channel.position()
         if idempotency_key is not None:
             self._idempotency[(channel_name, idempotency_key)] = (position, now)

@@ -438,6 +438,17 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.sendMessage(data, True)
         return True
 
+    def write_frame(self, frame: bytes) -> bool:
+        """
+        Write a ready WebSocket frame (L{wsheart.frames}): the same bytes
+        go to every subscriber of a channel, framed once.  Valid because
+        wsheart negotiates no extension (no per-message compression).
+        """
+        if self.state != self.STATE_OPEN or self.transport is None:
+            return False
+        write_small(self.transport, frame)
+        return True
+
     def abort(self) -> None:
         self.dropConnection(abort=True)
 
