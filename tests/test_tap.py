@@ -94,6 +94,12 @@ class OptionsTests(unittest.TestCase):
             (["--handler", "nocolon"], "must look like"),
             (["--handler", "no_such_module_xyz:make"], "cannot import module"),
             (["--handler", "tests.test_tap:missing"], "has no attribute"),
+            (["--history-size", "-1"], "--history-size must be at least 0"),
+            (["--history-age", "x"], "--history-age must be a number"),
+            (["--max-subscriptions", "0"], "--max-subscriptions must be at least 1"),
+            (["--api-token-file", "/nonexistent"], "--api-token-file needs --admin-endpoint"),
+            (["--admin-endpoint", "tcp:0", "--api-token-file", "/nonexistent/token"], "--api-token-file: "),
+            (["--admin-endpoint", "tcp:0", "--api-token-file", "/dev/null"], "holds no token"),
         ]
         for argv, text in cases:
             with self.assertRaises(usage.UsageError, msg=argv) as e:
@@ -131,6 +137,28 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(service.factory.heartbeat_settings, HeartbeatSettings())
         self.assertIs(service.factory.hub, service.hub)
         service.stopService()
+
+    def test_channel_options(self) -> None:
+        """
+        Channels are on by default with the documented limits; the options
+        reach the broker; --no-channels and --no-pages turn them off.
+        """
+        factory = makeService(parse(), reactor=MemoryReactorClock()).factory
+        assert factory.channels is not None and factory.pages is not None
+        self.assertEqual(factory.channels.settings.history_size, 100)
+        self.assertEqual(factory.channels.settings.client_publish, ("chat.*",))
+        options = parse(
+            "--history-size", "7", "--history-age", "9", "--max-channels", "3", "--max-subscriptions", "2",
+            "--client-publish", "chat.*, game.*", "--quiet-presence", "ticker.*",
+        )  # fmt: skip
+        settings = makeService(options, reactor=MemoryReactorClock()).factory.channels.settings
+        self.assertEqual((settings.history_size, settings.history_age, settings.max_channels), (7, 9.0, 3))
+        self.assertEqual(settings.client_publish, ("chat.*", "game.*"))
+        self.assertEqual(settings.quiet_presence, ("ticker.*",))
+        self.assertEqual(parse("--client-publish", "")["channels"].client_publish, ())
+        off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock()).factory
+        self.assertIsNone(off.channels)
+        self.assertIsNone(off.pages)
 
     def test_options_reach_the_factory(self) -> None:
         """
