@@ -82,10 +82,11 @@ def dead_bound(peer: str, interval: float, timeout: float, max_missed: int) -> f
 # ---------------------------------------------------------------- environment
 
 
-def ensure_environment(args: argparse.Namespace) -> None:
+def ensure_environment(args: argparse.Namespace, script: Optional[str] = None) -> None:
     """
     Create the bench venv from requirements.txt (re-created when that file
-    changes), install `ws` with npm ci, and re-exec this script in the venv.
+    changes), install `ws` with npm ci, and re-exec this script (or
+    C{script}: bench/fanout.py shares the venv) in the venv.
     """
     venv = Path(args.venv).resolve()
     py = venv / "bin" / "python"
@@ -101,7 +102,7 @@ def ensure_environment(args: argparse.Namespace) -> None:
         print("[setup] npm ci (ws) in bench/", flush=True)
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
     if Path(sys.prefix).resolve() != venv:
-        os.execv(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]])
+        os.execv(str(py), [str(py), str(Path(script or __file__).resolve()), *sys.argv[1:]])
 
 
 # ---------------------------------------------------------------- processes

@@ -446,7 +446,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         """
         if self.state != self.STATE_OPEN or self.transport is None:
             return False
-        write_small(self.transport, frame)
+        # Buffered, not write_small: a burst of publishes then leaves in one
+        # send() per subscriber per reactor turn instead of one per message.
+        self.transport.write(frame)
         return True
 
     def abort(self) -> None:
