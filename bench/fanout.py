@@ -76,14 +76,19 @@ class Server:
         if name == "wsheart":
             cmd = [str(venv_bin / "twistd"), "-n", "--pidfile=", "wsheart",
                    "--endpoint", f"tcp:{port}:interface=127.0.0.1", "--history-size", str(history),
+                   # Like the broadcast peers: no presence (its join events are O(N) per subscribe).
+                   "--quiet-presence", "chat.bench",
                    "--max-message-size", str(1 << 20)]  # fmt: skip
         elif name == "autobahn":
             cmd = [sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port)]
         else:
             cmd = [sys.executable, str(BENCH / "peers" / "websockets_broadcast.py"), "--port", str(port)]
+        logs = BENCH / "results" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = open(logs / f"fanout-{name}.log", "ab")
         self.process = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), *cmd], cwd=str(REPO), env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         wait_port(port)
 
@@ -95,6 +100,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self.log.close()
 
 
 def subscriber_classes() -> Any:
@@ -151,11 +157,12 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
         sub_frame = json.dumps({"op": "subscribe", "channel": "chat.bench"}) if name == "wsheart" else "sub"
         for s in subscribers:
             s.send_text(sub_frame)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while gen.messages < n and time.monotonic() < deadline:  # every "subscribed" answer
             await asyncio.sleep(0.01)
-        if gen.messages < n:
-            raise RuntimeError(f"{name}: only {gen.messages} of {n} subscribed")
+        await asyncio.sleep(0.5)
+        if gen.messages != n:
+            raise RuntimeError(f"{name}: {gen.messages} answers to {n} subscribes")
         if name == "wsheart":
             pub = json.dumps({"op": "publish", "channel": "chat.bench", "data": PAYLOAD})
         else:
@@ -168,7 +175,11 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
             limit = time.monotonic() + 30
             while gen.messages < target:
                 if time.monotonic() > limit:
-                    raise RuntimeError(f"{name}: window not delivered ({gen.messages} of {target})")
+                    behind = sum(1 for c in subscribers if c.transport is not None and c.transport.is_closing())
+                    raise RuntimeError(
+                        f"{name}: window not delivered ({gen.messages} of {target}; "
+                        f"connections lost {gen.lost_after_open}, closing {behind}, close frames {gen.close_frames})"
+                    )
                 await asyncio.sleep(0)
 
         for _ in range(3):  # warm up
@@ -314,16 +325,21 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"command": " ".join(sys.argv), "samples": samples, "medians": medians, "recovery": recovery}, f, indent=2)
-    print("\n| subscribers | server | delivered/s | vs Autobahn | server CPU us / delivery | vs Autobahn | server CPU % | loadgen CPU % |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    lines = ["| subscribers | server | delivered/s | vs Autobahn | server CPU us / delivery | vs Autobahn | server CPU % | loadgen CPU % |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    def x(ratio: Optional[float]) -> str:
+        return "-" if ratio is None else f"{ratio:.2f}x"
+
     for row in medians:
-        print(f"| {row['subscribers']} | {row['server']} | {row['delivered_per_second']:.0f} | "
-              f"{row['vs_autobahn']:.2f}x | {row['server_us_per_delivery']:.2f} | {row['cost_vs_autobahn']:.2f}x | "
-              f"{row['server_cpu_pct']} | {row['loadgen_cpu_pct']} |")  # fmt: skip
-    print("\n| missed messages | recovery (median) | messages/s |")
-    print("|---:|---:|---:|")
+        lines.append(f"| {row['subscribers']} | {row['server']} | {row['delivered_per_second']:.0f} | "
+                     f"{x(row['vs_autobahn'])} | {row['server_us_per_delivery']:.2f} | {x(row['cost_vs_autobahn'])} | "
+                     f"{row['server_cpu_pct']} | {row['loadgen_cpu_pct']} |")  # fmt: skip
+    lines += ["", "| missed messages | recovery (median) | messages/s |", "|---:|---:|---:|"]
     for r in recovery:
-        print(f"| {r['missed']} | {r['recovery_ms']:.1f} ms | {r['messages_per_second']} |")
+        lines.append(f"| {r['missed']} | {r['recovery_ms']:.1f} ms | {r['messages_per_second']} |")
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    Path(args.json).with_suffix(".md").write_text(table)
 
 
 if __name__ == "__main__":

@@ -234,12 +234,16 @@ class Broker:
         recovered, missed = self._recover(channel, since)
         subscriber = Subscriber(connection, connection_id, name)
         joined = connection_id not in channel.subscribers
-        presence = tuple(s.client() for s in channel.subscribers.values() if s.connection_id != connection_id)
         channel.subscribers[connection_id] = subscriber
         mine.add(channel_name)
-        if joined and self.settings.presence_events(channel_name):
-            self._announce(channel, "join", subscriber)
-        return Subscribed(channel.position(), recovered, missed, presence + (subscriber.client(),))
+        presence: tuple[dict[str, Any], ...] = ()
+        # Presence costs O(subscribers) per subscribe (the list, and a join
+        # frame to each): quiet channels skip both.
+        if self.settings.presence_events(channel_name):
+            presence = tuple(s.client() for s in channel.subscribers.values())
+            if joined:
+                self._announce(channel, "join", subscriber)
+        return Subscribed(channel.position(), recovered, missed, presence)
 
     def _recover(self, channel: Channel, since: Optional[Position]) -> tuple[bool, tuple[str, ...]]:
         if since is None or since.epoch != channel.epoch or since.seq > channel.seq or since.seq < 0:
