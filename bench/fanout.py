@@ -45,12 +45,6 @@ PAYLOAD = "x" * 64
 WINDOW = 20
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,6 +54,12 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def run_helpers() -> Any:
+    import run  # bench/run.py: the venv bootstrap and shared helpers
+
+    return run
 
 
 def cpu_ticks(pid: int) -> float:
@@ -137,7 +137,7 @@ def subscriber_classes() -> Any:
 
 async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
     loadgen, Sub = subscriber_classes()
-    port = free_port()
+    port = run_helpers().free_port()
     server = Server(name, port, history=100)
     try:
         gen = loadgen.Generator(port)
@@ -218,7 +218,7 @@ async def recovery_run(missed: int) -> dict[str, Any]:
     it resubscribes from its position: time until the last missed message.
     """
     loadgen, Sub = subscriber_classes()
-    port = free_port()
+    port = run_helpers().free_port()
     server = Server("wsheart", port, history=max(missed, 100))
     try:
         gen = loadgen.Generator(port)

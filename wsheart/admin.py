@@ -15,7 +15,6 @@ loopback or a private interface (see README "Monitor").
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -23,19 +22,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsheart import __version__
-from wsheart.api import install_api
+from wsheart.api import install_api, json_response
 from wsheart.channels import Broker
 from wsheart.health import Health
 from wsheart.hub import Hub
 from wsheart.metrics import CONTENT_TYPE, ServerMetrics
 from wsheart.pages import CSS, HTML, HTML_SECURITY_HEADERS, JS, static_text
-
-
-def _json(request: Request, status: int, body: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, indent=None, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 class HealthResource(Resource):
@@ -54,7 +46,7 @@ class HealthResource(Resource):
             "reactor_lag_seconds": round(self._health.lag.current_lag(), 4),
             "version": __version__,
         }
-        return _json(request, 200 if state == "serving" else 503, body)
+        return json_response(request, 200 if state == "serving" else 503, body)
 
 
 class MetricsResource(Resource):
@@ -82,7 +74,7 @@ class ConnectionsResource(Resource):
         if b"limit" in request.args:  # type: ignore[operator]
             raw = request.args[b"limit"][0]  # type: ignore[index]
             if not raw.isdigit():
-                return _json(request, 400, {"error": "limit must be a non-negative integer"})
+                return json_response(request, 400, {"error": "limit must be a non-negative integer"})
             limit = int(raw)
         now = self._clock.seconds()
         rows: list[dict[str, Any]] = []
@@ -101,7 +93,7 @@ class ConnectionsResource(Resource):
                     "state": "open" if snap.misses == 0 else "missing pongs",
                 }
             )
-        return _json(request, 200, rows)
+        return json_response(request, 200, rows)
 
 
 class StaticResource(Resource):

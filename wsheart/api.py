@@ -44,7 +44,10 @@ def read_token_file(path: str) -> bytes:
     return token
 
 
-def _json(request: Request, status: int, body: Any) -> bytes:
+def json_response(request: Request, status: int, body: Any) -> bytes:
+    """
+    A JSON answer (also used by L{wsheart.admin}): never cached.
+    """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
@@ -63,22 +66,22 @@ class _Guarded(Resource):
 
     def render(self, request: Request) -> bytes:
         if self.token is None:
-            return _json(request, 404, {"error": "the channel API is off: start wsheart with --api-token-file"})
+            return json_response(request, 404, {"error": "the channel API is off: start wsheart with --api-token-file"})
         given = request.getHeader(b"authorization") or b""
         scheme, _, credential = given.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
             request.setHeader(b"www-authenticate", b'Bearer realm="wsheart"')
-            return _json(request, 401, {"error": "missing or wrong bearer token"})
+            return json_response(request, 401, {"error": "missing or wrong bearer token"})
         method = request.method.decode("ascii", "replace")
         handler = getattr(self, f"api_{method}", None)
         if handler is None:
             allowed = sorted(name[4:] for name in dir(self) if name.startswith("api_"))
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
-            return _json(request, 405, {"error": f"{method} not allowed here"})
+            return json_response(request, 405, {"error": f"{method} not allowed here"})
         try:
             return handler(request)  # type: ignore[no-any-return]
         except ChannelError as e:
-            return _json(request, e.code, {"error": e.reason})
+            return json_response(request, e.code, {"error": e.reason})
 
 
 class PublishResource(_Guarded):
@@ -115,7 +118,7 @@ class PublishChannel(_Guarded):
             if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
                 raise ChannelError(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
         position = self.broker.publish(channel, data, idempotency_key=key)
-        return _json(request, 200, {"channel": channel, "epoch": position.epoch, "seq": position.seq})
+        return json_response(request, 200, {"channel": channel, "epoch": position.epoch, "seq": position.seq})
 
 
 class ChannelsResource(_Guarded):
@@ -125,7 +128,7 @@ class ChannelsResource(_Guarded):
         return ChannelResource(self.broker, self.token, path.decode("utf-8", "replace"))
 
     def api_GET(self, request: Request) -> bytes:
-        return _json(request, 200, self.broker.channels())
+        return json_response(request, 200, self.broker.channels())
 
 
 class ChannelResource(_Guarded):
@@ -139,12 +142,12 @@ class ChannelResource(_Guarded):
         channel = check_channel_name(self.channel)
         what = request.postpath
         if what == [b"presence"]:
-            return _json(request, 200, {"channel": channel, "clients": self.broker.presence(channel)})
+            return json_response(request, 200, {"channel": channel, "clients": self.broker.presence(channel)})
         if what == [b"history"]:
             raw = (request.args or {}).get(b"since", [b"0"])[0]
             if not raw.isdigit():
                 raise ChannelError(400, "since must be a non-negative integer (a seq)")
-            return _json(request, 200, self.broker.history(channel, int(raw)))
+            return json_response(request, 200, self.broker.history(channel, int(raw)))
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
 
 
