@@ -296,3 +296,24 @@ class CommandLineTests(unittest.TestCase):
 
 def _repo() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class NoChannelsTests(unittest.TestCase):
+    timeout = 30
+
+    @async_test
+    async def test_cli_stops_when_the_server_has_no_channels(self) -> None:
+        """
+        wsheart connect --channel against a server without wsheart.v1 says
+        so and exits 1 instead of retrying for ever.
+        """
+        factory = ServerFactory(hub=Hub(reactor), clock=reactor)  # channels off
+        port = await listen(self, factory)
+        argv = [sys.executable, "-m", "wsheart", "connect", f"ws://127.0.0.1:{port.getHost().port}/", "--channel", "news"]
+        # stdin stays open: the command would end (0) when stdin closes.
+        process = Process(self, argv, stdin=subprocess.PIPE)
+        status = await threads.deferToThread(process.popen.wait, 20)
+        process.stop()
+        stderr = process.stderr.decode()
+        self.assertEqual(status, 1, stderr)
+        self.assertIn("did not accept the wsheart.v1 subprotocol", stderr)
