@@ -168,7 +168,7 @@ class BrokerTests(unittest.TestCase):
         self.assertEqual(len(broker.presence("ticker.eur")), 1, "still tracked for the API")
 
     def test_limits(self) -> None:
-        broker = Broker(self.clock, ChannelSettings(max_subscriptions=2, max_channels=3, max_data_bytes=100))
+        broker = Broker(self.clock, ChannelSettings(max_subscriptions=2, max_channels=3, max_data_bytes=400))
         c = FakeConnection("c")
         broker.subscribe("c", c, "one")
         broker.subscribe("c", c, "two")
@@ -190,6 +190,14 @@ class BrokerTests(unittest.TestCase):
         for bad in ["", "a/b", ".x", "x" * 129, "sp ace", 5]:
             with self.assertRaises(ChannelError):
                 broker.publish(bad, 1)  # type: ignore[arg-type]
+
+    def test_refused_or_unkept_publishes_leave_no_channel(self) -> None:
+        with self.assertRaises(ChannelError):
+            self.broker.publish("fresh", "x" * 100000)
+        broker = Broker(self.clock, ChannelSettings(history_size=0))
+        broker.publish("nobody-listens", 1)
+        self.assertEqual(self.broker.channels(), [])
+        self.assertEqual(broker.channels(), [])
 
     def test_idempotency_key(self) -> None:
         a, _ = self.sub("a")
@@ -261,6 +269,7 @@ class ProtocolHandlerTests(unittest.TestCase):
         self.send(bystander, {"op": "subscribe", "channel": "chat.x"})
         cases = [
             ("{not json", 400),
+            ("[" * 100000 + "]" * 100000, 400),  # nested past the recursion limit
             ("[1, 2]", 400),
             ({"no": "op"}, 405),
             ({"op": "dance"}, 405),
@@ -337,6 +346,9 @@ class PresenceDeathTests(unittest.TestCase):
         self.assertIsNone(factory.hub.get(server_frozen.connection_id))
         leaves = [json.loads(m) for m in watcher.messages if '"leave"' in m]
         self.assertEqual([m["client"]["id"] for m in leaves], [server_frozen.connection_id])
+        # What a dead peer still says is not acted on: it cannot come back into presence.
+        server_frozen.onMessage(json.dumps({"op": "subscribe", "channel": "room"}).encode(), False)
+        self.assertNotIn(server_frozen.connection_id, [c["id"] for c in broker.presence("room")])
 
 
 class FramesTests(unittest.TestCase):

@@ -122,7 +122,7 @@ class IndependentClientTests(unittest.TestCase):
 
     @async_test
     async def test_http_api(self) -> None:
-        server = ChannelServer(self, ChannelSettings(history_size=3, max_data_bytes=100))
+        server = ChannelServer(self, ChannelSettings(history_size=3, max_data_bytes=400))
         await server.start()
         api = server.admin
 
@@ -317,3 +317,57 @@ class NoChannelsTests(unittest.TestCase):
         stderr = process.stderr.decode()
         self.assertEqual(status, 1, stderr)
         self.assertIn("did not accept the wsheart.v1 subprotocol", stderr)
+
+
+class SlowReaderTests(unittest.TestCase):
+    timeout = 60
+
+    @async_test
+    async def test_slow_reader_is_closed_and_harms_nobody(self) -> None:
+        """
+        A subscriber that stops reading is closed (1013) once its unsent
+        bytes pass the limit; the daemon's memory stays bounded and a
+        healthy subscriber gets every message.
+        """
+        import base64
+        import socket as socketlib
+
+        server = ChannelServer(self, ChannelSettings(history_size=10, max_data_bytes=100000))
+        server.factory.max_send_buffer = 1024 * 1024
+        await server.start()
+        port = int(server.url.rsplit(":", 1)[1].strip("/"))
+
+        slow = socketlib.socket()
+        self.addCleanup(slow.close)
+        slow.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        slow.sendall(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: wsheart.v1\r\n\r\n".encode()
+        )
+        await wait_until(self, lambda: len(server.hub) == 1)
+        payload = json.dumps({"op": "subscribe", "channel": "news"}).encode()
+        mask = os.urandom(4)
+        slow.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        await wait_until(self, lambda: server.broker.presence("news"))
+        slow_id = server.broker.presence("news")[0]["id"]
+
+        collector = Collector()
+        session = ChannelSession(collector, channels=["news"])
+        service = ReconnectingClientService(server.url, session, reactor=reactor, protocols=[SUBPROTOCOL])
+        service.startService()
+        self.addCleanup(service.stopService)
+        await wait_until(self, lambda: collector.subscribed)
+
+        data = "x" * 50000
+        for i in range(300):  # 15 MB for each subscriber, far more than the kernel buffers
+            server.broker.publish("news", {"i": i, "pad": data})
+            if i % 4 == 0:
+                await sleep(0.005)  # 200 KB a turn: the healthy one keeps up
+        # Closed for reading too slowly, long before its heartbeat could fail (2.5 s here).
+        await wait_until(self, lambda: slow_id not in [c["id"] for c in server.broker.presence("news")], timeout=2)
+        metric = server.factory.metrics.exposition().decode()
+        self.assertIn('wsheart_connections_closed_total{cause="slow",code="1013"} 1.0', metric)
+        await wait_until(self, lambda: len(collector.messages) == 300, timeout=30)
+        self.assertEqual([seq for _, seq, _ in collector.messages], list(range(1, 301)))

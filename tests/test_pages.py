@@ -210,3 +210,30 @@ class ServedByTheProtocolTests(unittest.TestCase):
         client.sendMessage(b"hi")  # text
         pump.flush()
         self.assertEqual(client.messages, ["hi"])
+
+    def test_peer_that_keeps_talking_after_a_page(self) -> None:
+        """
+        After the page nothing more is buffered, and a peer that does not
+        read the answer is cut off after the handshake timeout.
+        """
+        factory = make_server_factory(self.clock, pages=True, handshake_timeout=5)
+        server = factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(server)
+        server.makeConnection(transport)
+        server.dataReceived(b"GET /wsheart.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        for _ in range(100):
+            server.dataReceived(b"x" * 10000)
+        self.assertEqual(len(server.data), 0)
+        aborted = []
+        transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.clock.advance(5)
+        self.assertEqual(aborted, [True])
+
+    def test_refused_handshake_does_not_buffer_either(self) -> None:
+        factory = make_server_factory(self.clock, handshake_timeout=5)
+        server = factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(server)
+        server.makeConnection(transport)
+        server.dataReceived(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # 426
+        server.dataReceived(b"y" * 100000)
+        self.assertEqual(len(server.data), 0)

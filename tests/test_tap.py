@@ -95,6 +95,7 @@ class OptionsTests(unittest.TestCase):
             (["--handler", "no_such_module_xyz:make"], "cannot import module"),
             (["--handler", "tests.test_tap:missing"], "has no attribute"),
             (["--history-size", "-1"], "--history-size must be at least 0"),
+            (["--max-message-size", "100"], "raise --max-message-size, or turn channels off"),
             (["--history-age", "x"], "--history-age must be a number"),
             (["--max-subscriptions", "0"], "--max-subscriptions must be at least 1"),
             (["--api-token-file", "/nonexistent"], "--api-token-file needs --admin-endpoint"),
@@ -167,7 +168,7 @@ class MakeServiceTests(unittest.TestCase):
         options = parse(
             "--ping-interval", "3", "--ping-timeout", "1", "--max-missed", "4",
             "--app-ping", "", "--echo-prefix", "Echo: ", "--max-message-size", "100",
-            "--handshake-timeout", "2", "--close-timeout", "0.5",
+            "--handshake-timeout", "2", "--close-timeout", "0.5", "--no-channels",
         )  # fmt: skip
         factory = makeService(options, reactor=MemoryReactorClock()).factory
         self.assertEqual(factory.heartbeat_settings, HeartbeatSettings(3, 1, 4))

@@ -73,7 +73,7 @@ class ConnectionsResource(Resource):
         limit = None
         if b"limit" in request.args:  # type: ignore[operator]
             raw = request.args[b"limit"][0]  # type: ignore[index]
-            if not raw.isdigit():
+            if not raw.isdigit() or len(raw) > 18:
                 return json_response(request, 400, {"error": "limit must be a non-negative integer"})
             limit = int(raw)
         now = self._clock.seconds()

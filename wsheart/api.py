@@ -109,7 +109,7 @@ class PublishChannel(_Guarded):
             raise ChannelError(413, f"message data is larger than {self.broker.settings.max_data_bytes} bytes")
         try:
             data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise ChannelError(400, f"the body must be JSON (the message data): {e}") from None
         key_header = request.getHeader(b"idempotency-key")
         key = None
@@ -145,7 +145,7 @@ class ChannelResource(_Guarded):
             return json_response(request, 200, {"channel": channel, "clients": self.broker.presence(channel)})
         if what == [b"history"]:
             raw = (request.args or {}).get(b"since", [b"0"])[0]
-            if not raw.isdigit():
+            if not raw.isdigit() or len(raw) > 18:
                 raise ChannelError(400, "since must be a non-negative integer (a seq)")
             return json_response(request, 200, self.broker.history(channel, int(raw)))
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")

@@ -30,6 +30,10 @@ from wsheart.frames import send_to_all
 from wsheart.hub import IConnection
 
 CHANNEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$")
+# Room for a message frame's envelope around its data: op, channel name
+# (at most 128), epoch and seq.  Data plus this must fit the size limit
+# that subscribers enforce (the same --max-message-size by default).
+FRAME_ENVELOPE = 256
 MAX_CLIENT_NAME = 64
 
 
@@ -79,9 +83,14 @@ class ChannelSettings:
             raise ValueError(f"history size must not be negative, got {self.history_size}")
         if not self.history_age >= 0:
             raise ValueError(f"history age must not be negative, got {self.history_age}")
-        for name in ("max_channels", "max_subscriptions", "max_data_bytes"):
+        for name in ("max_channels", "max_subscriptions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        if self.max_data_bytes <= FRAME_ENVELOPE:
+            raise ValueError(
+                f"channel messages need a size limit above {FRAME_ENVELOPE} bytes, got {self.max_data_bytes} "
+                "(raise --max-message-size, or turn channels off with --no-channels)"
+            )
 
     def may_publish(self, channel: str) -> bool:
         return any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.client_publish)
@@ -162,6 +171,7 @@ class Broker:
         self._idempotency: OrderedDict[tuple[str, str], tuple[Position, float]] = OrderedDict()
         self.published_total = 0
         self.delivered_total = 0
+        self._last_sweep = float("-inf")
 
     # -- publishing -----------------------------------------------------------
 
@@ -178,15 +188,16 @@ class Broker:
             done = self._idempotency.get((channel_name, idempotency_key))
             if done is not None:
                 return done[0]
+        try:
+            data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ChannelError(400, f"message data is not JSON: {e}") from None
+        # Checked before the channel exists: a refused publish leaves nothing.
+        if len(data_json.encode("utf-8")) + FRAME_ENVELOPE > self.settings.max_data_bytes:
+            raise ChannelError(413, self._too_large())
         channel = self._channel(channel_name, create=True)
         assert channel is not None
         seq = channel.seq + 1
-        try:
-            data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ChannelError(400, f"message data is not JSON: {e}") from None
-        if len(data_json.encode("utf-8")) > self.settings.max_data_bytes:
-            raise ChannelError(413, f"message data is larger than {self.settings.max_data_bytes} bytes")
         # Built by hand around the data's JSON, so the data is serialised once.
         frame = (
             '{"op":"message","channel":' + json.dumps(channel_name) + ',"epoch":' + json.dumps(channel.epoch)
@@ -201,11 +212,17 @@ class Broker:
         self._expire_history(channel, now)
         self.delivered_total += send_to_all([s.connection for s in channel.subscribers.values()], frame)
         position = channel.position()
+        if not channel.subscribers and not channel.history:
+            del self._channels[channel_name]  # nothing to keep (history off)
         if idempotency_key is not None:
             self._idempotency[(channel_name, idempotency_key)] = (position, now)
             while len(self._idempotency) > 10000:
                 self._idempotency.popitem(last=False)
         return position
+
+    def _too_large(self) -> str:
+        limit = self.settings.max_data_bytes - FRAME_ENVELOPE
+        return f"message data is larger than {limit} bytes (the message frame must fit {self.settings.max_data_bytes})"
 
     # -- subscribing ----------------------------------------------------------
 
@@ -342,7 +359,12 @@ class Broker:
         channel = self._channels.get(name)
         if channel is None and create:
             if len(self._channels) >= self.settings.max_channels:
-                self._forget_idle()
+                # A sweep costs O(channels): at most one a second, so a
+                # client asking for new names cannot make every ask pay it.
+                now = self.clock.seconds()
+                if now - self._last_sweep >= 1.0:
+                    self._last_sweep = now
+                    self._forget_idle()
                 if len(self._channels) >= self.settings.max_channels:
                     raise ChannelError(429, f"at most {self.settings.max_channels} channels")
             # A new epoch for every new life of a channel: whoever kept a

@@ -385,6 +385,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     react(connect, (options.subOptions, sys.stdout, sys.stderr))
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None  # the 3xx is reported as an HTTP error
+
+
 def publish(options: PublishOptions, out: TextIO, err: TextIO) -> int:
     """
     C{wsheart publish}: one POST, retried with the same Idempotency-Key on
@@ -397,8 +402,9 @@ def publish(options: PublishOptions, out: TextIO, err: TextIO) -> int:
         "Content-Type": "application/json",
         "Idempotency-Key": options["idempotency-key"],
     }
-    # The admin endpoint is private: never send the token through a proxy.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    # The admin endpoint is private: never send the token through a proxy
+    # or, by following a redirect, to another host.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
     for attempt in range(1, options["retries"] + 1):
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:

@@ -20,7 +20,7 @@ so a change there fails the tests rather than corrupting a stream.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet import tcp
 
@@ -49,3 +49,19 @@ def write_small(transport: Any, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def queued_bytes(transport: Any) -> Optional[int]:
+    """
+    How many bytes C{transport} holds that the kernel has not taken yet, or
+    L{None} when that cannot be known (not a TCP connection underneath).
+    A TLS transport is looked through to the TCP connection it wraps (what
+    TLS itself holds back is small: at most a record).
+    """
+    for _ in range(3):
+        if isinstance(transport, tcp.Connection):
+            return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from wsheart import closecodes
 from wsheart.handler import EchoHandler, IMessageHandler
-from wsheart.directwrite import write_small
+from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.channels import Broker
@@ -261,6 +261,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     factory: "ServerFactory"
     connection_id: Optional[str] = None
     _dead = False
+    _too_slow = False
     # The handler of this connection: the factory's, or the channel handler
     # for wsheart.v1 (chosen in onOpen).
     handler: IMessageHandler = EchoHandler()
@@ -272,10 +273,22 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self._arm_handshake_timer(self.factory.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CLOSED:
+            # After a page or a refused handshake nothing more is read;
+            # Autobahn would keep appending it to self.data.
+            return
         if self.state == self.STATE_CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_BYTES:
             self.failHandshake("opening handshake request too large", 431)
             return
         super().dataReceived(data)
+
+    def _linger_at_most(self, seconds: float) -> None:
+        """
+        The answer (a page, a refusal) is written and the connection is
+        closing: a peer that does not read it must not hold the socket.
+        """
+        if self._close_timer is None and not self._connection_gone:
+            self._close_timer = self.clock.callLater(seconds, self._close_timed_out)
 
     def processHandshake(self) -> None:
         # A browser asking for a page (no Upgrade header) gets it from
@@ -289,7 +302,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
                 response = pages.respond(request)
                 if response is not None:
                     self.sendData(response)
+                    self.data = b""
                     self.dropConnection(abort=False)  # type: ignore[attr-defined]
+                    self._linger_at_most(self.factory.handshake_timeout)
                     return
         super().processHandshake()  # type: ignore[misc]
 
@@ -311,7 +326,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):  # type: ignore[no-untyped-def]
         self.factory.metrics.handshake_failures.labels(reason=f"http_{code}").inc()
-        return super().failHandshake(reason, code, responseHeaders)
+        result = super().failHandshake(reason, code, responseHeaders)
+        self.data = b""
+        self._linger_at_most(self.factory.handshake_timeout)
+        return result
 
     def _handshake_timed_out(self) -> None:
         if self.state == self.STATE_CONNECTING:
@@ -359,9 +377,13 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self._call_handler("connection_opened", self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._dead or self.state != self.STATE_OPEN:
+            # Declared dead (and gone from the hub and presence), or
+            # closing: what it still says must not act, e.g. resubscribe.
+            return
         factory = self.factory
         if not isBinary:
-            if factory.app_ping is not None and payload == factory.app_ping:
+            if factory.app_ping is not None and payload == factory.app_ping and self.handler is not factory.channel_handler:
                 self.sendMessage(factory.app_pong, False)
                 return
             message: Any = payload.decode("utf-8")  # already validated by Autobahn
@@ -413,12 +435,14 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self._stop_timers()
         if self.connection_id is None:
             return  # the opening handshake never completed
-        cause = "dead" if self._dead else ("closed" if wasClean else "dropped")
+        cause = "dead" if self._dead else "slow" if self._too_slow else ("closed" if wasClean else "dropped")
         self.factory.hub.remove(self.connection_id, cause)
         if self._dead:
             # Whatever the dead peer's TCP connection did after the verdict,
             # metrics and the application hear the verdict.
             code, reason = closecodes.INTERNAL_ERROR, closecodes.HEARTBEAT_TIMEOUT_REASON
+        elif self._too_slow:
+            code, reason = closecodes.TRY_AGAIN_LATER, "too slow: send buffer full"
         elif not wasClean or code is None:
             code = closecodes.ABNORMAL
         self.factory.metrics.connections_closed.labels(cause=cause, code=str(code)).inc()
@@ -427,16 +451,43 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     # IConnection
 
     def send_text(self, text: str) -> bool:
-        if self.state != self.STATE_OPEN:
+        payload = text.encode("utf-8")
+        if not self._may_send(len(payload)):
             return False
-        self.sendMessage(text.encode("utf-8"), False)
+        self.sendMessage(payload, False)
         return True
 
     def send_binary(self, data: bytes) -> bool:
-        if self.state != self.STATE_OPEN:
+        if not self._may_send(len(data)):
             return False
         self.sendMessage(data, True)
         return True
+
+    def _may_send(self, size: int) -> bool:
+        """
+        Whether C{size} more bytes may be queued for this peer.  A peer that
+        reads slower than it is sent to (a busy channel, a stalled phone)
+        would make the daemon buffer without bound: past C{max_send_buffer}
+        unsent bytes it is closed with 1013 (try again later), which
+        clients answer by reconnecting on their backoff - and, on
+        wsheart.v1, by recovering what they missed from history.
+        """
+        if self.state != self.STATE_OPEN or self._too_slow:
+            return False
+        queued = queued_bytes(self.transport)
+        if queued is None or queued + size <= self.factory.max_send_buffer:
+            return True
+        self._too_slow = True
+        self.logger.warn(
+            "peer {peer} reads too slowly: {queued} bytes unsent (limit {limit}); closing it with 1013",
+            peer=self.peer,
+            queued=queued,
+            limit=self.factory.max_send_buffer,
+            cid=self.connection_id,
+            cause="slow reader",
+        )
+        self.close(closecodes.TRY_AGAIN_LATER, "too slow: send buffer full")
+        return False
 
     def write_frame(self, frame: bytes) -> bool:
         """
@@ -444,7 +495,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         go to every subscriber of a channel, framed once.  Valid because
         wsheart negotiates no extension (no per-message compression).
         """
-        if self.state != self.STATE_OPEN or self.transport is None:
+        if self.transport is None or not self._may_send(len(frame)):
             return False
         # Buffered, not write_small: a burst of publishes then leaves in one
         # send() per subscriber per reactor turn instead of one per message.
@@ -479,6 +530,7 @@ class ServerFactory(WebSocketServerFactory):
         metrics: Optional[ServerMetrics] = None,
         pages: bool = False,
         channels: Optional[Broker] = None,
+        max_send_buffer: int = 8 * 1024 * 1024,
     ) -> None:
         super().__init__(url=url, reactor=clock)
         self.hub = hub
@@ -495,6 +547,8 @@ class ServerFactory(WebSocketServerFactory):
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.random = random
+        # Unsent bytes a peer may have waiting before it is closed (1013).
+        self.max_send_buffer = max_send_buffer
         # Channels (wsheart.v1) for the connections that ask for them; a
         # connection leaves its channels when it leaves the hub - for a dead
         # peer, at the moment of death.

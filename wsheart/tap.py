@@ -118,6 +118,13 @@ class Options(usage.Options):
         ],
         ["max-reactor-lag", None, 2.0, "Reactor lag in seconds past which /healthz fails and the watchdog is withheld.", positive_float("max-reactor-lag")],
         ["log-format", None, "text", "text or json (one JSON object per line on stdout)."],
+        [
+            "max-send-buffer",
+            None,
+            8 * 1024 * 1024,
+            "Unsent bytes a peer may have waiting; a slower reader is closed with 1013.",
+            positive_int("max-send-buffer"),
+        ],
         ["history-size", None, 100, "wsheart.v1: messages kept per channel for recovery (0: none).", non_negative_int("history-size")],
         ["history-age", None, 300.0, "wsheart.v1: seconds a message is kept for recovery.", non_negative_float("history-age")],
         ["max-channels", None, 10000, "wsheart.v1: channels at once (with subscribers or history).", positive_int("max-channels")],
@@ -294,6 +301,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         close_timeout=options["close-timeout"],
         pages=not options["no-pages"],
         channels=broker,
+        max_send_buffer=options["max-send-buffer"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])

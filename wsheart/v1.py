@@ -46,7 +46,7 @@ class ChannelProtocolHandler(MessageHandler):
             return
         try:
             frame = json.loads(message)
-        except ValueError:
+        except (ValueError, RecursionError):
             self._error(connection, BAD_REQUEST, "malformed JSON")
             return
         if not isinstance(frame, dict):

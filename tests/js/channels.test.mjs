@@ -104,3 +104,23 @@ test("channel methods need the subprotocol", () => {
   const { client } = makeClient();
   assert.throws(() => client.subscribe("room"), /needs options.protocols/);
 });
+
+test("channel names that are Object.prototype keys work", () => {
+  const { client, socket } = v1Client();
+  client.subscribe("constructor");
+  client.subscribe("__proto__");
+  socket().serverOpens(V1);
+  assert.deepEqual(frames(socket()).map((f) => f.channel), ["constructor", "__proto__"]);
+});
+
+test("close() from an open listener leaves nothing behind", () => {
+  const { client, clock, socket } = v1Client();
+  client.subscribe("room");
+  client.send("queued");
+  client.addEventListener("open", () => client.close());
+  socket().serverOpens(V1);
+  assert.equal(client.state, "closed");
+  assert.deepEqual(socket().sent, []);
+  clock.advance(120000);
+  assert.equal(clock.pending(), 0);
+});

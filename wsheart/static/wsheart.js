@@ -200,11 +200,11 @@ var WsHeart = (function () {
       this.retryAt = null;
 
       /** wsheart.v1: channel -> {epoch, seq} of the last message seen (or null). */
-      this.positions = {};
+      this.positions = Object.create(null); // no prototype: "constructor" is a fine channel name
       /** wsheart.v1: channel -> {connection id: client} as last told. */
-      this.presence = {};
+      this.presence = Object.create(null);
       this._v1 = [].concat(this.options.protocols || []).indexOf(V1) >= 0;
-      this._names = {};
+      this._names = Object.create(null);
 
       this._ws = null;
       this._queue = [];
@@ -327,20 +327,24 @@ var WsHeart = (function () {
       this.attempt = 0;
       if (this._v1 && this._ws.protocol !== V1) {
         // A server without channels: retrying will not change that.
-        var ws = this._ws;
+        var refused = this._ws;
         this._stop("the server did not accept the " + V1 + " subprotocol");
         try {
-          ws.close(1000);
+          refused.close(1000);
         } catch (e) {
           /* closing */
         }
         return;
       }
+      var ws = this._ws;
       this._setState("open", {});
+      // A listener may have closed it (close() in an "open" or "state" listener).
+      if (this._ws !== ws) return;
       this._emit("open", { attempt: attempt });
+      if (this._ws !== ws) return;
       // Subscriptions first (with their positions), then what was queued.
       for (var channel in this.positions) this._sendSubscribe(channel);
-      while (this._queue.length && this.state === "open") this._ws.send(this._queue.shift());
+      while (this._queue.length && this._ws === ws && this.state === "open") ws.send(this._queue.shift());
       this._timers.stable = this._clock.setTimeout(function () {
         self._timers.stable = null;
         self._stable = true;
@@ -533,7 +537,7 @@ var WsHeart = (function () {
             // position themselves; without, start from the present.
             if (!frame.recovered) this.positions[channel] = { epoch: frame.epoch, seq: frame.seq };
             if (frame.presence) {
-              var members = {};
+              var members = Object.create(null);
               frame.presence.forEach(function (c) {
                 members[c.id] = c;
               });
@@ -545,7 +549,7 @@ var WsHeart = (function () {
         case "join":
         case "leave":
           if (subscribed && frame.client) {
-            var present = this.presence[channel] || (this.presence[channel] = {});
+            var present = this.presence[channel] || (this.presence[channel] = Object.create(null));
             if (frame.op === "join") present[frame.client.id] = frame.client;
             else delete present[frame.client.id];
             this._emit("presence", { channel: channel, event: frame.op, client: frame.client, members: Object.keys(present).map(function (id) { return present[id]; }) });
