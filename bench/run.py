@@ -267,8 +267,13 @@ def registry(admin_port: int) -> Optional[int]:
 
 
 def wsheart_files(root: Path) -> list[Path]:
+    """
+    What wsheart runs from: its modules, its static files (the pages and
+    wsheart.js, read at start-up) and the twistd plugin.
+    """
     files = sorted(p for p in (root / "wsheart").rglob("*.py") if "__pycache__" not in p.parts)
-    return files + [root / "twisted" / "plugins" / "wsheart_plugin.py"]
+    static = sorted(p for p in (root / "wsheart" / "static").glob("*") if p.is_file())
+    return files + static + [root / "twisted" / "plugins" / "wsheart_plugin.py"]
 
 
 def tree_digest(root: Path) -> str:
