@@ -333,7 +333,7 @@ class SlowReaderTests(unittest.TestCase):
         import socket as socketlib
 
         server = ChannelServer(self, ChannelSettings(history_size=10, max_data_bytes=100000))
-        server.factory.max_send_buffer = 1024 * 1024
+        server.factory.max_send_buffer = 2 * 1024 * 1024
         await server.start()
         port = int(server.url.rsplit(":", 1)[1].strip("/"))
 
@@ -363,8 +363,8 @@ class SlowReaderTests(unittest.TestCase):
         data = "x" * 50000
         for i in range(300):  # 15 MB for each subscriber, far more than the kernel buffers
             server.broker.publish("news", {"i": i, "pad": data})
-            if i % 4 == 0:
-                await sleep(0.005)  # 200 KB a turn: the healthy one keeps up
+            if i % 2 == 0:
+                await sleep(0.005)  # 100 KB a turn: the healthy one keeps up
         # Closed for reading too slowly, long before its heartbeat could fail (2.5 s here).
         await wait_until(self, lambda: slow_id not in [c["id"] for c in server.broker.presence("news")], timeout=2)
         metric = server.factory.metrics.exposition().decode()
