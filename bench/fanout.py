@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,17 +42,6 @@ sys.path.insert(0, str(BENCH))
 SERVER_CPU, CLIENT_CPU = 0, 1
 PAYLOAD = "x" * 64
 WINDOW = 20
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def run_helpers() -> Any:
@@ -90,7 +78,7 @@ class Server:
             ["taskset", "-c", str(SERVER_CPU), *cmd], cwd=str(REPO), env=env,
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        wait_port(port)
+        run_helpers().wait_port(port, self.process)
 
     def stop(self) -> None:
         if self.process.poll() is None:

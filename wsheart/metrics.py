@@ -108,7 +108,7 @@ class ServerMetrics:
         )
         self.connections_closed = Counter(
             "wsheart_connections_closed",
-            "WebSocket connections closed, by cause (closed, dropped, dead) and close code.",
+            "WebSocket connections closed, by cause (closed, dropped, dead, slow) and close code.",
             ["cause", "code"],
             registry=r,
         )
