@@ -1,6 +1,7 @@
 """
 In-memory plumbing for tests: a wsheart server factory and a plain
-Autobahn client connected through twisted.test.iosim, on one Clock.
+Autobahn client connected through twisted.test.iosim, on one Clock; a fake
+L{IConnection} that records what it is sent; client frames built by hand.
 """
 
 from __future__ import annotations
@@ -8,13 +9,17 @@ from __future__ import annotations
 import random
 from typing import Any, Optional
 
+import json
+import os
+
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.task import Clock
 from twisted.test import iosim
+from zope.interface import implementer
 
 from wsheart.handler import IMessageHandler
 from wsheart.heartbeat import HeartbeatSettings
-from wsheart.hub import Hub
+from wsheart.hub import Hub, IConnection
 from wsheart.protocol import ServerFactory
 
 
@@ -61,12 +66,13 @@ def connect_client(
     server_factory: ServerFactory,
     clock: Clock,
     greet: bool = True,
+    protocols: Optional[list[str]] = None,
 ) -> tuple[RecordingClientProtocol, Any, iosim.IOPump]:
     """
-    Connect a recording client to a fresh server protocol; with C{greet},
-    pump until the opening handshake is done.
+    Connect a recording client (offering C{protocols}) to a fresh server
+    protocol; with C{greet}, pump until the opening handshake is done.
     """
-    client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=clock)
+    client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=clock, protocols=protocols)
     client_factory.protocol = RecordingClientProtocol
     client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
     server = server_factory.buildProtocol(None)
@@ -75,3 +81,68 @@ def connect_client(
     client_io = iosim.makeFakeClient(client)
     pump = iosim.connect(server, server_io, client, client_io, greet=greet, clock=clock)
     return client, server, pump
+
+
+@implementer(IConnection)
+class FakeConnection:
+    """
+    An L{IConnection} that records the text it is sent.  C{fail_sends}
+    makes every send raise (a connection that breaks mid-announcement).
+    """
+
+    max_message_size = 1024 * 1024
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        self.peer = "test"
+        self.sent: list[str] = []
+        self.closed: Any = None
+        self.fail_sends = False
+
+    def send_text(self, text: str) -> bool:
+        if self.fail_sends:
+            raise RuntimeError("this connection is broken")
+        text.encode("utf-8")  # what a real connection does first: raises on a lone surrogate
+        self.sent.append(text)
+        return True
+
+    def send_binary(self, data: bytes) -> bool:
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def abort(self) -> None:
+        pass
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(text) for text in self.sent]
+
+    def take(self) -> list[dict[str, Any]]:
+        frames = self.frames()
+        self.sent.clear()
+        return frames
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """
+    One final, masked frame as a client sends it (RFC 6455 5.2).
+    """
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def iosim_queued_bytes(transport: Any) -> Optional[int]:
+    """
+    What an iosim transport holds unsent (its peer has not pumped it): the
+    in-memory stand-in for L{wsheart.directwrite.queued_bytes}.
+    """
+    stream = getattr(transport, "stream", None)
+    return None if stream is None else sum(len(chunk) for chunk in stream)

@@ -16,7 +16,7 @@ from wsheart import closecodes
 from wsheart.handler import EchoHandler, MessageHandler
 from wsheart.protocol import MAX_HANDSHAKE_BYTES
 
-from .memory import connect_client, make_server_factory
+from .memory import client_frame, connect_client, iosim_queued_bytes, make_server_factory
 
 
 class EchoTests(unittest.TestCase):
@@ -339,3 +339,165 @@ class CloseTimeoutTests(unittest.TestCase):
         client, server, pump = connect_client(factory, clock)
         server.close(closecodes.GOING_AWAY, "bye")
         self.assertFalse(factory.hub.push_text(server.connection_id, "too late"))
+
+
+class HardeningTests(unittest.TestCase):
+    """
+    Defects found by attacking the daemon, each pinned by a test that
+    failed before its fix (in-memory transports, a Clock).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def non_reading_peer(self, **kwargs: Any) -> tuple[Any, Any]:
+        """
+        An open connection whose client never reads again: what the server
+        writes stays queued in the in-memory transport, counted the way
+        the real daemon counts a TCP socket's unsent bytes.
+        """
+        kwargs.setdefault("queued_bytes", iosim_queued_bytes)
+        factory = make_server_factory(self.clock, **kwargs)
+        client, server, pump = connect_client(factory, self.clock)
+        self.assertTrue(client.opened)
+        self.pump = pump
+        return factory, server
+
+    def test_pings_count_against_the_send_buffer(self) -> None:
+        """
+        Defect 2: a peer that sends ping frames and never reads is closed
+        as a slow reader (1013) once its queued pongs pass
+        --max-send-buffer, exactly like one that is sent messages.
+        """
+        factory, server = self.non_reading_peer(max_send_buffer=2000)
+        for _ in range(100):
+            server.dataReceived(client_frame(0x9, b"p" * 125))
+        self.assertTrue(server._too_slow)
+        self.assertEqual(server.state, server.STATE_CLOSING)
+        queued = iosim_queued_bytes(server.transport)
+        self.assertLessEqual(queued, 2000 + 30, "no pong queued past the limit (the close frame is allowed)")
+        self.clock.advance(1.0)  # close timeout: the socket is cut
+        self.assertTrue(server.transport.disconnected or server.transport.disconnecting)
+
+    def test_text_pings_count_against_the_send_buffer(self) -> None:
+        """
+        Defect 2: the same for the text "ping" that browsers send.
+        """
+        factory, server = self.non_reading_peer(max_send_buffer=500)
+        for _ in range(200):
+            server.dataReceived(client_frame(0x1, b"ping"))
+        self.assertTrue(server._too_slow)
+        # At most one pong past the limit check, then the close frame.
+        self.assertLessEqual(iosim_queued_bytes(server.transport), 500 + 6 + 30)
+
+    def test_slow_reader_of_messages_is_closed_at_the_limit(self) -> None:
+        """
+        The slow-reader bound itself: a peer whose echoes pile up unread is
+        closed with 1013 once --max-send-buffer would be passed.
+        """
+        factory, server = self.non_reading_peer(max_send_buffer=10000)
+        for _ in range(30):
+            server.dataReceived(client_frame(0x1, b"m" * 1000))
+        self.assertTrue(server._too_slow)
+        self.assertLessEqual(iosim_queued_bytes(server.transport), 10000 + 30)
+        self.clock.advance(1.0)  # the close timeout cuts the socket
+        self.pump.flush()
+        self.assertEqual(factory.metrics.connections_closed.labels(cause="slow", code="1013")._value.get(), 1)
+
+    def test_echo_over_the_limit_is_1009_not_1011(self) -> None:
+        """
+        Defect 3b: with --echo-prefix, a message that fits the limit but
+        whose echo does not closes with 1009 (message too big), like a
+        message too big to take - not 1011.
+        """
+        factory = make_server_factory(self.clock, handler=EchoHandler("Echo: "), max_message_size=1000)
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"x" * 994, False)  # its echo: exactly 1000 bytes
+        pump.flush()
+        self.assertEqual(client.messages, ["Echo: " + "x" * 994])
+        client.sendMessage(b"x" * 995, False)
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.MESSAGE_TOO_BIG)
+        self.assertEqual(self.flushLoggedErrors(), [], "no handler failure")
+
+    def test_handler_sending_too_much_gets_false(self) -> None:
+        """
+        Defect 3: a handler that sends more than --max-message-size gets
+        False from send_text/send_binary (nothing sent, documented), not
+        an exception that closes the connection with 1011.
+        """
+        results: list[bool] = []
+
+        class Greedy(MessageHandler):
+            def message_received(self, connection: Any, message: Any) -> None:
+                results.append(connection.send_text("y" * 2000))
+                results.append(connection.send_binary(b"y" * 2000))
+                results.append(connection.send_text("fits"))
+
+        factory = make_server_factory(self.clock, handler=Greedy(), max_message_size=1000)
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"go", False)
+        pump.flush()
+        self.assertEqual(results, [False, False, True])
+        self.assertEqual(client.messages, ["fits"])
+        self.assertEqual(client.closes, [])
+
+    def test_handshake_limit_is_16_kib(self) -> None:
+        """
+        The opening handshake limit is 16 KiB: one byte more gets 431, a
+        request just under it is served.
+        """
+        factory = make_server_factory(self.clock)
+        server, transport = BadInputTests.raw_server(self, factory)  # type: ignore[arg-type]
+        server.dataReceived(b"GET / HTTP/1.1\r\nX-Junk: " + b"a" * (16 * 1024))
+        self.assertTrue(transport.getOutBuffer().startswith(b"HTTP/1.1 431 "))
+        server, transport = BadInputTests.raw_server(self, factory)  # type: ignore[arg-type]
+        head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Junk: " + b"a" * (15 * 1024) + b"\r\n\r\n"
+        server.dataReceived(head)
+        self.assertTrue(transport.getOutBuffer().startswith(b"HTTP/1.1 426 "), "served, not refused as too large")
+
+    def test_oversize_message_in_fragments_is_1009(self) -> None:
+        """
+        A message over the limit sent as fragments that each fit closes
+        with 1009 all the same.
+        """
+        factory = make_server_factory(self.clock, max_message_size=1000)
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendMessage(b"x" * 1200, False, fragmentSize=300)
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.MESSAGE_TOO_BIG)
+        self.assertEqual(client.messages, [])
+
+    def test_close_codes_in_metrics_are_bounded(self) -> None:
+        """
+        Defect 11: peer-chosen close codes do not become label values -
+        200 peers closing with 3000-3199 add one series, not 200.
+        """
+        factory = make_server_factory(self.clock)
+        for code in range(3000, 3200):
+            client, server, pump = connect_client(factory, self.clock)
+            client.sendClose(code=code)
+            pump.flush()
+        client, server, pump = connect_client(factory, self.clock)
+        client.sendClose(code=4999)
+        pump.flush()
+        text = factory.metrics.exposition().decode()
+        series = [line for line in text.splitlines() if line.startswith("wsheart_connections_closed_total{")]
+        self.assertEqual(len(series), 2, series)
+        self.assertIn('code="3xxx"', " ".join(series))
+        self.assertIn('code="4xxx"', " ".join(series))
+        self.assertIn('cause="closed",code="3xxx"} 200.0', text)
+
+    def test_text_ping_not_answered_on_wsheart_v1(self) -> None:
+        """
+        A wsheart.v1 connection's text "ping" is a malformed frame (400),
+        not the plain-protocol pong: on v1 the heartbeat is {"op":"ping"}.
+        """
+        from wsheart.channels import Broker
+
+        factory = make_server_factory(self.clock, channels=Broker(self.clock))
+        client, server, pump = connect_client(factory, self.clock, protocols=["wsheart.v1"])
+        client.sendMessage(b"ping", False)
+        pump.flush()
+        self.assertNotIn("pong", client.messages)
+        self.assertIn('"code":400', client.messages[0])

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsheart import __version__
-from wsheart.api import install_api, json_response
+from wsheart.api import BodyPolicy, BoundedRequest, install_api, json_response
 from wsheart.channels import Broker
 from wsheart.health import Health
 from wsheart.hub import Hub
@@ -141,15 +141,17 @@ def admin_site(
     (L{wsheart.api}), which answers only with C{api_token}.
     """
     root = Resource()
+    body_policy = BodyPolicy()
     if broker is not None:
-        install_api(root, broker, api_token)
+        body_policy = install_api(root, broker, api_token)
     root.putChild(b"healthz", HealthResource(health, hub))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"connections", ConnectionsResource(hub, clock))
     root.putChild(b"status", StaticResource("status.html", HTML, html=True))
     root.putChild(b"status.js", StaticResource("status.js", JS))
     root.putChild(b"pages.css", StaticResource("pages.css", CSS))
-    site = _QuietSite(root)
+    site = _QuietSite(root, requestFactory=BoundedRequest)
+    site.body_policy = body_policy  # type: ignore[attr-defined]
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -10,7 +10,9 @@ The channel HTTP API on the admin endpoint, for back ends that publish:
 
 Every request needs C{Authorization: Bearer TOKEN} with the token of
 C{--api-token-file}: 401 otherwise.  Without that option the API is off
-(404).  Errors are JSON C{{"error": reason}} with the status the wsheart.v1
+(404).  A request body is read only from a caller with the token, and only
+up to the size a message may have: 401 or 413 come as soon as the headers
+are in, before any of the body is stored (L{BoundedRequest}).  Errors are JSON C{{"error": reason}} with the status the wsheart.v1
 error codes use (400, 403, 404, 405, 413, 429).  A publish is whole or not
 at all; an C{Idempotency-Key} header makes a retried publish answer with the
 first one's position instead of publishing again.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.web.resource import Resource
@@ -54,6 +57,104 @@ def json_response(request: Request, status: int, body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
 
 
+def has_token(authorization: Optional[bytes], token: Optional[bytes]) -> bool:
+    """
+    Whether an C{Authorization} header value is C{Bearer TOKEN} with the
+    API's token (compared in constant time).
+    """
+    if token is None or not authorization:
+        return False
+    scheme, _, credential = authorization.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), token)
+
+
+@dataclass(frozen=True)
+class BodyPolicy:
+    """
+    Which request bodies the admin endpoint reads: only from callers with
+    the API token, and at most C{max_body} bytes.  Without an API nothing
+    there takes a body.
+    """
+
+    token: Optional[bytes] = None
+    max_body: int = 0
+
+    def refusal(self, authorization: Optional[bytes], length: Optional[int]) -> Optional[tuple[int, str]]:
+        """
+        The status and reason to refuse a request with, from its headers
+        alone (C{length}: its Content-Length, L{None} when chunked), or
+        L{None} to read the body.
+        """
+        if length == 0:
+            return None
+        if self.token is None:
+            return 413, "no request body is read here: the channel API is off"
+        if not has_token(authorization, self.token):
+            return 401, "missing or wrong bearer token"
+        if length is not None and length > self.max_body:
+            return 413, f"the request body is larger than {self.max_body} bytes"
+        return None
+
+
+class BoundedRequest(Request):
+    """
+    A request to the admin endpoint that refuses an unwanted body before
+    storing it: twisted.web would otherwise spool the whole upload (to disk
+    past 100 kB) and only then let a resource look at the headers.  The
+    site's C{body_policy} (a L{BodyPolicy}) decides; a refusal is written at
+    once and the connection closed, so the rest of the upload is never read.
+    """
+
+    _refused = False
+    _body_bytes = 0
+
+    def _policy(self) -> BodyPolicy:
+        return getattr(getattr(self.channel, "site", None), "body_policy", None) or BodyPolicy()
+
+    def gotLength(self, length: Optional[int]) -> None:
+        refusal = self._policy().refusal(self.requestHeaders.getRawHeaders(b"authorization", [None])[0], length)
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        limit = self._policy().max_body
+        if self._body_bytes > limit:  # a chunked body that outgrew the limit
+            self._refuse(413, f"the request body is larger than {limit} bytes")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refused = True
+        self.content = None  # type: ignore[assignment]
+        # No "100 Continue" after the refusal (twisted.web sends one right
+        # after gotLength for a request that expects it).
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({"error": reason}).encode("utf-8") + b"\n"
+        phrase = {401: b"Unauthorized", 413: b"Content Too Large"}[status]
+        head = [
+            b"HTTP/1.1 %d %s" % (status, phrase),
+            b"Content-Type: application/json",
+            b"Cache-Control: no-store",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+        ]
+        if status == 401:
+            head.append(b'WWW-Authenticate: Bearer realm="wsheart"')
+        channel = self.channel
+        answer = b"\r\n".join(head) + b"\r\n\r\n" + body
+        channel.transport.write(answer)  # type: ignore[union-attr]
+        channel.loseConnection()
+
+
 class _Guarded(Resource):
     """
     Base of the API resources: the bearer token check and JSON errors.
@@ -67,9 +168,7 @@ class _Guarded(Resource):
     def render(self, request: Request) -> bytes:
         if self.token is None:
             return json_response(request, 404, {"error": "the channel API is off: start wsheart with --api-token-file"})
-        given = request.getHeader(b"authorization") or b""
-        scheme, _, credential = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
+        if not has_token(request.getHeader(b"authorization"), self.token):
             request.setHeader(b"www-authenticate", b'Bearer realm="wsheart"')
             return json_response(request, 401, {"error": "missing or wrong bearer token"})
         method = request.method.decode("ascii", "replace")
@@ -147,10 +246,19 @@ class ChannelResource(_Guarded):
             raw = (request.args or {}).get(b"since", [b"0"])[0]
             if not raw.isdigit() or len(raw) > 18:
                 raise ChannelError(400, "since must be a non-negative integer (a seq)")
-            return json_response(request, 200, self.broker.history(channel, int(raw)))
+            # Already JSON: history is served as stored, never re-encoded.
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", b"application/json")
+            request.setHeader(b"cache-control", b"no-store")
+            return self.broker.history_json(channel, int(raw)).encode("utf-8") + b"\n"
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
 
 
-def install_api(root: Resource, broker: Broker, token: Optional[bytes]) -> None:
+def install_api(root: Resource, broker: Broker, token: Optional[bytes]) -> BodyPolicy:
+    """
+    Put the API under C{root}; returns the L{BodyPolicy} its site must
+    give its L{BoundedRequest}s.
+    """
     root.putChild(b"publish", PublishResource(broker, token))
     root.putChild(b"channels", ChannelsResource(broker, token))
+    return BodyPolicy(token, broker.settings.max_data_bytes)

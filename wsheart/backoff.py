@@ -26,8 +26,9 @@ from typing import Callable, Optional
 
 from wsheart import closecodes
 
-# A server hint longer than this is clamped: a misconfigured or hostile
-# server must not park its clients for days.
+# A server hint longer than this (retry_after and jitter together) is
+# clamped: a misconfigured or hostile server must not park its clients for
+# days.
 MAX_HINT_SECONDS = 3600.0
 
 
@@ -89,6 +90,15 @@ class RetryHint:
     retry_after: float
     jitter: float = 0.0
 
+    @classmethod
+    def bounded(cls, retry_after: float, jitter: float) -> "RetryHint":
+        """
+        A hint whose longest wait, C{retry_after + jitter}, is at most
+        L{MAX_HINT_SECONDS}: the fixed part first, the jitter gets the rest.
+        """
+        retry_after = _clamp(retry_after)
+        return cls(retry_after, min(_clamp(jitter), MAX_HINT_SECONDS - retry_after))
+
 
 def _clamp(value: float) -> float:
     return min(MAX_HINT_SECONDS, max(0.0, value))
@@ -116,7 +126,7 @@ def hint_from_close(code: Optional[int], reason: Optional[str]) -> Optional[Retr
             return None
         if value != value:  # NaN
             return None
-    return RetryHint(_clamp(float(retry_after)), _clamp(float(jitter)))
+    return RetryHint.bounded(float(retry_after), float(jitter))
 
 
 def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:

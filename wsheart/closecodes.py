@@ -48,3 +48,24 @@ def is_terminal(code: "int | None") -> bool:
     Whether a client should give up after a close with C{code}.
     """
     return code in TERMINAL
+
+
+# Codes a metric label may name; the rest are peer-chosen (3000-4999 are
+# free for applications) and are folded, so a peer cannot grow the label
+# set (each label value is a time series kept for the process's life).
+_LABELLED = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015})
+
+
+def metric_label(code: "int | None") -> str:
+    """
+    The C{code} label of a close in metrics: a standard code as itself,
+    wsheart's own (4401, 4403) too; any other code of the application
+    ranges as C{3xxx} or C{4xxx}, anything else as C{other}.
+    """
+    if code in _LABELLED or code in (UNAUTHORIZED, FORBIDDEN):
+        return str(code)
+    if code is not None and 3000 <= code <= 3999:
+        return "3xxx"
+    if code is not None and 4000 <= code <= 4999:
+        return "4xxx"
+    return "other"

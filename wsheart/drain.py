@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from wsheart import closecodes
-from wsheart.backoff import MAX_HINT_SECONDS, RetryHint
+from wsheart.backoff import RetryHint
 from wsheart.hub import Hub
 
 
@@ -58,7 +58,7 @@ class DrainSettings:
         The reconnect hint for a fleet of C{connections}.
         """
         jitter = max(self.min_jitter, connections / self.reconnect_rate)
-        return RetryHint(min(self.retry_after, MAX_HINT_SECONDS), min(jitter, MAX_HINT_SECONDS))
+        return RetryHint.bounded(self.retry_after, jitter)
 
 
 def hint_reason(hint: RetryHint) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Union
 
 from zope.interface import Interface, implementer
 
+from wsheart import closecodes
 from wsheart.hub import Hub, IConnection
 
 Message = Union[str, bytes]
@@ -75,8 +76,21 @@ class EchoHandler(MessageHandler):
     def message_received(self, connection: IConnection, message: Message) -> None:
         if isinstance(message, bytes):
             connection.send_binary(message)
+        elif not self.prefix:
+            connection.send_text(message)
         else:
-            connection.send_text(self.prefix + message)
+            echo = self.prefix + message
+            limit = getattr(connection, "max_message_size", 0)
+            size = len(echo.encode("utf-8"))
+            if 0 < limit < size:
+                # The message fit the limit, its echo does not: the same
+                # answer as for a message too big to take (1009).
+                connection.close(
+                    closecodes.MESSAGE_TOO_BIG,
+                    f"message too big: its echo would be {size} bytes, over the {limit}-byte limit",
+                )
+                return
+            connection.send_text(echo)
 
 
 class HandlerLoadError(ValueError):

@@ -28,17 +28,18 @@ class IConnection(Interface):
 
     connection_id = Attribute("Hub-assigned identifier, unique in this process (str).")
     peer = Attribute("Peer address as a string, e.g. 'tcp4:127.0.0.1:51234'.")
+    max_message_size = Attribute("Largest message this connection sends, in bytes (int).")
 
     def send_text(text: str) -> bool:
         """
         Send a text message; False (nothing sent) unless the connection is
-        open.
+        open, or when the message is larger than C{max_message_size}.
         """
 
     def send_binary(data: bytes) -> bool:
         """
         Send a binary message; False (nothing sent) unless the connection
-        is open.
+        is open, or when the message is larger than C{max_message_size}.
         """
 
     def close(code: int, reason: str) -> None:

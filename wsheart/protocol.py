@@ -348,6 +348,12 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             if rtt is not None:
                 self.factory.metrics.heartbeat.pong(rtt)
 
+    def onPing(self, payload: bytes) -> None:
+        # A pong is queued like any message: a peer that pings and never
+        # reads must meet --max-send-buffer too.
+        if self._may_send(len(payload) + 2):
+            self.sendPong(payload)
+
     def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
         self.factory.metrics.misses.inc()
 
@@ -384,7 +390,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         factory = self.factory
         if not isBinary:
             if factory.app_ping is not None and payload == factory.app_ping and self.handler is not factory.channel_handler:
-                self.sendMessage(factory.app_pong, False)
+                if self._may_send(len(factory.app_pong)):
+                    self.sendMessage(factory.app_pong, False)
                 return
             message: Any = payload.decode("utf-8")  # already validated by Autobahn
         else:
@@ -445,23 +452,45 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             code, reason = closecodes.TRY_AGAIN_LATER, "too slow: send buffer full"
         elif not wasClean or code is None:
             code = closecodes.ABNORMAL
-        self.factory.metrics.connections_closed.labels(cause=cause, code=str(code)).inc()
+        self.factory.metrics.connections_closed.labels(cause=cause, code=closecodes.metric_label(code)).inc()
         self._call_handler("connection_closed", self, code, reason or "")
 
     # IConnection
 
+    @property
+    def max_message_size(self) -> int:
+        return int(self.maxMessagePayloadSize)  # type: ignore[attr-defined]
+
     def send_text(self, text: str) -> bool:
         payload = text.encode("utf-8")
-        if not self._may_send(len(payload)):
+        if not self._may_send_message(len(payload)):
             return False
         self.sendMessage(payload, False)
         return True
 
     def send_binary(self, data: bytes) -> bool:
-        if not self._may_send(len(data)):
+        if not self._may_send_message(len(data)):
             return False
         self.sendMessage(data, True)
         return True
+
+    def _may_send_message(self, size: int) -> bool:
+        """
+        L{_may_send}, and the message fits C{--max-message-size}: the limit
+        holds for what the daemon sends too, and a message over it is not
+        sent (False), never an exception in the handler.
+        """
+        limit = self.max_message_size
+        if 0 < limit < size:
+            self.logger.warn(
+                "not sending a message of {size} bytes to {peer}: larger than the {limit}-byte limit",
+                size=size,
+                peer=self.peer,
+                limit=limit,
+                cid=self.connection_id,
+            )
+            return False
+        return self._may_send(size)
 
     def _may_send(self, size: int) -> bool:
         """
@@ -474,7 +503,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         """
         if self.state != self.STATE_OPEN or self._too_slow:
             return False
-        queued = queued_bytes(self.transport)
+        queued = self.factory.queued_bytes(self.transport)
         if queued is None or queued + size <= self.factory.max_send_buffer:
             return True
         self._too_slow = True
@@ -531,6 +560,7 @@ class ServerFactory(WebSocketServerFactory):
         pages: bool = False,
         channels: Optional[Broker] = None,
         max_send_buffer: int = 8 * 1024 * 1024,
+        queued_bytes: Callable[[Any], Optional[int]] = queued_bytes,
     ) -> None:
         super().__init__(url=url, reactor=clock)
         self.hub = hub
@@ -547,8 +577,11 @@ class ServerFactory(WebSocketServerFactory):
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self.random = random
-        # Unsent bytes a peer may have waiting before it is closed (1013).
+        # Unsent bytes a peer may have waiting before it is closed (1013),
+        # and how they are counted (wsheart.directwrite; tests count an
+        # in-memory transport's).
         self.max_send_buffer = max_send_buffer
+        self.queued_bytes = queued_bytes
         # Channels (wsheart.v1) for the connections that ask for them; a
         # connection leaves its channels when it leaves the hub - for a dead
         # peer, at the moment of death.
@@ -607,6 +640,21 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
         self.close_timeout = self.factory.close_timeout
         super().connectionMade()
         self._arm_handshake_timer(self.factory.handshake_timeout)
+
+    def processHandshake(self) -> None:
+        # Autobahn decodes the response head as UTF-8 for a debug line
+        # (even with debug logging off) and raises on any other byte above
+        # 0x7F, e.g. a Latin-1 reason phrase; the refusal - and its
+        # Retry-After - would be lost.  HTTP heads are Latin-1 by
+        # definition: make them valid UTF-8 first, keeping what follows.
+        end = self.data.find(b"\r\n\r\n")
+        if end >= 0:
+            head = self.data[:end]
+            try:
+                head.decode("utf-8")
+            except UnicodeDecodeError:
+                self.data = head.decode("latin-1").encode("utf-8") + self.data[end:]
+        super().processHandshake()
 
     def failHandshake(self, reason: str) -> None:  # type: ignore[override]
         status_line = getattr(self, "http_status_line", None) or ""

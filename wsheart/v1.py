@@ -13,7 +13,7 @@ import json
 from typing import Any, Optional
 
 from wsheart import closecodes
-from wsheart.channels import Broker, ChannelError, Position, check_channel_name, encode
+from wsheart.channels import Broker, ChannelError, Position, check_channel_name, encode, utf8_length
 from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
 
@@ -52,6 +52,15 @@ class ChannelProtocolHandler(MessageHandler):
         if not isinstance(frame, dict):
             self._error(connection, BAD_REQUEST, "a frame is a JSON object")
             return
+        if "\\u" in message:
+            # Valid JSON may spell a lone surrogate ("\ud800"), which no
+            # UTF-8 frame can carry: refuse the frame before any of it
+            # (its ref, a name, data) is kept or echoed.
+            try:
+                utf8_length(encode(frame))
+            except ChannelError as e:
+                self._error(connection, e.code, e.reason)
+                return
         ref = frame.get("ref")
         if ref is not None and not (isinstance(ref, (str, int)) and not isinstance(ref, bool) and len(str(ref)) <= MAX_REF):
             self._error(connection, BAD_REQUEST, f"ref must be a string or integer of at most {MAX_REF} characters")
@@ -76,7 +85,9 @@ class ChannelProtocolHandler(MessageHandler):
         channel = check_channel_name(frame.get("channel"))
         since = _position(frame.get("since"))
         name = frame.get("name")
-        result = self.broker.subscribe(_id(connection), connection, channel, since=since, name=name)
+        result = self.broker.subscribe(
+            _id(connection), connection, channel, since=since, name=name, presence_budget=self._presence_budget(channel, frame)
+        )
         reply: dict[str, Any] = {
             "op": "subscribed",
             "channel": channel,
@@ -86,10 +97,33 @@ class ChannelProtocolHandler(MessageHandler):
         }
         if self.broker.settings.presence_events(channel):
             reply["presence"] = list(result.presence)
+            if not result.presence_complete:
+                # More members than one frame can list: the rest are named
+                # by later join events or GET /channels/{c}/presence.
+                reply["presence_complete"] = False
+                reply["presence_count"] = result.presence_total
         _with_ref(reply, frame)
         connection.send_text(encode(reply))
         for missed in result.missed:
             connection.send_text(missed)
+
+    def _presence_budget(self, channel: str, frame: dict[str, Any]) -> int:
+        """
+        The bytes a "subscribed" frame leaves for its presence list under
+        the size limit: the frame's other fields at their longest.
+        """
+        skeleton: dict[str, Any] = {
+            "op": "subscribed",
+            "channel": channel,
+            "epoch": "e" * 64,
+            "seq": 10**18,
+            "recovered": False,
+            "presence": [],
+            "presence_complete": False,
+            "presence_count": 10**18,
+        }
+        _with_ref(skeleton, frame)
+        return self.broker.settings.max_data_bytes - utf8_length(encode(skeleton))
 
     def _unsubscribe(self, connection: IConnection, frame: dict[str, Any]) -> None:
         channel = check_channel_name(frame.get("channel"))
@@ -103,7 +137,7 @@ class ChannelProtocolHandler(MessageHandler):
             raise ChannelError(BAD_REQUEST, "publish needs data")
         if not self.broker.settings.may_publish(channel):
             raise ChannelError(FORBIDDEN, f"clients may not publish to {channel}")
-        position = self.broker.publish(channel, frame["data"])
+        position = self.broker.publish(channel, frame["data"], by_client=True)
         reply = {"op": "published", "channel": channel, "epoch": position.epoch, "seq": position.seq}
         connection.send_text(encode(_with_ref(reply, frame)))
 

@@ -240,6 +240,9 @@ test("hint parsing accepts only 1012/1013 with a numeric retry_after", () => {
   assert.deepEqual(WsHeart.parseHint(1013, '{"retry_after": 2}'), { retryAfter: 2000, jitter: 0 });
   assert.deepEqual(WsHeart.parseHint(1012, '{"retry_after": 1e9}'), { retryAfter: 3600000, jitter: 0 });
   assert.deepEqual(WsHeart.parseHint(1012, '{"retry_after": -3}'), { retryAfter: 0, jitter: 0 });
+  // One hour in all, not one hour each: the jitter gets what is left.
+  assert.deepEqual(WsHeart.parseHint(1012, '{"retry_after": 3000, "jitter": 3600}'), { retryAfter: 3000000, jitter: 600000 });
+  assert.deepEqual(WsHeart.parseHint(1013, '{"retry_after": 1e9, "jitter": 1e9}'), { retryAfter: 3600000, jitter: 0 });
   for (const [code, reason] of [
     [1000, '{"retry_after": 5}'],
     [1012, ""],

@@ -86,7 +86,9 @@ var WsHeart = (function () {
     var retryAfter = data.retry_after;
     var jitter = "jitter" in data ? data.jitter : 0;
     if (!isFiniteNumber(retryAfter) || !isFiniteNumber(jitter)) return null;
-    return { retryAfter: clamp(retryAfter * 1000), jitter: clamp(jitter * 1000) };
+    // One hour at most in all: the jitter gets what the fixed wait leaves.
+    var fixed = clamp(retryAfter * 1000);
+    return { retryAfter: fixed, jitter: Math.min(clamp(jitter * 1000), MAX_HINT - fixed) };
   }
 
   function isFiniteNumber(value) {
