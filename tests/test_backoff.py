@@ -194,6 +194,22 @@ class HintParsingTests(unittest.TestCase):
             RetryHint(0, MAX_HINT_SECONDS),
         )
 
+    def test_hint_clamped_to_one_hour_in_all(self) -> None:
+        """
+        Defect 12: retry_after and jitter together wait at most an hour -
+        clamping each to an hour let a hint park a client for two.
+        """
+        for reason, expected in [
+            ('{"retry_after": 3600, "jitter": 3600}', RetryHint(3600, 0)),
+            ('{"retry_after": 3000, "jitter": 1000}', RetryHint(3000, 600)),
+            ('{"retry_after": 1e9, "jitter": 1e9}', RetryHint(3600, 0)),
+        ]:
+            hint = hint_from_close(1012, reason)
+            self.assertEqual(hint, expected, reason)
+            assert hint is not None
+            backoff = Backoff(BackoffSettings(floor=0.1), random=lambda: 1.0)
+            self.assertLessEqual(backoff.hinted(hint), MAX_HINT_SECONDS + 0.1)
+
     def test_retry_after_header(self) -> None:
         """
         Retry-After as delta-seconds or as an HTTP date.

@@ -76,6 +76,16 @@ class DrainTests(unittest.TestCase):
         self.assertLess(len(reason.encode()), 123)
         self.assertEqual(hint_from_close(closecodes.SERVICE_RESTART, reason), RetryHint(2, 20))
 
+    def test_hint_for_a_huge_fleet_stays_within_an_hour(self) -> None:
+        """
+        Defect 12: a drain hint's retry_after plus jitter is at most an
+        hour, however large the fleet or the configured wait.
+        """
+        settings = DrainSettings(retry_after=3000, reconnect_rate=1)
+        hint = settings.hint(1_000_000)
+        self.assertEqual(hint, RetryHint(3000, 600))
+        self.assertEqual(hint_from_close(closecodes.SERVICE_RESTART, hint_reason(hint)), hint)
+
     def test_closes_spread_over_drain_time(self) -> None:
         """
         1000 connections are closed in batches across the drain time, each

@@ -501,3 +501,31 @@ class HardeningTests(unittest.TestCase):
         pump.flush()
         self.assertNotIn("pong", client.messages)
         self.assertIn('"code":400', client.messages[0])
+
+
+class ClientHandshakeTests(unittest.TestCase):
+    """
+    The client side of the opening handshake, on an in-memory transport.
+    """
+
+    def test_refusal_with_latin1_header_keeps_its_retry_after(self) -> None:
+        """
+        Defect 12: a refusal whose head holds a byte above 0x7F that is not
+        UTF-8 (a Latin-1 reason phrase) used to crash Autobahn's client in a
+        debug line, losing the status and Retry-After; now both are read.
+        """
+        from wsheart.heartbeat import HeartbeatSettings
+        from wsheart.protocol import ClientFactory
+
+        clock = Clock()
+        owner = object()
+        factory = ClientFactory(owner, "ws://127.0.0.1:9/", clock, HeartbeatSettings())
+        protocol = factory.buildProtocol(None)
+        transport = iosim.makeFakeClient(protocol)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"HTTP/1.1 503 Service Indisponible \xe9t\xe9\r\nRetry-After: 7\r\nX-Note: caf\xe9\r\nContent-Length: 0\r\n\r\n"
+        )
+        self.assertEqual((protocol.handshake_status, protocol.retry_after_header), (503, "7"))
+        self.assertTrue(transport.disconnecting, "the refused handshake is failed and closed")
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -150,7 +150,8 @@ def admin_site(
     root.putChild(b"status", StaticResource("status.html", HTML, html=True))
     root.putChild(b"status.js", StaticResource("status.js", JS))
     root.putChild(b"pages.css", StaticResource("pages.css", CSS))
-    site = _QuietSite(root, requestFactory=BoundedRequest)
+    # The site's connection timeouts run on the injected clock too.
+    site = _QuietSite(root, requestFactory=BoundedRequest, reactor=clock)
     site.body_policy = body_policy  # type: ignore[attr-defined]
     site.displayTracebacks = False
     site.noisy = False

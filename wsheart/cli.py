@@ -15,10 +15,14 @@ first channel.
 C{wsheart publish ADMIN_URL CHANNEL MESSAGE}: publish through the HTTP API
 of the admin endpoint; prints C{{"channel", "epoch", "seq"}}.
 
+A stdin line too large to send (over C{--max-message-size} as the message
+it becomes) is reported on stderr and skipped - never buffered whole - and
+the lines after it are sent as usual.
+
 Exit statuses: 0 when stdin closed or on interrupt (connect) or when
 published (publish); 1 when the client gave up (terminal close code,
-refused handshake, attempt limit reached) or the publish failed; 2 on a
-usage error.
+refused handshake, attempt limit reached), when stdin held a line too large
+to send, or the publish failed; 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ import uuid
 from collections import deque
 from typing import Any, Optional, TextIO
 
-from twisted.internet import defer, stdio
-from twisted.protocols.basic import LineReceiver
+from twisted.internet import defer, protocol, stdio
+from twisted.logger import Logger
 from twisted.python import usage
 
 from wsheart import __version__
@@ -88,6 +92,7 @@ class ConnectOptions(_GnuOptions):
         ["max-delay", None, 60.0, "Largest reconnect window, seconds.", positive_float("max-delay")],
         ["stable-after", None, 30.0, "Seconds open before the failure count resets.", non_negative_float("stable-after")],
         ["max-attempts", None, None, "Give up after this many failed attempts in a row (default: never)", positive_int("max-attempts")],
+        ["max-message-size", None, 1024 * 1024, "Largest message, in bytes, sent or received; a longer stdin line is skipped.", positive_int("max-message-size")],
         ["name", None, None, "With --channel: the name others see in presence."],
     ]
     optFlags = [["quiet", "q", "Do not report state changes on stderr."]]
@@ -211,6 +216,8 @@ class TerminalListener(ClientListener):
         self.quiet = quiet
         self.queue: deque[str] = deque()
         self._waiting_rtt = False
+        # Lines that could never be sent: over the message size limit.
+        self.refused_lines = 0
 
     def report(self, text: str) -> None:
         if not self.quiet:
@@ -230,7 +237,7 @@ class TerminalListener(ClientListener):
             self.report(f"stopped: {detail['reason']}")
 
     def client_opened(self, client: Any) -> None:
-        while self.queue and client.send(self.queue[0]):
+        while self.queue and self._send(client, self.queue[0]):
             self.queue.popleft()
 
     def client_rtt(self, client: Any, rtt: float) -> None:
@@ -251,13 +258,33 @@ class TerminalListener(ClientListener):
         self.out.write(message + "\n")
         self.out.flush()
 
+    def message_for(self, line: str) -> str:
+        """
+        The message a stdin line becomes.
+        """
+        return line
+
+    def refuse_line(self, size: int, limit: int) -> None:
+        """
+        A line could never be sent: say so, count it, go on with the next.
+        """
+        self.refused_lines += 1
+        self.report(f"a stdin line of {size} bytes is over the {limit}-byte message limit: not sent")
+
     def send_line(self, client: Any, line: str) -> None:
-        if not self.queue and client.send(line):
+        message = self.message_for(line)
+        if not client.fits(message):
+            self.refuse_line(len(message.encode("utf-8")), client.max_message_size)
+            return
+        if not self.queue and self._send(client, line):
             return
         self.queue.append(line)
         if len(self.queue) > MAX_QUEUED_LINES:
             self.queue.popleft()
             self.report(f"not connected: send queue full ({MAX_QUEUED_LINES} lines), dropped the oldest")
+
+    def _send(self, client: Any, line: str) -> bool:
+        return bool(client.send(line))
 
 
 class ChannelTerminal(TerminalListener):
@@ -292,40 +319,63 @@ class ChannelTerminal(TerminalListener):
         if code == 0:
             self.refused = reason
 
-    def client_opened(self, client: Any) -> None:
-        while self.queue and self._publish(self.queue[0]):
-            self.queue.popleft()
+    def message_for(self, line: str) -> str:
+        # The frame wsheart.channelclient sends for the publish.
+        return json.dumps({"op": "publish", "channel": self.channel, "data": line}, separators=(",", ":"))
 
-    def send_line(self, client: Any, line: str) -> None:
-        if not self.queue and self._publish(line):
-            return
-        self.queue.append(line)
-        if len(self.queue) > MAX_QUEUED_LINES:
-            self.queue.popleft()
-            self.report(f"not connected: send queue full ({MAX_QUEUED_LINES} lines), dropped the oldest")
-
-    def _publish(self, line: str) -> bool:
+    def _send(self, client: Any, line: str) -> bool:
         return self.session is not None and self.session.publish(self.channel, line)
 
 
-class StdinLines(LineReceiver):
+class StdinLines(protocol.Protocol):
     """
     Sends each stdin line; stdin closing ends the session.
+
+    A line is held until its newline, but never more of it than the
+    client's message limit: the rest of a longer line is skipped as it
+    arrives (it could never be sent), reported, and the next line goes
+    out as usual.  Nothing a line does ends the input early.
     """
 
-    delimiter = b"\n"
-    MAX_LENGTH = 16 * 1024 * 1024
+    log = Logger()
 
     def __init__(self, listener: TerminalListener, client: ReconnectingClientService, done: defer.Deferred[Any]) -> None:
         self.listener = listener
         self.client = client
         self.done = done
+        self._buffer = b""
+        self._skipped: Optional[int] = None  # bytes of the line being skipped
 
-    def lineReceived(self, line: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
+        limit = self.client.max_message_size + 1  # + a "\r" before the newline
+        while data:
+            end = data.find(b"\n")
+            piece, data = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+            if self._skipped is not None:
+                self._skipped += len(piece)
+            elif len(self._buffer) + len(piece) > limit:
+                self._skipped = len(self._buffer) + len(piece)
+                self._buffer = b""
+            else:
+                self._buffer += piece
+            if end >= 0:
+                self._line_done()
+
+    def _line_done(self) -> None:
+        skipped, self._skipped = self._skipped, None
+        line, self._buffer = self._buffer, b""
+        if skipped is not None:
+            self.listener.refuse_line(skipped, self.client.max_message_size)
+            return
         text = line.rstrip(b"\r").decode("utf-8", errors="replace")
-        self.listener.send_line(self.client, text)
+        try:
+            self.listener.send_line(self.client, text)
+        except Exception:
+            self.log.failure("sending a stdin line failed")
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._buffer or self._skipped is not None:
+            self._line_done()  # a last line without its newline
         if not self.done.called:
             self.done.callback(None)
 
@@ -354,6 +404,7 @@ def connect(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> 
         backoff=options["backoff"],
         trust_root=options["trust-root"],
         protocols=protocols,
+        max_message_size=options["max-message-size"],
     )
     stdin_closed: defer.Deferred[Any] = defer.Deferred()
     stdio.StandardIO(StdinLines(listener, client, stdin_closed), reactor=reactor)
@@ -365,6 +416,9 @@ def connect(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> 
     if listener.queue:
         listener.report(f"stdin closed with {len(listener.queue)} unsent lines")
     yield client.stopService()
+    if listener.refused_lines:
+        listener.report(f"{listener.refused_lines} stdin lines were too large to send")
+        raise SystemExit(1)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

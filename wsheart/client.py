@@ -235,6 +235,8 @@ class ReconnectingClientService(Service):
             protocols=protocols,
         )
         self.metrics = metrics
+        # The largest message sent or received; a larger send is refused.
+        self.max_message_size = max_message_size
         self.state = IDLE
         self.stop_reason: Optional[str] = None
         self._protocol: Optional[ClientProtocol] = None
@@ -278,17 +280,33 @@ class ReconnectingClientService(Service):
     def send(self, message: Message) -> bool:
         """
         Send a text (L{str}) or binary (L{bytes}) message; returns False,
-        sending nothing, while not connected.
+        sending nothing, while not connected, or when the message is larger
+        than C{max_message_size} (L{fits} tells which).
         """
         protocol = self._protocol
         if self.state != OPEN or protocol is None or protocol.state != protocol.STATE_OPEN:
             # Not connected, or closing: the message would be lost.
             return False
-        if isinstance(message, bytes):
-            protocol.send_binary(message)
-        else:
-            protocol.send_text(message)
+        binary = isinstance(message, bytes)
+        payload = message if isinstance(message, bytes) else message.encode("utf-8")
+        if len(payload) > self.max_message_size:
+            self.log.warn(
+                "not sending a message of {size} bytes to {url}: over the {limit}-byte limit",
+                size=len(payload),
+                url=self.url,
+                limit=self.max_message_size,
+            )
+            return False
+        protocol.send_message(payload, binary)
         return True
+
+    def fits(self, message: Message) -> bool:
+        """
+        Whether C{message} is within C{max_message_size}: a message that
+        does not can never be sent, connected or not.
+        """
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
+        return size <= self.max_message_size
 
     def when_stopped(self) -> "defer.Deferred[Optional[str]]":
         """

@@ -694,13 +694,18 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
         self._stop_timers()
         self.factory.owner.protocol_closed(self, wasClean, code, reason)
 
-    def send_text(self, text: str) -> None:
+    def send_message(self, payload: bytes, binary: bool) -> None:
+        """
+        Send one message (the service has checked its size).
+        """
         if self.state == self.STATE_OPEN:
-            self.sendMessage(text.encode("utf-8"), False)
+            self.sendMessage(payload, binary)
+
+    def send_text(self, text: str) -> None:
+        self.send_message(text.encode("utf-8"), False)
 
     def send_binary(self, data: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(data, True)
+        self.send_message(data, True)
 
 
 class ClientFactory(WebSocketClientFactory):

@@ -16,7 +16,7 @@ from twisted.python import usage
 from wsheart import __version__
 from wsheart.admin import admin_site
 from wsheart.api import read_token_file
-from wsheart.channels import Broker, ChannelSettings
+from wsheart.channels import Broker, ChannelSettings, Housekeeping
 from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
@@ -127,7 +127,8 @@ class Options(usage.Options):
         ],
         ["history-size", None, 100, "wsheart.v1: messages kept per channel for recovery (0: none).", non_negative_int("history-size")],
         ["history-age", None, 300.0, "wsheart.v1: seconds a message is kept for recovery.", non_negative_float("history-age")],
-        ["max-channels", None, 10000, "wsheart.v1: channels at once (with subscribers or history).", positive_int("max-channels")],
+        ["max-channels", None, 10000, "wsheart.v1: channels the back end (HTTP API) may have at once.", positive_int("max-channels")],
+        ["max-client-channels", None, None, "wsheart.v1: channels that only clients made (subscribed or published to) at once; a budget of their own so they cannot use up the back end's (default: --max-channels).", positive_int("max-client-channels")],
         ["max-subscriptions", None, 100, "wsheart.v1: channels one connection may subscribe to.", positive_int("max-subscriptions")],
         ["client-publish", None, "chat.*", "wsheart.v1: comma-separated channel patterns clients may publish to (empty: none)."],
         ["quiet-presence", None, "", "wsheart.v1: comma-separated channel patterns without join/leave events."],
@@ -202,6 +203,7 @@ class Options(usage.Options):
                     history_size=self["history-size"],
                     history_age=self["history-age"],
                     max_channels=self["max-channels"],
+                    max_client_channels=self["max-client-channels"],
                     max_subscriptions=self["max-subscriptions"],
                     max_data_bytes=self["max-message-size"],
                     client_publish=_patterns(self["client-publish"]),
@@ -315,6 +317,10 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         lag,
         tls=tls,
     )
+    if broker is not None:
+        # Expired history and idempotency keys are freed every second, not
+        # when a channel happens to be touched.
+        Housekeeping(broker).setServiceParent(service)
     # strports.service raises from privilegedStartService when the bind
     # fails, so twistd stops instead of running without a listener.
     for description in options["endpoint"]:

@@ -1,0 +1,248 @@
+"""
+Tests for L{wsheart.api}, the channel HTTP API: the bearer token, publish,
+history, presence and the refusal of unwanted request bodies before they
+are stored - through the admin site's real HTTP parser on in-memory
+transports, with a L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from wsheart.admin import admin_site
+from wsheart.channels import Broker, ChannelSettings
+from wsheart.health import Health, LagMonitor
+from wsheart.hub import Hub
+from wsheart.metrics import ServerMetrics
+
+from .memory import FakeConnection
+
+TOKEN = b"t0ken-for-the-api-tests"
+
+
+class Answer:
+    """
+    What the site wrote on one connection, parsed.
+    """
+
+    def __init__(self, transport: StringTransport) -> None:
+        self.transport = transport
+        raw = transport.value()
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        self.raw = raw
+        self.status = int(lines[0].split()[1]) if lines[0] else 0
+        self.headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class APITests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = Broker(self.clock, ChannelSettings(max_data_bytes=64 * 1024))
+        self.site = self.make_site(TOKEN)
+
+    def make_site(self, token: Optional[bytes]) -> Any:
+        hub = Hub(self.clock)
+        health = Health(LagMonitor(self.clock))
+        return admin_site(hub, health, ServerMetrics(), self.clock, broker=self.broker, api_token=token)
+
+    def send(self, raw: bytes, site: Any = None) -> Answer:
+        """
+        Feed raw HTTP bytes to a fresh connection of the site.
+        """
+        channel = (site or self.site).buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(raw)
+        return Answer(transport)
+
+    def request(self, method: str, path: str, body: bytes = b"", auth: Optional[bytes] = b"Bearer " + TOKEN, headers: bytes = b"", site: Any = None) -> Answer:
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n".encode() + headers
+        if auth is not None:
+            head += b"Authorization: " + auth + b"\r\n"
+        return self.send(head + b"\r\n" + body, site)
+
+    # -- the token ------------------------------------------------------------
+
+    def test_bearer_token_only(self) -> None:
+        """
+        Only "Bearer <the token>" is let in: no header, another scheme
+        with the right token, or a wrong token get 401 with
+        WWW-Authenticate.
+        """
+        for auth in [None, b"Basic " + TOKEN, b"Token " + TOKEN, b"Bearer wrong-token-1234567", b"Bearer", TOKEN]:
+            answer = self.request("GET", "/channels", auth=auth)
+            self.assertEqual(answer.status, 401, auth)
+            self.assertEqual(answer.headers[b"www-authenticate"], b'Bearer realm="wsheart"')
+        self.assertEqual(self.request("GET", "/channels", auth=b"bearer  " + TOKEN).status, 200, "scheme is case-insensitive")
+
+    def test_api_is_off_without_a_token(self) -> None:
+        """
+        With channels but no token configured, every API path answers 404
+        (never "anyone may publish"), whatever Authorization says.
+        """
+        site = self.make_site(None)
+        for method, path in [("GET", "/channels"), ("GET", "/channels/news/presence"), ("POST", "/publish/news")]:
+            answer = self.request(method, path, auth=b"Bearer " + TOKEN, site=site)
+            self.assertIn(answer.status, (404, 413), (method, path))
+        self.assertEqual(self.request("POST", "/publish/news", body=b"", site=site).status, 404)
+        self.assertEqual(self.broker.channels(), [], "nothing was published")
+
+    # -- publish ----------------------------------------------------------------
+
+    def test_publish_and_read_back(self) -> None:
+        """
+        A publish answers its position; presence and history read it back.
+        """
+        a = FakeConnection("a")
+        self.broker.subscribe("a", a, "news", name="ann")
+        answer = self.request("POST", "/publish/news", body=b'{"text": "hi"}')
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json()["seq"], 1)
+        self.assertEqual(a.frames()[0]["data"], {"text": "hi"})
+        self.assertEqual(self.request("GET", "/channels/news/presence").json(), {"channel": "news", "clients": [{"id": "a", "name": "ann"}]})
+        doc = self.request("GET", "/channels/news/history?since=0").json()
+        self.assertEqual(doc["messages"], [{"seq": 1, "data": {"text": "hi"}}])
+
+    def test_publish_bad_input(self) -> None:
+        """
+        Bad bodies, names and keys get 400/413 with a JSON reason; a body
+        spelling a lone surrogate (defect 1) is a 400, not a 500.
+        """
+        cases = [
+            ("/publish/news", b"{not json", 400),
+            ("/publish/news", b'"\\ud800"', 400),
+            ("/publish/news", b'{"\\udfff": 1}', 400),
+            ("/publish/news", b"\xff\xfe", 400),
+            ("/publish/news", b'"' + b"x" * 70000 + b'"', 413),
+            ("/publish/news%0A", b"1", 400),  # defect 9: "news\n" is no channel name
+            ("/publish/bad%2Fname", b"1", 400),
+            ("/publish/news/extra", b"1", 400),
+        ]
+        for path, body, status in cases:
+            answer = self.request("POST", path, body=body)
+            self.assertEqual(answer.status, status, (path, body[:20]))
+            self.assertTrue(answer.json()["error"])
+        self.assertEqual(self.request("POST", "/publish/news", body=b"1", headers=b"Idempotency-Key: " + b"k" * 129 + b"\r\n").status, 400)
+        self.assertEqual(self.broker.channels(), [], "nothing published, no channel made")
+
+    def test_idempotency_key_header(self) -> None:
+        """
+        A publish retried with its Idempotency-Key answers the first
+        position and publishes once.
+        """
+        key = b"Idempotency-Key: deploy-42\r\n"
+        first = self.request("POST", "/publish/news", body=b"1", headers=key).json()
+        again = self.request("POST", "/publish/news", body=b"1", headers=key).json()
+        self.assertEqual(first, again)
+        self.assertEqual(self.broker.channels()[0]["seq"], 1)
+
+    def test_history_is_served_without_re_encoding(self) -> None:
+        """
+        Defect 6: GET .../history copies the stored JSON of each message;
+        it never serialises the history again (which took seconds of the
+        reactor for 100 MB).  Counted: what json.dumps produces while the
+        request is served stays a small envelope, whatever the history holds.
+        """
+        broker = Broker(self.clock, ChannelSettings(max_data_bytes=1024 * 1024, history_size=50))
+        self.broker = broker
+        site = self.make_site(TOKEN)
+        for i in range(50):
+            broker.publish("big", {"i": i, "pad": "p" * 50000})
+        produced = []
+        real_dumps = json.dumps
+
+        def counting_dumps(*args: Any, **kwargs: Any) -> str:
+            text = real_dumps(*args, **kwargs)
+            produced.append(len(text))
+            return text
+
+        self.patch(json, "dumps", counting_dumps)
+        answer = self.request("GET", "/channels/big/history?since=10", site=site)
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.headers[b"content-type"], b"application/json")
+        self.assertLess(sum(produced), 1000, "the messages were serialised again")
+        doc = json.loads(answer.body)
+        self.assertEqual([m["seq"] for m in doc["messages"]], list(range(11, 51)))
+        self.assertEqual(doc["messages"][0]["data"], {"i": 10, "pad": "p" * 50000})
+
+    def test_history_and_presence_errors(self) -> None:
+        """
+        A bad since, a bad name or an unknown sub-path get 400/404.
+        """
+        for path, status in [
+            ("/channels/news/history?since=-1", 400),
+            ("/channels/news/history?since=x", 400),
+            ("/channels/news/history?since=" + "9" * 19, 400),
+            ("/channels/bad%2F/presence", 400),
+            ("/channels/news/other", 404),
+        ]:
+            self.assertEqual(self.request("GET", path).status, status, path)
+        self.assertEqual(self.request("DELETE", "/channels").status, 405)
+
+    # -- bodies refused before they are stored (defect 7) ----------------------
+
+    def test_body_without_token_refused_before_it_is_read(self) -> None:
+        """
+        Defect 7: a 300 MiB upload without a token gets 401 as soon as its
+        headers are in - before any of the body arrives - and the
+        connection is closed, so the rest is never read or stored.
+        """
+        head = b"POST /publish/news HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (300 * 1024 * 1024)
+        channel = self.site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(head)
+        answer = Answer(transport)
+        self.assertEqual(answer.status, 401)
+        self.assertTrue(transport.disconnecting)
+        [request] = channel._channel.requests  # the HTTP/1.1 channel inside the protocol switcher
+        channel.dataReceived(b"x" * 65536)  # what was already on its way is dropped
+        self.assertIsNone(request.content, "no body stored")
+        self.assertEqual(self.broker.channels(), [])
+
+    def test_body_over_the_limit_refused_before_it_is_read(self) -> None:
+        """
+        Defect 7: with the token, a Content-Length over the message limit
+        gets 413 at once; a chunked body gets 413 when it passes the limit.
+        """
+        head = b"POST /publish/news HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN + b"\r\nContent-Length: %d\r\n\r\n"
+        answer = self.send(head % (64 * 1024 + 1))
+        self.assertEqual(answer.status, 413)
+        self.assertTrue(answer.transport.disconnecting)
+        chunked = b"POST /publish/news HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunk = b"%x\r\n%s\r\n" % (40000, b"7" * 40000)
+        answer = self.send(chunked + chunk + chunk)
+        self.assertEqual(answer.status, 413)
+        self.assertTrue(answer.transport.disconnecting)
+        small = self.send(chunked + b"2\r\n42\r\n0\r\n\r\n")
+        self.assertEqual((small.status, small.json()["seq"]), (200, 1), "a chunked body within the limit is fine")
+
+    def test_refusal_sends_no_100_continue(self) -> None:
+        """
+        A refused request that asked "Expect: 100-continue" gets the
+        refusal alone, never a 100 Continue inviting the body.
+        """
+        answer = self.send(b"POST /publish/news HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n")
+        self.assertEqual(answer.status, 401)
+        self.assertNotIn(b"100 Continue", answer.raw)
+
+    def test_bodies_elsewhere_on_the_admin_endpoint(self) -> None:
+        """
+        Without the token nothing on the admin endpoint reads a body; body-less
+        requests (health checks, scrapes) are untouched.
+        """
+        self.assertEqual(self.request("POST", "/healthz", body=b"x" * 100, auth=None).status, 401)
+        self.assertEqual(self.request("GET", "/healthz", auth=None).status, 200)
+        self.assertEqual(self.request("GET", "/metrics", auth=None).status, 200)
