@@ -52,19 +52,23 @@ class ChannelProtocolHandler(MessageHandler):
         if not isinstance(frame, dict):
             self._error(connection, BAD_REQUEST, "a frame is a JSON object")
             return
-        if "\\u" in message:
-            # Valid JSON may spell a lone surrogate ("\ud800"), which no
-            # UTF-8 frame can carry: refuse the frame before any of it
-            # (its ref, a name, data) is kept or echoed.
-            try:
-                utf8_length(encode(frame))
-            except ChannelError as e:
-                self._error(connection, e.code, e.reason)
-                return
         ref = frame.get("ref")
         if ref is not None and not (isinstance(ref, (str, int)) and not isinstance(ref, bool) and len(str(ref)) <= MAX_REF):
             self._error(connection, BAD_REQUEST, f"ref must be a string or integer of at most {MAX_REF} characters")
             return
+        if "\\u" in message:
+            # Valid JSON may spell a lone surrogate ("\ud800"), which no
+            # UTF-8 frame can carry: refuse the frame before any of it (a
+            # name, data) is kept - and echo its ref only if that is sound.
+            try:
+                utf8_length(encode(frame))
+            except ChannelError as e:
+                try:
+                    utf8_length(encode({"ref": ref}))
+                except ChannelError:
+                    ref = None
+                self._error(connection, e.code, e.reason, ref=ref)
+                return
         op = frame.get("op")
         method = _OPS.get(op) if isinstance(op, str) else None
         if method is None:
