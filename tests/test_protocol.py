@@ -529,3 +529,22 @@ class ClientHandshakeTests(unittest.TestCase):
         self.assertEqual((protocol.handshake_status, protocol.retry_after_header), (503, "7"))
         self.assertTrue(transport.disconnecting, "the refused handshake is failed and closed")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ChannelMetricsTests(unittest.TestCase):
+    def test_history_bytes_gauge(self) -> None:
+        """
+        /metrics shows what channel history holds, and the figure falls
+        when housekeeping expires it.
+        """
+        from wsheart.channels import Broker, ChannelSettings
+
+        clock = Clock()
+        broker = Broker(clock, ChannelSettings(history_age=10))
+        factory = make_server_factory(clock, channels=broker)
+        broker.publish("news", "x" * 1000)
+        self.assertGreater(broker.history_bytes, 1000)
+        self.assertIn(f"wsheart_channel_history_bytes {float(broker.history_bytes)}\n", factory.metrics.exposition().decode())
+        clock.advance(11)
+        broker.expire()
+        self.assertIn("wsheart_channel_history_bytes 0.0\n", factory.metrics.exposition().decode())

@@ -138,6 +138,17 @@ class ServerMetrics:
             registry=r,
         )
 
+    def track_history_bytes(self, size: Callable[[], int]) -> None:
+        """
+        Read the channel history gauge from C{size()} at scrape time.
+        """
+        gauge = Gauge(
+            "wsheart_channel_history_bytes",
+            "Message frames held in channel history for recovery, in characters of JSON.",
+            registry=self.registry,
+        )
+        gauge.set_function(size)
+
     def track_open_connections(self, count: Callable[[], int]) -> None:
         """
         Read the open-connection gauge from C{count()} at scrape time.

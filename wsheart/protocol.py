@@ -590,6 +590,7 @@ class ServerFactory(WebSocketServerFactory):
         if channels is not None:
             self.channel_handler = ChannelProtocolHandler(channels)
             hub.on_removal(lambda info, cause: channels.remove_connection(info.connection_id))
+            self.metrics.track_history_bytes(lambda: channels.history_bytes)
         # The browser library and demo page (wsheart.pages), set up to match
         # this server's text heartbeat.
         self.pages: Optional[Pages] = None
