@@ -68,11 +68,17 @@ class WsheartService(MultiService):
         self._previous_sigterm: Any = None
         self.listeners: list[IService] = []
         self.admin: Optional[IService] = None
+        # Periodic jobs (channel housekeeping), stopped after the drain.
+        self.background: list[IService] = []
         self._stopping: Optional[defer.Deferred[None]] = None
 
     def add_listener(self, listener: IService) -> None:
         self.listeners.append(listener)
         listener.setServiceParent(self)
+
+    def add_background(self, job: IService) -> None:
+        self.background.append(job)
+        job.setServiceParent(self)
 
     def set_admin(self, admin: IService) -> None:
         self.admin = admin
@@ -174,6 +180,11 @@ class WsheartService(MultiService):
         finally:
             self.watchdog.stop()
             self.lag.stop()
+            for job in self.background:
+                try:
+                    await defer.maybeDeferred(job.stopService)
+                except Exception:
+                    self.log.failure("stopping {job} failed", job=job)
             if self.admin is not None:
                 try:
                     await defer.maybeDeferred(self.admin.stopService)

@@ -320,7 +320,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
     if broker is not None:
         # Expired history and idempotency keys are freed every second, not
         # when a channel happens to be touched.
-        Housekeeping(broker).setServiceParent(service)
+        service.add_background(Housekeeping(broker))
     # strports.service raises from privilegedStartService when the bind
     # fails, so twistd stops instead of running without a listener.
     for description in options["endpoint"]:
