@@ -14,6 +14,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.test import iosim
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -22,6 +23,7 @@ from wsheart import client as wclient
 from wsheart import closecodes
 from wsheart.backoff import BackoffSettings
 from wsheart.heartbeat import HeartbeatSettings
+from wsheart.protocol import ClientFactory
 
 from .memory import make_server_factory
 
@@ -56,14 +58,37 @@ class MemoryEndpoint:
         return defer.succeed(client)
 
 
-class Busy(Protocol):
+class Refusing(Protocol):
     """
-    A server that refuses every handshake with 503 and Retry-After: 7.
+    A server that refuses every handshake with C{status} and, if set, a
+    Retry-After header.
+    """
+
+    status = "503 Service Unavailable"
+    retry_after: Optional[str] = "7"
+
+    def dataReceived(self, data: bytes) -> None:
+        retry_after = f"Retry-After: {self.retry_after}\r\n" if self.retry_after is not None else ""
+        self.transport.write(f"HTTP/1.1 {self.status}\r\n{retry_after}Content-Length: 0\r\n\r\n".encode("ascii"))
+        self.transport.loseConnection()
+
+
+def refusing(status: str, retry_after: Optional[str]) -> Factory:
+    """
+    A factory of servers that answer every handshake with C{status} and
+    C{retry_after}.
+    """
+    protocol = type("RefusingWith", (Refusing,), {"status": status, "retry_after": retry_after})
+    return Factory.forProtocol(protocol)
+
+
+class Silent(Protocol):
+    """
+    A server that accepts TCP and never answers the opening handshake.
     """
 
     def dataReceived(self, data: bytes) -> None:
-        self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
-        self.transport.loseConnection()
+        pass
 
 
 class Recorder(wclient.ClientListener):
@@ -102,7 +127,7 @@ class ClientServiceTests(unittest.TestCase):
         self.listener = Recorder()
         self.random_value = 1.0
 
-    def make_client(self, **backoff: Any) -> wclient.ReconnectingClientService:
+    def make_client(self, handshake_timeout: float = 10.0, **backoff: Any) -> wclient.ReconnectingClientService:
         settings = dict(initial=1, factor=2, cap=30, floor=0, stable_after=10)
         settings.update(backoff)
         service = wclient.ReconnectingClientService(
@@ -113,6 +138,7 @@ class ClientServiceTests(unittest.TestCase):
             backoff=BackoffSettings(**settings),
             endpoint=self.endpoint,
             random=lambda: self.random_value,
+            handshake_timeout=handshake_timeout,
         )
         self.addCleanup(self.stop, service)
         return service
@@ -280,17 +306,63 @@ class ClientServiceTests(unittest.TestCase):
         self.assertEqual(len(self.endpoint.attempts), 1)
         self.assertFalse(service.running)
 
-    def test_retry_after_on_503(self) -> None:
+    def assertNextAttemptWaits(self, status: str, retry_after: str, wait: float) -> None:
         """
-        A handshake refused with 503 and Retry-After: 7 waits 7 s plus the
-        jittered delay (1 s at attempt 1 with random() = 1).
+        A handshake refused with C{status} and C{retry_after} makes the
+        client wait C{wait} plus the jittered delay (1 s at attempt 1 with
+        random() = 1): the second attempt comes no earlier.
         """
-        self.endpoint.server_factory = Factory.forProtocol(Busy)
+        self.endpoint.server_factory = refusing(status, retry_after)
         service = self.make_client()
         service.startService()
         self.run_for(0.5)
-        self.assertEqual(self.listener.waits(), [8])
-        self.assertIn("503", self.listener.states[-1][1]["reason"])
+        (waited,) = self.listener.waits()
+        self.assertAlmostEqual(waited, wait + 1)
+        reason = self.listener.states[-1][1]["reason"]
+        self.assertIn(status.split()[0], reason)
+        self.assertIn(f"Retry-After {wait:g} s", reason)
+        self.run_for(wait + 0.3)
+        self.assertEqual(len(self.endpoint.attempts), 1, "no attempt before Retry-After has passed")
+        self.run_for(1)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertGreaterEqual(self.endpoint.attempts[1] - self.endpoint.attempts[0], wait + 0.1)
+
+    def test_retry_after_on_503(self) -> None:
+        """
+        A handshake refused with 503 and Retry-After: 7 waits 7 s plus the
+        jittered delay before the next attempt.
+        """
+        self.assertNextAttemptWaits("503 Service Unavailable", "7", 7)
+
+    def test_retry_after_on_429(self) -> None:
+        """
+        A handshake refused with 429 (too many requests) and Retry-After: 20
+        waits 20 s plus the jittered delay: a rate-limited client does not
+        come back on its short normal schedule.
+        """
+        self.assertNextAttemptWaits("429 Too Many Requests", "20", 20)
+
+    def test_retry_after_as_http_date(self) -> None:
+        """
+        Retry-After may be an HTTP date: read against the client's clock
+        (0 = the epoch here), 00:00:12 is 11.9 s after the refusal arrives
+        (at 0.1 s, the first pump).
+        """
+        self.assertNextAttemptWaits("429 Too Many Requests", "Thu, 01 Jan 1970 00:00:12 GMT", 11.9)
+
+    def test_retry_after_only_on_429_and_503(self) -> None:
+        """
+        Another refusal (500) with a Retry-After header follows the normal
+        schedule; a 429 without the header does too.
+        """
+        for status, retry_after in [("500 Internal Server Error", "30"), ("429 Too Many Requests", None)]:
+            self.listener.states.clear()
+            self.endpoint.server_factory = refusing(status, retry_after)
+            service = self.make_client()
+            service.startService()
+            self.run_for(0.5)
+            self.assertEqual(self.listener.waits(), [1], status)
+            self.successResultOf(service.stopService())
 
     def test_terminal_http_status(self) -> None:
         """
@@ -431,3 +503,142 @@ class ClientServiceTests(unittest.TestCase):
         connecting = [d for s, d in self.listener.states if s == "connecting"]
         self.assertEqual(connecting[-1], {"attempt": 1})
 
+
+    def test_silent_server_times_out_the_handshake(self) -> None:
+        """
+        A server that accepts TCP but never answers the opening handshake:
+        after handshake_timeout (5 s here) the client drops the attempt,
+        says why, and tries again on its schedule.
+        """
+        self.endpoint.server_factory = Factory.forProtocol(Silent)
+        service = self.make_client(handshake_timeout=5)
+        service.startService()
+        self.run_for(4.9)
+        self.assertEqual(service.state, wclient.CONNECTING)
+        self.assertFalse(self.endpoint.pumps[0].clientIO.disconnecting)
+        self.run_for(0.2)
+        self.assertTrue(self.endpoint.pumps[0].clientIO.disconnecting)
+        self.assertEqual(service.state, wclient.WAITING)
+        self.assertIn("opening handshake timeout", self.listener.states[-1][1]["reason"])
+        self.assertEqual(self.listener.waits(), [1])
+        self.run_for(1.2)
+        self.assertEqual(len(self.endpoint.attempts), 2)
+        self.assertEqual([s for s, _ in self.listener.states], ["connecting", "waiting", "connecting"])
+
+    def test_handshake_timer_gone_once_open(self) -> None:
+        """
+        A handshake that completes in time cancels the timer: the
+        connection outlives handshake_timeout.
+        """
+        service = self.make_client(handshake_timeout=2)
+        service.startService()
+        self.run_for(5)
+        self.assertEqual(service.state, wclient.OPEN)
+        self.assertEqual([s for s, _ in self.listener.states], ["connecting", "open"])
+
+    def test_failing_listener_is_logged_and_the_client_carries_on(self) -> None:
+        """
+        A listener whose every method raises cannot stop the service: each
+        failure is logged with the method's name, the state stays
+        consistent, messages keep arriving, and a reconnect still happens.
+        """
+
+        class Broken(Recorder):
+            def __init__(self) -> None:
+                super().__init__()
+                self.calls: list[str] = []
+
+            def client_state(self, client: Any, state: str, detail: dict[str, Any]) -> None:
+                super().client_state(client, state, detail)
+                raise RuntimeError("client_state broke")
+
+            def client_opened(self, client: Any) -> None:
+                self.calls.append("opened")
+                raise RuntimeError("client_opened broke")
+
+            def client_message(self, client: Any, message: Any) -> None:
+                super().client_message(client, message)
+                raise RuntimeError("client_message broke")
+
+            def client_closed(self, client: Any, code: int, reason: str, was_clean: bool) -> None:
+                super().client_closed(client, code, reason, was_clean)
+                raise RuntimeError("client_closed broke")
+
+        self.listener = Broken()
+        service = self.make_client()
+        with capturedLogs() as events:
+            service.startService()
+            self.run_for(0.5)
+            self.assertEqual(service.state, wclient.OPEN)
+            self.assertTrue(service.send("one"))
+            self.assertTrue(service.send("two"))
+            self.run_for(0.5)
+            self.server_protocols()[-1].close(closecodes.GOING_AWAY, "bye")
+            self.run_for(0.2)
+            self.assertEqual(service.state, wclient.WAITING)
+            self.run_for(self.listener.waits()[-1] + 0.5)
+            self.assertEqual(service.state, wclient.OPEN)
+            stopped = service.stopService()
+            self.run_for(1)
+            self.successResultOf(stopped)
+        self.assertEqual(service.state, wclient.STOPPED)
+        self.assertEqual(self.listener.messages, ["one", "two"])
+        self.assertEqual(self.listener.calls, ["opened", "opened"])
+        self.assertEqual(self.listener.closes, [(closecodes.GOING_AWAY, "bye")])
+        self.assertEqual(
+            [s for s, _ in self.listener.states], ["connecting", "open", "waiting", "connecting", "open", "stopped"]
+        )
+        failed = [
+            e.get("method") or ("client_state" if "client_state" in e["log_format"] else e["log_format"])
+            for e in events
+            if e.get("log_failure") is not None
+        ]
+        self.assertEqual(
+            failed,
+            ["client_state", "client_state", "client_opened", "client_message", "client_message",
+             "client_closed", "client_state", "client_state", "client_state", "client_opened",
+             "client_state"],
+        )  # fmt: skip
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 11)
+
+
+class HandshakeTimerTests(unittest.TestCase):
+    """
+    The client protocol's own opening-handshake timer, on a Clock and an
+    in-memory transport nobody answers on.
+    """
+
+    def make_protocol(self, handshake_timeout: float) -> tuple[Any, iosim.FakeTransport, Clock]:
+        clock = Clock()
+        owner = wclient.ClientListener()  # never reached: the handshake does not finish
+        factory = ClientFactory(
+            owner, "ws://127.0.0.1:9000/", clock, HeartbeatSettings(), handshake_timeout=handshake_timeout
+        )
+        protocol = factory.buildProtocol(None)
+        transport = iosim.makeFakeClient(protocol)
+        protocol.makeConnection(transport)
+        return protocol, transport, clock
+
+    def test_armed_when_the_connection_is_made(self) -> None:
+        """
+        connectionMade sends the request and arms a timer for
+        handshake_timeout on the factory's clock; when it fires with no
+        answer, the TCP connection is aborted as an opening handshake
+        timeout.
+        """
+        protocol, transport, clock = self.make_protocol(3.0)
+        self.assertTrue(b"".join(transport.stream).startswith(b"GET / HTTP/1.1"))
+        self.assertEqual([call.getTime() for call in clock.getDelayedCalls()], [3.0])
+        clock.advance(2.9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(protocol.wasOpenHandshakeTimeout)
+        self.assertEqual(protocol.wasNotCleanReason, "opening handshake timeout")
+
+    def test_zero_means_no_timer(self) -> None:
+        """
+        handshake_timeout=0 arms nothing.
+        """
+        protocol, transport, clock = self.make_protocol(0)
+        self.assertEqual(clock.getDelayedCalls(), [])
