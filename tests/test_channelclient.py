@@ -156,6 +156,26 @@ class InterfaceTests(unittest.TestCase):
         self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
         self.assertEqual(session.positions["chat"], Position("e", 1))
 
+    def test_listener_with_only_some_methods(self) -> None:
+        """
+        A listener that defines none of the channel methods (any object
+        will do) still gets the positions kept, and nothing fails.
+        """
+        client = FakeClient()
+        client.connected = True
+        session = ChannelSession(object(), channels=["chat"])
+        with capturedLogs() as events:
+            session.client_opened(client)
+            for frame in [
+                {"op": "subscribed", "channel": "chat", "epoch": "e", "seq": 0, "recovered": False},
+                {"op": "message", "channel": "chat", "epoch": "e", "seq": 1},
+                {"op": "error", "code": 400, "reason": "bad"},
+            ]:
+                session.client_message(client, json.dumps(frame))
+            session.client_closed(client, 1000, "", True)
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
+        self.assertEqual(session.positions["chat"], Position("e", 1))
+
 
 class SubscribeTests(SessionTestCase):
     """

@@ -183,7 +183,12 @@ class SendToAllTests(unittest.TestCase):
         when no connection takes frames, no frame is built at all.
         """
         built: list[bytes] = []
-        self.patch(frames, "text_frame", lambda payload: built.append(payload) or b"")
+
+        def counting_text_frame(payload: bytes) -> bytes:
+            built.append(payload)
+            return text_frame(payload)
+
+        self.patch(frames, "text_frame", counting_text_frame)
         plain = [FakeConnection("a"), FakeConnection("b")]
         self.assertEqual(send_to_all(plain, "hi"), 2)
         self.assertEqual([c.sent for c in plain], [["hi"], ["hi"]])

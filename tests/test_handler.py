@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from wsheart import closecodes
@@ -25,9 +26,10 @@ from wsheart.handler import (
     build_handler,
     resolve_handler,
 )
-from wsheart.hub import Hub
+from wsheart.hub import Hub, IConnection
 
 
+@implementer(IConnection)
 class Connection:
     """
     Records what a handler sends or how it closes.
