@@ -494,6 +494,26 @@ class RobustnessTests(SessionTestCase):
         self.assertEqual(warnings[0]["text"], "not json {")
         self.assertEqual(self.listener.take(), [])
 
+    def test_malformed_frames_from_the_server(self) -> None:
+        """
+        A subscribed frame without a position, presence entries without
+        an id, a join without a client, a seq of true: each is ignored
+        (the first logged), never an exception out of client_message.
+        """
+        self.connect()
+        self.listener.take()
+        with capturedLogs() as events:
+            self.receive(op="subscribed", channel="chat", recovered=False)
+            self.receive(op="subscribed", channel="chat", epoch="e", seq=True, recovered=False)
+            self.receive(op="join", channel="chat", client="ann")
+            self.message("chat", "e", True)  # type: ignore[arg-type]
+        self.assertEqual(len([e for e in events if e["log_level"] == LogLevel.warn]), 2)
+        self.assertEqual(self.listener.take(), [])
+        self.subscribed("chat", "e", 3, False, presence=[{"id": "c1"}, {"name": "no id"}, "junk"])
+        self.assertEqual(self.session.positions["chat"], Position("e", 3))
+        self.assertEqual(list(self.session.presence["chat"]), ["c1"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_failing_listener_is_logged_and_the_session_carries_on(self) -> None:
         """
         A channel_message that raises is logged; the position still moves,

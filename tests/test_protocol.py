@@ -98,9 +98,10 @@ class EchoTests(unittest.TestCase):
         self.assertEqual(client.messages, [b"ping"])
 
 
-class HubTests(unittest.TestCase):
+class HubRegistrationTests(unittest.TestCase):
     """
-    Connections in the hub: registered on open, removed exactly once.
+    Server protocols in the hub: registered on open, removed exactly once,
+    reachable through it (the hub's own behaviour: tests/test_hub.py).
     """
 
     def setUp(self) -> None:

@@ -151,16 +151,23 @@ class ChannelSession(ClientListener):
         if op == "message" and channel in self.positions:
             self._message(channel, frame)
         elif op == "subscribed" and channel in self.positions:
-            recovered = bool(frame.get("recovered"))
+            recovered = frame.get("recovered") is True
             if not recovered:
                 # Start from the channel's present; with recovery the
                 # missed messages follow and move the position themselves.
-                self.positions[channel] = Position(frame["epoch"], frame["seq"])
-            if "presence" in frame:
-                self.presence[channel] = {c["id"]: c for c in frame["presence"]}
+                epoch, seq = frame.get("epoch"), frame.get("seq")
+                if not isinstance(epoch, str) or not _is_seq(seq):
+                    self.log.warn("wsheart.v1: subscribed without a position: {frame!r}", frame=frame)
+                    return
+                self.positions[channel] = Position(epoch, seq)
+            presence = frame.get("presence")
+            if isinstance(presence, list):
+                self.presence[channel] = {str(c["id"]): c for c in presence if isinstance(c, dict) and "id" in c}
             self._call("channel_subscribed", channel, recovered)
         elif op in ("join", "leave") and channel in self.positions:
-            who = frame.get("client") or {}
+            who = frame.get("client")
+            if not isinstance(who, dict):
+                return
             members = self.presence.setdefault(channel, {})
             who_id = str(who.get("id"))
             if op == "join":
@@ -188,7 +195,7 @@ class ChannelSession(ClientListener):
 
     def _message(self, channel: str, frame: dict[str, Any]) -> None:
         epoch, seq = frame.get("epoch"), frame.get("seq")
-        if not isinstance(epoch, str) or not isinstance(seq, int):
+        if not isinstance(epoch, str) or not _is_seq(seq):
             return
         position = self.positions[channel]
         if position is not None and position.epoch == epoch and seq <= position.seq:
@@ -230,3 +237,7 @@ class ChannelSession(ClientListener):
             handler(*args)
         except Exception:
             self.log.failure("channel listener failed in {method}", method=method)
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
