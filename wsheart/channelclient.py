@@ -20,7 +20,7 @@ missed exactly once - or learns (C{recovered=False}) that it must refetch.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, TypeGuard
 
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -239,5 +239,5 @@ class ChannelSession(ClientListener):
             self.log.failure("channel listener failed in {method}", method=method)
 
 
-def _is_seq(value: Any) -> bool:
+def _is_seq(value: Any) -> "TypeGuard[int]":
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0

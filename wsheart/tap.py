@@ -35,7 +35,7 @@ DEFAULT_ENDPOINT = "tcp:8080"
 DEFAULT_BACKLOG = 4096
 
 # Endpoint types that take a backlog= argument.
-_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "reuseport"})
 
 
 def with_backlog(description: str, backlog: int) -> str:

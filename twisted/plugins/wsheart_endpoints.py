@@ -1,0 +1,3 @@
+from wsheart.reuseport import ReusePortParser
+
+reuseport = ReusePortParser()
