@@ -1,6 +1,7 @@
 """
 Helpers for the integration tests: listening on 127.0.0.1, certificates made
-on the fly, and subprocesses that are always stopped by their id.
+on the fly, subprocesses that are always stopped by their id, waiting on a
+condition until a deadline, and the one way a test may skip.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import datetime
 import functools
 import ipaddress
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Coroutine, Optional
+from typing import IO, Any, Callable, Coroutine, NoReturn, Optional, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,6 +26,8 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.trial import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+T = TypeVar("T")
 
 
 def async_test(f: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
@@ -101,6 +105,59 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def poll_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """
+    Block (for tests that do not run the reactor) until C{predicate}
+    returns something true, and return it; fail after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        time.sleep(0.05)
+
+
+def read_line(stream: IO[bytes], timeout: float) -> bytes:
+    """
+    One line from a pipe, or what there is of it after C{timeout} seconds.
+    Reads the file descriptor byte by byte, so whatever is not read stays
+    in the pipe (for L{Process.stop} to collect).
+    """
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        char = os.read(stream.fileno(), 1)
+        if not char:
+            break
+        line += char
+        if char == b"\n":
+            return line
+    return line
+
+
+def read_until(stream: IO[bytes], needle: bytes, timeout: float) -> bytes:
+    """
+    Lines from a pipe until one contains C{needle}; all of them.  Fails
+    after C{timeout} seconds, or at end of file, showing what was read.
+    """
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while time.monotonic() < deadline:
+        line = read_line(stream, deadline - time.monotonic())
+        seen += line
+        if needle in line:
+            return seen
+        if not line:
+            break
+    raise AssertionError(f"{needle!r} not seen in {timeout} s; got:\n{seen.decode(errors='replace')}")
 
 
 class Process:
@@ -221,20 +278,27 @@ def make_server_cert(directory: str, ca_key: Any, ca_cert: Any, hostname: str, s
     return key_path, cert_path
 
 
+def skip_unless_allowed(reason: str) -> NoReturn:
+    """
+    Skip the calling test for C{reason} - unless C{WSHEART_REQUIRE_ALL=1}
+    (set by .ci/run), where it fails instead: CI must never pass by
+    skipping.  The only place the test suite raises C{SkipTest}.
+    """
+    if os.environ.get("WSHEART_REQUIRE_ALL") == "1":
+        raise AssertionError(f"{reason} (WSHEART_REQUIRE_ALL=1: every test must run)")
+    raise unittest.SkipTest(reason)
+
+
 def require_tool(path: str, what: str) -> str:
     """
     C{path} (an executable, absolute or on PATH) for a test that needs it.
 
-    Missing, the test is skipped with C{what} as the reason - unless
-    C{WSHEART_REQUIRE_ALL=1} (set by .ci/run), where a missing tool is a
-    failure: CI must never pass by skipping.
+    Missing, the test is skipped with C{what} as the reason, through
+    L{skip_unless_allowed}: a failure under C{WSHEART_REQUIRE_ALL=1}.
     """
     import shutil
 
     found = path if os.path.isabs(path) and os.access(path, os.X_OK) else shutil.which(path)
     if found:
         return found
-    message = f"{what}: {path} not found"
-    if os.environ.get("WSHEART_REQUIRE_ALL") == "1":
-        raise AssertionError(message + " (WSHEART_REQUIRE_ALL=1)")
-    raise unittest.SkipTest(message)
+    skip_unless_allowed(f"{what}: {path} not found")

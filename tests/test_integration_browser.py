@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.trial import unittest
 
-from .loopback import Process, free_port, require_tool, twistd_command, wait_for_port
+from .loopback import Process, free_port, require_tool, skip_unless_allowed, twistd_command, wait_for_port
 
 CHROMIUM = os.environ.get("WSHEART_CHROMIUM", "/usr/bin/chromium")
 # Short timings so that each story takes seconds: server heartbeat 1 s /
@@ -41,9 +41,7 @@ class BrowserTests(unittest.TestCase):
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
-            if os.environ.get("WSHEART_REQUIRE_ALL") == "1":
-                raise
-            raise unittest.SkipTest("the browser tests need playwright (pip install '.[test]')")
+            skip_unless_allowed("the browser tests need playwright (pip install '.[test]')")
         self.playwright = sync_playwright().start()
         self.addCleanup(self.playwright.stop)
         self.browser = self.playwright.chromium.launch(

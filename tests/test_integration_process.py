@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from typing import IO
 import websockets.sync.client
 from twisted.trial import unittest
 
-from .loopback import REPO, Process, free_port, twistd_command, wait_for_port
+from .loopback import REPO, Process, free_port, require_tool, skip_unless_allowed, twistd_command, wait_for_port
 
 
 def read_line(stream: IO[bytes], timeout: float) -> bytes:
@@ -109,9 +108,7 @@ class DaemonProcessTests(unittest.TestCase):
         --endpoint systemd:domain=INET:index=0 serves on a socket passed by
         systemd-socket-activate (LISTEN_FDS), the way a .socket unit does.
         """
-        activate = shutil.which("systemd-socket-activate")
-        if activate is None:
-            raise unittest.SkipTest("systemd-socket-activate is not installed")
+        activate = require_tool("systemd-socket-activate", "socket activation needs systemd's systemd-socket-activate")
         port = free_port()
         Process(
             self,
@@ -183,7 +180,7 @@ class PackagingTests(unittest.TestCase):
         options and `wsheart --version` answers.
         """
         if os.environ.get("WSHEART_SKIP_WHEEL_TEST"):
-            raise unittest.SkipTest("WSHEART_SKIP_WHEEL_TEST is set")
+            skip_unless_allowed("WSHEART_SKIP_WHEEL_TEST is set")
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         subprocess.run(

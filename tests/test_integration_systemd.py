@@ -22,7 +22,17 @@ from typing import Any
 import websockets.sync.client
 from twisted.trial import unittest
 
-from .loopback import REPO, Process, free_port, make_ca, make_server_cert, twistd_command, wait_for_port
+from .loopback import (
+    REPO,
+    Process,
+    free_port,
+    make_ca,
+    make_server_cert,
+    require_tool,
+    skip_unless_allowed,
+    twistd_command,
+    wait_for_port,
+)
 
 
 class NotifyListener:
@@ -131,9 +141,7 @@ class SocketActivationTLSTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        self.activate = shutil.which("systemd-socket-activate")
-        if self.activate is None:
-            raise unittest.SkipTest("systemd-socket-activate is not installed")
+        self.activate = require_tool("systemd-socket-activate", "socket activation needs systemd's systemd-socket-activate")
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.ca_key, self.ca_cert, self.ca_path = make_ca(self.dir)
@@ -225,14 +233,12 @@ class UnitFileTests(unittest.TestCase):
         etc/wsheart.service and etc/wsheart.socket verify cleanly once
         ExecStart points at this environment's twistd.
         """
-        analyze = shutil.which("systemd-analyze")
-        if analyze is None:
-            raise unittest.SkipTest("systemd-analyze is not installed")
+        analyze = require_tool("systemd-analyze", "the unit file check needs systemd-analyze")
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         twistd = twistd_command()[0]
         if not os.path.isabs(twistd) or not os.path.exists(twistd):
-            raise unittest.SkipTest("no twistd executable in this environment")
+            skip_unless_allowed("no twistd executable in this environment")
         for name in ("wsheart.service", "wsheart.socket"):
             with open(os.path.join(REPO, "etc", name)) as f:
                 text = f.read()
