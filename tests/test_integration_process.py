@@ -1,61 +1,29 @@
 """
 Integration tests of the shipped commands as subprocesses on loopback:
 C{twistd wsheart} refusing to start on a taken port, C{wsheart connect}
-riding out a daemon restart, and the built wheel working from a fresh
-virtualenv outside the repository.  Every process is stopped by its pid.
+riding out a daemon restart, and the wheel built from this checkout working
+from a fresh virtualenv outside the repository.  Every process is stopped by
+its pid.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import json
 import os
-import select
+import re
+import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
-import time
-from typing import IO
 
 import websockets.sync.client
 from twisted.trial import unittest
 
-from .loopback import REPO, Process, free_port, require_tool, skip_unless_allowed, twistd_command, wait_for_port
-
-
-def read_line(stream: IO[bytes], timeout: float) -> bytes:
-    """
-    One line from a pipe, or b"" after C{timeout} seconds.
-    """
-    deadline = time.monotonic() + timeout
-    line = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        char = os.read(stream.fileno(), 1)
-        if not char:
-            break
-        line += char
-        if char == b"\n":
-            return line
-    return line
-
-
-def read_until(stream: IO[bytes], needle: bytes, timeout: float) -> bytes:
-    """
-    Lines from a pipe until one contains C{needle}; all of them.
-    """
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while time.monotonic() < deadline:
-        line = read_line(stream, deadline - time.monotonic())
-        seen += line
-        if needle in line:
-            return seen
-        if not line:
-            break
-    raise AssertionError(f"{needle!r} not seen in {timeout} s; got:\n{seen.decode(errors='replace')}")
+from .loopback import REPO, Process, free_port, read_line, read_until, require_tool, twistd_command, wait_for_port
 
 
 class DaemonProcessTests(unittest.TestCase):
@@ -165,49 +133,151 @@ class DaemonProcessTests(unittest.TestCase):
         self.assertEqual(cli.popen.wait(10), 0)
 
 
-class PackagingTests(unittest.TestCase):
+# What a build must not see from the checkout: environments, build output,
+# test output and caches (a stale build/lib would end up in the wheel).
+NOT_SOURCE = [
+    ".git", ".venv", "venv", "build", "dist", "*.egg-info", "_trial_temp*", "node_modules",
+    "artifacts", "__pycache__", "*.pyc", ".mypy_cache", "dropin.cache",
+]  # fmt: skip
+
+
+def copy_source(destination: str, leave_out: list[str]) -> None:
     """
-    The built wheel, installed in a fresh virtualenv and run from outside
-    the repository, so ./twisted/plugins cannot hide a broken package.
+    Copy the checkout, as it is on disk (committed or not), to
+    C{destination}, without L{NOT_SOURCE} and the paths in C{leave_out}.
     """
 
-    timeout = 600
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return {
+            name
+            for name in names
+            if any(fnmatch.fnmatch(name, pattern) for pattern in NOT_SOURCE)
+            or os.path.abspath(os.path.join(directory, name)) in leave_out
+        }
+
+    shutil.copytree(REPO, destination, ignore=ignore, symlinks=True)
+
+
+def dependencies_without_wsheart(destination: str) -> list[str]:
+    """
+    The running environment's site-packages directories, each rebuilt in
+    C{destination} as symbolic links to everything in it except wsheart
+    itself (an installed wsheart, its metadata and its drop-in in
+    twisted/plugins would hide a broken wheel).  Returns the new
+    directories, in the running environment's order.
+    """
+
+    def link_all(source: str, target: str) -> None:
+        os.makedirs(target)
+        for name in os.listdir(source):
+            if "wsheart" in name.lower():
+                continue
+            if name in ("twisted", "plugins") and os.path.isdir(os.path.join(source, name)):
+                link_all(os.path.join(source, name), os.path.join(target, name))
+            elif name not in ("__pycache__", "dropin.cache"):
+                os.symlink(os.path.join(source, name), os.path.join(target, name))
+
+    views = []
+    for i, directory in enumerate(d for d in site.getsitepackages() if os.path.isdir(d)):
+        view = os.path.join(destination, str(i))
+        link_all(directory, view)
+        views.append(view)
+    return views
+
+
+class PackagingTests(unittest.TestCase):
+    """
+    The wheel built from this checkout, installed in a fresh virtualenv and
+    run from outside the repository, so ./twisted/plugins cannot hide a
+    broken package.  Self-contained: no package index, no download.
+    """
+
+    timeout = 300
 
     def test_wheel_in_fresh_venv(self) -> None:
         """
-        pip builds a wheel; a new venv installs it (with its dependencies);
-        from an unrelated directory `twistd wsheart --help` lists the
-        options and `wsheart --version` answers.
+        A wheel built from a copy of the checkout holds every file under
+        wsheart/ (modules and static files) and the twisted/plugins
+        drop-in, with no __init__.py in twisted/ or twisted/plugins/.
+        Installed alone (no dependencies, no index) into a new venv that
+        gets its dependencies from the running environment minus any
+        wsheart, it works from an unrelated directory: wsheart and the
+        drop-in load from the venv, `twistd --help` lists wsheart,
+        `twistd wsheart --help` shows the options, `wsheart --version`
+        answers.  A package or the drop-in missing from setup.cfg fails it.
         """
-        if os.environ.get("WSHEART_SKIP_WHEEL_TEST"):
-            skip_unless_allowed("WSHEART_SKIP_WHEEL_TEST is set")
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
+        # Only what this test names: no pip configuration (its index and
+        # find-links), no PYTHONPATH pointing back at the checkout.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("PIP_")}
+        env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+
+        source = os.path.join(work, "source")
+        copy_source(source, leave_out=[work, os.path.abspath(os.getcwd())])
+        dist = os.path.join(work, "dist")
+        pip = [sys.executable, "-m", "pip"]
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", work, REPO],
-            check=True,
-            cwd=work,
-            timeout=300,
-        )
-        (wheel,) = glob.glob(os.path.join(work, "wsheart-*.whl"))
+            pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", dist, source],
+            check=True, cwd=work, env=env, timeout=120,
+        )  # fmt: skip
+        (wheel,) = glob.glob(os.path.join(dist, "wsheart-*.whl"))
+
         venv = os.path.join(work, "venv")
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
-        bindir = os.path.join(venv, "bin")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, env=env, timeout=60)
+        python = os.path.join(venv, "bin", "python")
         subprocess.run(
-            [os.path.join(bindir, "pip"), "install", "-q", wheel], check=True, cwd=work, timeout=400
-        )
+            pip + ["--python", python, "install", "--no-deps", "--no-index", "-q", wheel],
+            check=True, cwd=work, env=env, timeout=120,
+        )  # fmt: skip
         outside = os.path.join(work, "elsewhere")
         os.makedirs(outside)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        help_text = subprocess.run(
-            [os.path.join(bindir, "twistd"), "wsheart", "--help"],
-            cwd=outside, env=env, capture_output=True, timeout=60,
+
+        def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(list(argv), cwd=outside, env=env, capture_output=True, timeout=60)
+
+        purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.decode().strip()
+        self.assertTrue(purelib.startswith(venv), purelib)
+
+        # What the wheel installed, against what the checkout has.
+        def files(root: str) -> set[str]:
+            found: set[str] = set()
+            for directory, dirs, names in os.walk(root):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                found.update(os.path.relpath(os.path.join(directory, n), root) for n in names)
+            return found
+
+        wanted = {f for f in files(os.path.join(source, "wsheart")) if f.endswith(".py") or f.startswith("static" + os.sep)}
+        self.assertTrue(any(f.startswith("static" + os.sep) for f in wanted))
+        self.assertEqual(wanted - files(os.path.join(purelib, "wsheart")), set(), "files missing from the wheel")
+        plugins = os.path.join(purelib, "twisted", "plugins")
+        self.assertTrue(os.path.isfile(os.path.join(plugins, "wsheart_plugin.py")), "the drop-in is not in the wheel")
+        self.assertFalse(os.path.exists(os.path.join(plugins, "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(purelib, "twisted", "__init__.py")))
+
+        # Dependencies from the running environment, wsheart not among them.
+        views = dependencies_without_wsheart(os.path.join(work, "deps"))
+        with open(os.path.join(purelib, "running-environment.pth"), "w") as f:
+            f.writelines(f"import site; site.addsitedir({view!r})\n" for view in views)
+
+        loaded = run(
+            python, "-c",
+            "import json, wsheart, twisted.plugins.wsheart_plugin as p;"
+            " print(json.dumps([wsheart.__file__, p.__file__]))",
         )  # fmt: skip
+        self.assertEqual(loaded.returncode, 0, loaded.stderr)
+        for path in json.loads(loaded.stdout):
+            self.assertTrue(path.startswith(purelib + os.sep), f"{path} is not from the new venv")
+
+        twistd = [python, "-c", "from twisted.scripts.twistd import run; run()"]
+        commands = run(*twistd, "--help")
+        self.assertEqual(commands.returncode, 0, commands.stderr)
+        self.assertRegex(commands.stdout, re.compile(rb"^ +wsheart +\S", re.M))
+        help_text = run(*twistd, "wsheart", "--help")
         self.assertEqual(help_text.returncode, 0, help_text.stderr)
         self.assertIn(b"--ping-interval", help_text.stdout)
         self.assertIn(b"--endpoint", help_text.stdout)
-        version = subprocess.run(
-            [os.path.join(bindir, "wsheart"), "--version"], cwd=outside, env=env, capture_output=True, timeout=60
-        )
+        version = run(os.path.join(venv, "bin", "wsheart"), "--version")
+        self.assertEqual(version.returncode, 0, version.stderr)
         self.assertEqual(version.stdout.strip().split()[0], b"wsheart")
         self.assertFalse(os.path.exists(os.path.join(outside, "twisted")))
