@@ -1,9 +1,9 @@
 """
 Integration tests of the shipped commands as subprocesses on loopback:
-C{twistd wsheart} refusing to start on a taken port, C{wsheart connect}
-riding out a daemon restart, and the wheel built from this checkout working
-from a fresh virtualenv outside the repository.  Every process is stopped by
-its pid.
+C{twistd wsheart} refusing to start on a taken port, writing JSON log
+lines, C{wsheart connect} riding out a daemon restart, and the wheel built
+from this checkout working from a fresh virtualenv outside the repository.
+Every process is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -131,6 +131,37 @@ class DaemonProcessTests(unittest.TestCase):
 
         cli.popen.stdin.close()
         self.assertEqual(cli.popen.wait(10), 0)
+
+
+class LogFormatProcessTests(unittest.TestCase):
+    """
+    twistd wsheart --log-format json writes JSON lines on stdout.
+    """
+
+    timeout = 30
+
+    def test_json_on_stdout(self) -> None:
+        """
+        Every line twistd writes is a JSON object, and the start-up line
+        names the heartbeat bound as a field.
+        """
+        port = free_port()
+        daemon = Process(
+            self,
+            twistd_command()
+            + ["-n", "--pidfile=", "wsheart", "-e", f"tcp:{port}:interface=127.0.0.1", "--log-format", "json"],
+            cwd=REPO,
+        )
+        wait_for_port(port)
+        os.kill(daemon.pid, signal.SIGTERM)
+        daemon.popen.wait(20)
+        daemon.stop()
+        lines = [line for line in daemon.stdout.decode().splitlines() if line.strip()]
+        records = [json.loads(line) for line in lines]
+        starting = [r for r in records if "bound" in r]
+        self.assertEqual(len(starting), 1)
+        self.assertEqual(starting[0]["bound"], 60.0)
+        self.assertTrue(all("text" in r and "level" in r for r in records))
 
 
 # What a build must not see from the checkout: environments, build output,

@@ -1,20 +1,18 @@
 """
-Tests for wsheart.logs (JSON lines for journald) and --log-format.
+Tests for wsheart.logs: JSON lines for journald, written to a stream in
+memory.  The daemon's --log-format json, as a process, is tested in
+L{tests.test_integration_process}.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 
 from twisted.logger import Logger, LogLevel
 from twisted.trial import unittest
 
 from wsheart.logs import JSONLinesObserver
-
-from .loopback import REPO, Process, free_port, twistd_command, wait_for_port
 
 
 class JSONLinesTests(unittest.TestCase):
@@ -54,34 +52,3 @@ class JSONLinesTests(unittest.TestCase):
         self.assertIn("ZeroDivisionError", record["traceback"])
         self.assertTrue(record["thing"].startswith("<object object"))
         self.assertEqual(record["level"], "critical")
-
-
-class LogFormatProcessTests(unittest.TestCase):
-    """
-    twistd wsheart --log-format json writes JSON lines on stdout.
-    """
-
-    timeout = 30
-
-    def test_json_on_stdout(self) -> None:
-        """
-        Every line twistd writes is a JSON object, and the start-up line
-        names the heartbeat bound as a field.
-        """
-        port = free_port()
-        daemon = Process(
-            self,
-            twistd_command()
-            + ["-n", "--pidfile=", "wsheart", "-e", f"tcp:{port}:interface=127.0.0.1", "--log-format", "json"],
-            cwd=REPO,
-        )
-        wait_for_port(port)
-        os.kill(daemon.pid, signal.SIGTERM)
-        daemon.popen.wait(20)
-        daemon.stop()
-        lines = [line for line in daemon.stdout.decode().splitlines() if line.strip()]
-        records = [json.loads(line) for line in lines]
-        starting = [r for r in records if "bound" in r]
-        self.assertEqual(len(starting), 1)
-        self.assertEqual(starting[0]["bound"], 60.0)
-        self.assertTrue(all("text" in r and "level" in r for r in records))
