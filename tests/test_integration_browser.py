@@ -230,11 +230,10 @@ class BrowserTests(unittest.TestCase):
         """
         import json
         import sys
-        import tempfile
         import urllib.request
 
         token = "chat-test-token-0123456789"
-        token_file = os.path.join(tempfile.mkdtemp(), "token")
+        token_file = os.path.abspath(self.mktemp())  # trial's temporary directory, not /tmp
         with open(token_file, "w") as f:
             f.write(token + "\n")
         self.start_daemon("--api-token-file", token_file)

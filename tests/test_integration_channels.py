@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -254,8 +253,7 @@ class CommandLineTests(unittest.TestCase):
     timeout = 60
 
     def test_connect_and_publish(self) -> None:
-        directory = tempfile.mkdtemp()
-        token_file = os.path.join(directory, "token")
+        token_file = os.path.abspath(self.mktemp())  # trial's temporary directory, not /tmp
         with open(token_file, "w") as f:
             f.write(TOKEN + "\n")
         port, admin = free_port(), free_port()

@@ -41,6 +41,7 @@ class NotifyListener:
     """
 
     def __init__(self, test: unittest.TestCase) -> None:
+        # Not self.mktemp(): an AF_UNIX path must stay under 108 bytes.
         directory = tempfile.mkdtemp()
         test.addCleanup(shutil.rmtree, directory, True)
         self.path = os.path.join(directory, "notify")
