@@ -19,7 +19,7 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory
 
-from .loopback import async_test, free_port, listen, make_ca, make_server_cert, sleep, wait_until
+from .loopback import async_test, free_port, listen, make_ca, make_server_cert, wait_until
 
 
 class Recorder(wclient.ClientListener):
@@ -74,7 +74,7 @@ class ClientIntegrationTests(unittest.TestCase):
 
         await port.stopListening()
         for info in factory.hub:
-            info.connection.transport.abortConnection()
+            info.connection.transport.abortConnection()  # type: ignore[attr-defined]
         await wait_until(self, lambda: len(listener.waits()) >= 4)
         delays = [w["delay"] for w in listener.waits()[:4]]
         self.assertEqual(delays, sorted(delays))
@@ -155,7 +155,9 @@ class TLSIntegrationTests(unittest.TestCase):
     async def test_hostname_mismatch_refused_and_retried(self) -> None:
         """
         A certificate for another name is refused with a message that says
-        so, and retried on the backoff schedule, not in a tight loop.
+        so, and retried on the backoff schedule, not in a tight loop: one
+        attempt per wait, each wait as long as the schedule says (floor
+        0.2 s + windows 0.5, 1, ...: 0.7 s, then 1.2 s), never shorter.
         """
         port = await self.tls_server("wrong.example")
         listener = Recorder()
@@ -166,13 +168,27 @@ class TLSIntegrationTests(unittest.TestCase):
             random=lambda: 1.0,
         )
         service.startService()
-        await sleep(2.0)
-        self.assertNotEqual(service.state, wclient.OPEN)
-        waits = listener.waits()
-        # floor 0.2 s + windows 0.5, 1, 2: two or three tries in 2 s.
-        self.assertIn(len(waits), (2, 3))
-        self.assertEqual([w["delay"] for w in waits[:2]], [0.7, 1.2])
-        self.assertIn("does not match hostname localhost", waits[0]["reason"])
+
+        def attempts_begun() -> list[int]:
+            return [i for i, (_, state, _) in enumerate(listener.states) if state == wclient.CONNECTING]
+
+        # The third attempt has begun: two refusals, two waits behind it.
+        await wait_until(self, lambda: len(attempts_begun()) >= 3)
+        states = listener.states[: attempts_begun()[2] + 1]
+        self.assertNotIn(wclient.OPEN, [state for _, state, _ in listener.states])
+        self.assertEqual(
+            [state for _, state, _ in states],
+            [wclient.CONNECTING, wclient.WAITING, wclient.CONNECTING, wclient.WAITING, wclient.CONNECTING],
+        )
+        waits = [(at, detail) for at, state, detail in states if state == wclient.WAITING]
+        self.assertEqual([detail["delay"] for _, detail in waits], [0.7, 1.2])
+        for _, detail in waits:
+            self.assertIn("does not match hostname localhost", detail["reason"])
+        # Each next attempt came no sooner than its wait (a late reactor
+        # only makes the gap longer).
+        attempts = [at for at, state, _ in states if state == wclient.CONNECTING]
+        for (waited_at, detail), next_attempt in zip(waits, attempts[1:]):
+            self.assertGreaterEqual(next_attempt - waited_at, detail["delay"] - 0.01)
 
     @async_test
     async def test_untrusted_certificate_refused(self) -> None:
