@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional
@@ -31,7 +30,18 @@ from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory
 from wsheart.v1 import SUBPROTOCOL
 
-from .loopback import Process, async_test, free_port, listen, sleep, twistd_command, wait_for_port, wait_until
+from .loopback import (
+    Process,
+    async_test,
+    free_port,
+    listen,
+    poll_until,
+    read_line,
+    sleep,
+    twistd_command,
+    wait_for_port,
+    wait_until,
+)
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -121,6 +131,12 @@ class IndependentClientTests(unittest.TestCase):
 
     @async_test
     async def test_http_api(self) -> None:
+        """
+        The HTTP API over a real admin site: a token is required,
+        publishing numbers messages, an Idempotency-Key publishes once, bad
+        bodies, names and methods get 400, 405 or 413 with an error, and
+        /channels, history (with its completeness) and presence answer.
+        """
         server = ChannelServer(self, ChannelSettings(history_size=3, max_data_bytes=400))
         await server.start()
         api = server.admin
@@ -210,13 +226,16 @@ class RecoveryTests(unittest.TestCase):
                     info.connection.abort()  # type: ignore[attr-defined]
                     aborted += 1
             if i % 10 == 0:
-                await sleep(0.005)
+                await sleep(0.005)  # pacing, not waiting: the reactor delivers part of the burst
         self.assertEqual(aborted, 2)
         await wait_until(self, lambda: len(collector.messages) >= 300 and service.state == OPEN, timeout=20)
-        await sleep(0.2)
+        # A last message, on the one open connection: once it is in, any
+        # repeat of an earlier one would have arrived before it.
+        server.broker.publish("feed", {"n": 300})
+        await wait_until(self, lambda: any(seq == 301 for _, seq, _ in collector.messages))
         seqs = [seq for _, seq, _ in collector.messages]
-        self.assertEqual(seqs, list(range(1, 301)), "lost, repeated or reordered messages")
-        self.assertEqual([d["n"] for _, _, d in collector.messages], list(range(300)))
+        self.assertEqual(seqs, list(range(1, 302)), "lost, repeated or reordered messages")
+        self.assertEqual([d["n"] for _, _, d in collector.messages], list(range(301)))
         self.assertEqual(len({epoch for epoch, _, _ in collector.messages}), 1)
         self.assertEqual(collector.subscribed, [False, True, True])
         self.assertEqual(session.duplicates_dropped, 0)
@@ -253,6 +272,11 @@ class CommandLineTests(unittest.TestCase):
     timeout = 60
 
     def test_connect_and_publish(self) -> None:
+        """
+        Against a real twistd: wsheart connect --channel prints each
+        message wsheart publish sends (text, and --json data), once and in
+        order; publish with a wrong token exits 1 saying HTTP 401.
+        """
         token_file = os.path.abspath(self.mktemp())  # trial's temporary directory, not /tmp
         with open(token_file, "w") as f:
             f.write(TOKEN + "\n")
@@ -265,11 +289,12 @@ class CommandLineTests(unittest.TestCase):
         wait_for_port(admin)
         cli = [sys.executable, "-m", "wsheart"]
         listener = Process(self, cli + ["connect", f"ws://127.0.0.1:{port}/", "--channel", "news", "--name", "term"], stdin=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if http(f"http://127.0.0.1:{admin}/channels/news/presence")[1]["clients"]:
-                break
-            time.sleep(0.1)
+        assert listener.popen.stdout is not None
+        poll_until(
+            lambda: http(f"http://127.0.0.1:{admin}/channels/news/presence")[1]["clients"],
+            timeout=20,
+            what="the listener subscribed",
+        )
         published = []
         for i, message in enumerate(["hello", '{"n": 2}']):
             argv = cli + ["publish", f"http://127.0.0.1:{admin}", "news", message, "--token-file", token_file]
@@ -285,9 +310,11 @@ class CommandLineTests(unittest.TestCase):
         )  # fmt: skip
         self.assertEqual(refused.returncode, 1)
         self.assertIn("HTTP 401", refused.stderr)
-        time.sleep(0.5)
+        # Both messages printed (however long that takes), then nothing
+        # else by the time the listener stops.
+        printed = read_line(listener.popen.stdout, 20) + read_line(listener.popen.stdout, 20)
         listener.stop()
-        lines = [json.loads(line) for line in listener.stdout.decode().splitlines()]
+        lines = [json.loads(line) for line in (printed + listener.stdout).decode().splitlines()]
         self.assertEqual([(m["seq"], m["data"]) for m in lines], [(1, "hello"), (2, {"n": 2})])
         self.assertIn("subscribed to news at seq 0", listener.stderr.decode())
 
