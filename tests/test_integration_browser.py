@@ -13,12 +13,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from typing import Any
 
 from twisted.trial import unittest
 
-from .loopback import Process, free_port, require_tool, skip_unless_allowed, twistd_command, wait_for_port
+from .loopback import (
+    Process,
+    free_port,
+    read_until,
+    require_tool,
+    skip_unless_allowed,
+    twistd_command,
+    wait_for_port,
+)
 
 CHROMIUM = os.environ.get("WSHEART_CHROMIUM", "/usr/bin/chromium")
 # Short timings so that each story takes seconds: server heartbeat 1 s /
@@ -183,7 +190,9 @@ class BrowserTests(unittest.TestCase):
         daemon = self.start_daemon("--drain-time", "0", "--drain-retry-after", "2")
         page = self.open_page(f"/?{BACKOFF}&stableAfter=500")
         self.connected(page)
-        time.sleep(1.0)  # stable, so that the hint alone decides the wait
+        # Stable (the library's own flag, set stableAfter after the open),
+        # so that the hint alone decides the wait.
+        self.wait(page, "() => window.wsheartDemo.client._stable === true")
         daemon.stop(signal.SIGTERM)
         self.assertEqual(daemon.popen.returncode, 0)
         waiting = self.wait(page, "() => window.wsheartDemo.states.find(s => s.state === 'reconnecting')")
@@ -289,7 +298,12 @@ class BrowserTests(unittest.TestCase):
         total = 1 + 20 + 1 + 1
         for page in pages:
             self.wait(page, "(n) => window.wsheartDemo.publications.length >= n", 15, arg=total)
-        time.sleep(0.3)
+        # A last message: once it is in, any repeat of an earlier one would
+        # have arrived before it (one connection, in order).
+        publish("the end")
+        total += 1
+        for page in pages:
+            self.wait(page, "(n) => window.wsheartDemo.publications.length >= n", 15, arg=total)
         for page in pages:
             seqs = page.evaluate("() => window.wsheartDemo.publications.map(p => p.seq)")
             self.assertEqual(seqs, list(range(1, total + 1)), "missed, repeated or reordered messages")
@@ -298,7 +312,9 @@ class BrowserTests(unittest.TestCase):
         self.wait(ann, "() => document.getElementById('presence').textContent.includes('bob')")
         self.screenshot(bob, "chat-recovered.png")
         self.screenshot(ann, "chat-other-tab.png")
+        assert python_client.popen.stdout is not None
+        printed = read_until(python_client.popen.stdout, b'"the end"', 15)
         python_client.stop()
-        lines = [json.loads(line) for line in python_client.stdout.decode().splitlines()]
+        lines = [json.loads(line) for line in (printed + python_client.stdout).decode().splitlines()]
         self.assertEqual([m["seq"] for m in lines], list(range(1, total + 1)))
         self.assert_no_page_errors()
