@@ -216,6 +216,29 @@ def dependencies_without_wsheart(destination: str) -> list[str]:
     return views
 
 
+# Run in the new venv with the drop-ins' names: where wsheart and each
+# drop-in were imported from, which plugins the drop-ins offer (service
+# makers by tapname, endpoint parsers by prefix), and which Twisted finds.
+LOAD_DROPINS = """
+import importlib, json, sys
+import wsheart
+from twisted.application.service import IServiceMaker
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import getPlugins
+kinds = {"service makers": (IServiceMaker, "tapname"), "endpoint parsers": (IStreamServerEndpointStringParser, "prefix")}
+files, offered = [wsheart.__file__], {kind: [] for kind in kinds}
+for name in sys.argv[1:]:
+    module = importlib.import_module("twisted.plugins." + name)
+    files.append(module.__file__)
+    for value in vars(module).values():
+        for kind, (interface, key) in kinds.items():
+            if interface.providedBy(value):
+                offered[kind].append(getattr(value, key))
+found = {kind: [getattr(p, key) for p in getPlugins(interface)] for kind, (interface, key) in kinds.items()}
+print(json.dumps({"files": files, "offered": offered, "found": found}))
+"""
+
+
 class PackagingTests(unittest.TestCase):
     """
     The wheel built from this checkout, installed in a fresh virtualenv and
@@ -228,14 +251,15 @@ class PackagingTests(unittest.TestCase):
     def test_wheel_in_fresh_venv(self) -> None:
         """
         A wheel built from a copy of the checkout holds every file under
-        wsheart/ (modules and static files) and the twisted/plugins
+        wsheart/ (modules and static files) and every twisted/plugins
         drop-in, with no __init__.py in twisted/ or twisted/plugins/.
         Installed alone (no dependencies, no index) into a new venv that
         gets its dependencies from the running environment minus any
         wsheart, it works from an unrelated directory: wsheart and the
-        drop-in load from the venv, `twistd --help` lists wsheart,
+        drop-ins load from the venv, Twisted finds every plugin they offer
+        (the service maker, endpoint parsers), `twistd --help` lists wsheart,
         `twistd wsheart --help` shows the options, `wsheart --version`
-        answers.  A package or the drop-in missing from setup.cfg fails it.
+        answers.  A package or a drop-in missing from setup.cfg fails it.
         """
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
@@ -281,8 +305,11 @@ class PackagingTests(unittest.TestCase):
         wanted = {f for f in files(os.path.join(source, "wsheart")) if f.endswith(".py") or f.startswith("static" + os.sep)}
         self.assertTrue(any(f.startswith("static" + os.sep) for f in wanted))
         self.assertEqual(wanted - files(os.path.join(purelib, "wsheart")), set(), "files missing from the wheel")
+        dropins = sorted(f[:-3] for f in os.listdir(os.path.join(source, "twisted", "plugins")) if f.endswith(".py"))
+        self.assertIn("wsheart_plugin", dropins)
         plugins = os.path.join(purelib, "twisted", "plugins")
-        self.assertTrue(os.path.isfile(os.path.join(plugins, "wsheart_plugin.py")), "the drop-in is not in the wheel")
+        for name in dropins:
+            self.assertTrue(os.path.isfile(os.path.join(plugins, name + ".py")), f"the drop-in {name} is not in the wheel")
         self.assertFalse(os.path.exists(os.path.join(plugins, "__init__.py")))
         self.assertFalse(os.path.exists(os.path.join(purelib, "twisted", "__init__.py")))
 
@@ -291,14 +318,13 @@ class PackagingTests(unittest.TestCase):
         with open(os.path.join(purelib, "running-environment.pth"), "w") as f:
             f.writelines(f"import site; site.addsitedir({view!r})\n" for view in views)
 
-        loaded = run(
-            python, "-c",
-            "import json, wsheart, twisted.plugins.wsheart_plugin as p;"
-            " print(json.dumps([wsheart.__file__, p.__file__]))",
-        )  # fmt: skip
+        loaded = run(python, "-c", LOAD_DROPINS, *dropins)
         self.assertEqual(loaded.returncode, 0, loaded.stderr)
-        for path in json.loads(loaded.stdout):
+        report = json.loads(loaded.stdout)
+        for path in report["files"]:
             self.assertTrue(path.startswith(purelib + os.sep), f"{path} is not from the new venv")
+        for interface, names in report["offered"].items():
+            self.assertLessEqual(set(names), set(report["found"][interface]), f"{interface} plugins twisted does not find")
 
         twistd = [python, "-c", "from twisted.scripts.twistd import run; run()"]
         commands = run(*twistd, "--help")
