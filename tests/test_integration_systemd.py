@@ -22,6 +22,8 @@ from typing import Any
 import websockets.sync.client
 from twisted.trial import unittest
 
+from wsheart.systemd import Notifier
+
 from .loopback import (
     REPO,
     Process,
@@ -41,15 +43,33 @@ class NotifyListener:
     A datagram socket playing systemd's NOTIFY_SOCKET.
     """
 
-    def __init__(self, test: unittest.TestCase) -> None:
-        # Not self.mktemp(): an AF_UNIX path must stay under 108 bytes.
-        directory = tempfile.mkdtemp()
-        test.addCleanup(shutil.rmtree, directory, True)
-        self.path = os.path.join(directory, "notify")
+    def __init__(self, test: unittest.TestCase, abstract: bool = False) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         test.addCleanup(self.sock.close)
-        self.sock.bind(self.path)
+        if abstract:
+            name = f"wsheart-test-{os.getpid()}-{id(self)}"
+            self.sock.bind("\0" + name)
+            self.path = "@" + name  # how NOTIFY_SOCKET names the abstract namespace
+        else:
+            # Not self.mktemp(): an AF_UNIX path must stay under 108 bytes.
+            directory = tempfile.mkdtemp()
+            test.addCleanup(shutil.rmtree, directory, True)
+            self.path = os.path.join(directory, "notify")
+            self.sock.bind(self.path)
         self.received: list[tuple[float, dict[str, str]]] = []
+
+    def messages(self) -> list[dict[str, str]]:
+        """
+        The datagrams waiting now, without blocking.
+        """
+        self.sock.setblocking(False)
+        received = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return received
+            received.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
 
     def wait_for(self, key: str, timeout: float = 15.0) -> dict[str, str]:
         deadline = time.monotonic() + timeout
@@ -67,6 +87,41 @@ class NotifyListener:
             if key in fields:
                 return fields
         raise AssertionError(f"no {key} within {timeout} s; got {self.received}")
+
+
+class NotifierSocketTests(unittest.TestCase):
+    """
+    wsheart.systemd's Notifier on a real AF_UNIX datagram socket standing
+    in for systemd's (what is tested is the socket code).
+    """
+
+    def test_sends_fields(self) -> None:
+        """
+        notify() sends KEY=value lines in one datagram.
+        """
+        server = NotifyListener(self)
+        notifier = Notifier({"NOTIFY_SOCKET": server.path})
+        self.addCleanup(notifier.close)
+        self.assertTrue(notifier.notify(READY=1, STATUS="serving: 0 connections"))
+        self.assertEqual(server.messages(), [{"READY": "1", "STATUS": "serving: 0 connections"}])
+
+    def test_abstract_namespace(self) -> None:
+        """
+        An address starting with @ is in the abstract namespace.
+        """
+        server = NotifyListener(self, abstract=True)
+        notifier = Notifier({"NOTIFY_SOCKET": server.path})
+        self.addCleanup(notifier.close)
+        notifier.notify(WATCHDOG=1)
+        self.assertEqual(server.messages(), [{"WATCHDOG": "1"}])
+
+    def test_gone_socket_is_logged_not_raised(self) -> None:
+        """
+        A socket path that does not exist is logged; the caller carries on.
+        """
+        notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify"})
+        self.addCleanup(notifier.close)
+        self.assertFalse(notifier.notify(READY=1))
 
 
 def ws_open(url: str, **kwargs: Any) -> Any:

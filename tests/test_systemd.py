@@ -1,9 +1,8 @@
 """
-Tests for wsheart.systemd: sd_notify datagrams (over a real AF_UNIX
-datagram socket standing in for systemd's: what is tested is the socket
-code), the watchdog cadence read from C{WATCHDOG_USEC}, and the watchdog
-fed on a Clock by a recording notifier - alone and as WsheartService wires
-it.
+Tests for wsheart.systemd: the notifier without systemd, the watchdog
+cadence read from C{WATCHDOG_USEC}, and the watchdog fed on a Clock by a
+recording notifier - alone and as WsheartService wires it.  The notifier on
+a real datagram socket: tests/test_integration_systemd.py.
 
 The lag monitor the watchdog consults is tested in tests/test_health.py.
 """
@@ -11,8 +10,6 @@ The lag monitor the watchdog consults is tested in tests/test_health.py.
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -28,61 +25,10 @@ from wsheart.service import WsheartService
 from wsheart.systemd import Notifier, Watchdog, watchdog_interval
 
 
-class NotifySocket:
-    """
-    A real AF_UNIX datagram socket standing in for systemd's.
-    """
-
-    def __init__(self, test: unittest.TestCase, abstract: bool = False) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        test.addCleanup(self.sock.close)
-        if abstract:
-            name = f"wsheart-test-{os.getpid()}-{id(self)}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            directory = tempfile.mkdtemp()
-            test.addCleanup(os.rmdir, directory)
-            path = os.path.join(directory, "notify")
-            self.sock.bind(path)
-            test.addCleanup(os.unlink, path)
-            self.address = path
-        self.sock.setblocking(False)
-
-    def messages(self) -> list[dict[str, str]]:
-        received = []
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return received
-            received.append(dict(line.split("=", 1) for line in data.decode().split("\n")))
-
-
 class NotifierTests(unittest.TestCase):
     """
     sd_notify datagrams.
     """
-
-    def test_sends_fields(self) -> None:
-        """
-        notify() sends KEY=value lines in one datagram.
-        """
-        server = NotifySocket(self)
-        notifier = Notifier({"NOTIFY_SOCKET": server.address})
-        self.addCleanup(notifier.close)
-        self.assertTrue(notifier.notify(READY=1, STATUS="serving: 0 connections"))
-        self.assertEqual(server.messages(), [{"READY": "1", "STATUS": "serving: 0 connections"}])
-
-    def test_abstract_namespace(self) -> None:
-        """
-        An address starting with @ is in the abstract namespace.
-        """
-        server = NotifySocket(self, abstract=True)
-        notifier = Notifier({"NOTIFY_SOCKET": server.address})
-        self.addCleanup(notifier.close)
-        notifier.notify(WATCHDOG=1)
-        self.assertEqual(server.messages(), [{"WATCHDOG": "1"}])
 
     def test_silent_without_systemd(self) -> None:
         """
@@ -90,14 +36,6 @@ class NotifierTests(unittest.TestCase):
         """
         notifier = Notifier({})
         self.assertFalse(notifier.enabled)
-        self.assertFalse(notifier.notify(READY=1))
-
-    def test_gone_socket_is_logged_not_raised(self) -> None:
-        """
-        A socket path that does not exist is logged; the caller carries on.
-        """
-        notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify"})
-        self.addCleanup(notifier.close)
         self.assertFalse(notifier.notify(READY=1))
 
 

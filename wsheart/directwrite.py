@@ -14,7 +14,7 @@ falls back to C{transport.write()} for everything else (TLS, UNIX
 sockets, a non-empty buffer, a short or failed send), so ordering and
 error handling stay Twisted's.  It reads the transport's buffer fields
 (C{_tempDataLen}, C{dataBuffer}, C{offset}), which are not public API:
-L{tests.test_directwrite} pins the behaviour against the installed Twisted
+L{tests.test_integration_directwrite} pins the behaviour against the installed Twisted
 so a change there fails the tests rather than corrupting a stream.
 """
 

@@ -1,6 +1,6 @@
 // Unit tests of wsheart.js: backoff, heartbeat, hints, queue.  Run with
 //   node --test tests/js/
-// (the trial suite runs this too: tests/test_browser_library.py).
+// (the trial suite runs this too: tests/test_integration_browser_library.py).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
