@@ -27,8 +27,18 @@ from wsheart.channels import Broker
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory
 
-from . import test_integration_process as processes
-from .loopback import REPO, Process, async_test, free_port, listen, twistd_command, wait_for_port, wait_until
+from .loopback import (
+    REPO,
+    Process,
+    async_test,
+    free_port,
+    listen,
+    read_line,
+    read_until,
+    twistd_command,
+    wait_for_port,
+    wait_until,
+)
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -145,11 +155,11 @@ class CommandTests(unittest.TestCase):
             cwd=REPO,
         )
         assert cli.popen.stdin is not None and cli.popen.stdout is not None and cli.popen.stderr is not None
-        processes.read_until(cli.popen.stderr, b"open, RTT", 10)
+        read_until(cli.popen.stderr, b"open, RTT", 10)
         cli.popen.stdin.write(b"before\n" + b"x" * 5000 + b"\nafter\n")
         cli.popen.stdin.flush()
-        self.assertEqual(processes.read_line(cli.popen.stdout, 10), b"before\n")
-        self.assertEqual(processes.read_line(cli.popen.stdout, 10), b"after\n")
+        self.assertEqual(read_line(cli.popen.stdout, 10), b"before\n")
+        self.assertEqual(read_line(cli.popen.stdout, 10), b"after\n")
         cli.popen.stdin.close()
         status = cli.popen.wait(20)
         cli.stop()
