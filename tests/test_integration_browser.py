@@ -224,7 +224,10 @@ class BrowserTests(unittest.TestCase):
         start = page.evaluate("() => Date.now()")
         dead = self.wait(page, "() => window.wsheartDemo.states.find(s => s.state === 'reconnecting')", 10)
         self.assertIn("heartbeat timeout", dead["reason"])
-        self.assertLessEqual(dead["at"] - start, 2500 + 500)
+        # Slack: the page's timers on a loaded machine (a timer late by more
+        # than min(1 s, timeout / 2) probes instead of counting a miss).
+        self.assertLessEqual(dead["at"] - start, 2500 + 1000)
+        self.assertGreaterEqual(dead["at"] - start, 1000, "not declared dead before its timeout could pass")
 
     def _cont(self, daemon: Process) -> None:
         if daemon.popen.poll() is None:

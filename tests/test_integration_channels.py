@@ -390,8 +390,9 @@ class SlowReaderTests(unittest.TestCase):
             server.broker.publish("news", {"i": i, "pad": data})
             if i % 2 == 0:
                 await sleep(0.005)  # 100 KB a turn: the healthy one keeps up
-        # Closed for reading too slowly, long before its heartbeat could fail (2.5 s here).
-        await wait_until(self, lambda: slow_id not in [c["id"] for c in server.broker.presence("news")], timeout=2)
+        # Closed for reading too slowly - the metric's cause says it was not
+        # the heartbeat (that would be cause="dead"), so the wait may be long.
+        await wait_until(self, lambda: slow_id not in [c["id"] for c in server.broker.presence("news")], timeout=10)
         metric = server.factory.metrics.exposition().decode()
         self.assertIn('wsheart_connections_closed_total{cause="slow",code="1013"} 1.0', metric)
         await wait_until(self, lambda: len(collector.messages) == 300, timeout=30)
