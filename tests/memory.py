@@ -59,7 +59,16 @@ def make_server_factory(
     **kwargs: Any,
 ) -> ServerFactory:
     kwargs.setdefault("random", random.Random(7).random)
-    return ServerFactory(hub=Hub(clock), clock=clock, handler=handler, heartbeat_settings=heartbeat, **kwargs)
+    hub = Hub(clock)
+    channels = kwargs.pop("channels", None)
+    if channels is not None:
+        # As makeService does it: wsheart.v1 from a broker.
+        from wsheart.channels import serve
+        from wsheart.metrics import ServerMetrics
+
+        kwargs["metrics"] = metrics = kwargs.get("metrics") or ServerMetrics()
+        kwargs["subprotocols"] = serve(channels, hub, metrics)
+    return ServerFactory(hub=hub, clock=clock, handler=handler, heartbeat_settings=heartbeat, **kwargs)
 
 
 def connect_client(

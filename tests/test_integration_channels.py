@@ -21,14 +21,15 @@ from twisted.trial import unittest
 
 from wsheart.admin import admin_site
 from wsheart.backoff import BackoffSettings
-from wsheart.channelclient import ChannelListener, ChannelSession
-from wsheart.channels import Broker, ChannelSettings
+from wsheart.channels.client import ChannelListener, ChannelSession
+from wsheart.channels import Broker, ChannelSettings, serve
 from wsheart.client import OPEN, ReconnectingClientService
 from wsheart.health import Health, LagMonitor
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
+from wsheart.metrics import ServerMetrics
 from wsheart.protocol import ServerFactory
-from wsheart.v1 import SUBPROTOCOL
+from wsheart.channels.v1 import SUBPROTOCOL
 
 from .loopback import (
     Process,
@@ -68,8 +69,13 @@ class ChannelServer:
         self.test = test
         self.hub = Hub(reactor)
         self.broker = Broker(reactor, settings)
+        metrics = ServerMetrics()
         self.factory = ServerFactory(
-            hub=self.hub, clock=reactor, channels=self.broker, heartbeat_settings=HeartbeatSettings(1, 0.5, 2)
+            hub=self.hub,
+            clock=reactor,
+            subprotocols=serve(self.broker, self.hub, metrics),
+            metrics=metrics,
+            heartbeat_settings=HeartbeatSettings(1, 0.5, 2),
         )
         health = Health(LagMonitor(reactor))
         self.site = admin_site(self.hub, health, self.factory.metrics, reactor, broker=self.broker, api_token=TOKEN.encode())

@@ -23,7 +23,8 @@ import websockets.sync.client
 from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
-from wsheart.channels import Broker
+from wsheart.channels import Broker, serve
+from wsheart.metrics import ServerMetrics
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory
 
@@ -107,7 +108,8 @@ class RealSocketTests(unittest.TestCase):
         stays usable, while another subscriber is not disturbed.
         """
         broker = Broker(reactor)
-        factory = ServerFactory(hub=Hub(reactor), clock=reactor, channels=broker)
+        hub, metrics = Hub(reactor), ServerMetrics()
+        factory = ServerFactory(hub=hub, clock=reactor, subprotocols=serve(broker, hub, metrics), metrics=metrics)
         port = (await listen(self, factory)).getHost().port
 
         def talk() -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import websockets.sync.client
 from twisted.trial import unittest
 
 from wsheart.systemd import Notifier
+from wsheart.tap import Options
 
 from .loopback import (
     REPO,
@@ -285,31 +287,34 @@ class SocketActivationTLSTests(unittest.TestCase):
 
 class UnitFileTests(unittest.TestCase):
     """
-    The shipped unit files pass systemd-analyze verify.
+    The shipped unit files pass systemd-analyze verify, and the template
+    units give each instance the command line they promise.
     """
 
-    def test_verify(self) -> None:
+    def install_units(self, names: tuple[str, ...]) -> str:
         """
-        etc/wsheart.service and etc/wsheart.socket verify cleanly once
-        ExecStart points at this environment's twistd.
+        A directory holding etc/C{names} with ExecStart pointing at this
+        environment's twistd (verify checks that the binary exists).
         """
-        analyze = require_tool("systemd-analyze", "the unit file check needs systemd-analyze")
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         twistd = twistd_command()[0]
         if not os.path.isabs(twistd) or not os.path.exists(twistd):
             skip_unless_allowed("no twistd executable in this environment")
-        for name in ("wsheart.service", "wsheart.socket"):
+        for name in names:
             with open(os.path.join(REPO, "etc", name)) as f:
                 text = f.read()
             with open(os.path.join(work, name), "w") as f:
                 f.write(text.replace("/opt/wsheart/bin/twistd", twistd))
-        result = subprocess.run(
-            [analyze, "verify", os.path.join(work, "wsheart.socket"), os.path.join(work, "wsheart.service")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return work
+
+    def verify(self, paths: list[str]) -> tuple[int, list[str]]:
+        """
+        systemd-analyze verify on C{paths}: its exit status and the lines
+        it printed about the units.
+        """
+        analyze = require_tool("systemd-analyze", "the unit file check needs systemd-analyze")
+        result = subprocess.run([analyze, "verify", *paths], capture_output=True, text=True, timeout=60)
         # Lines about this test machine (no systemd running) are not about
         # the units.
         problems = [
@@ -317,5 +322,139 @@ class UnitFileTests(unittest.TestCase):
             for line in (result.stdout + result.stderr).splitlines()
             if "wsheart" in line and "Failed to connect" not in line
         ]
+        return result.returncode, problems
+
+    def test_verify(self) -> None:
+        """
+        etc/wsheart.service and etc/wsheart.socket verify cleanly once
+        ExecStart points at this environment's twistd.
+        """
+        work = self.install_units(("wsheart.service", "wsheart.socket"))
+        status, problems = self.verify([os.path.join(work, "wsheart.socket"), os.path.join(work, "wsheart.service")])
         self.assertEqual(problems, [])
-        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(status, 0)
+
+    def test_verify_templates(self) -> None:
+        """
+        etc/wsheart@.socket and etc/wsheart@.service verify cleanly as the
+        instances an operator enables, wsheart@1 and wsheart@2: systemd
+        (verify included) finds an instance's unit through the template
+        file of that name, with %i set - so each socket's Service= and each
+        service's Requires= resolve to the same instance's unit.
+        """
+        templates = ("wsheart@.socket", "wsheart@.service")
+        work = self.install_units(templates)
+        instances = [os.path.join(work, f"wsheart@{n}.{kind}") for n in (1, 2) for kind in ("socket", "service")]
+        status, problems = self.verify(instances)
+        self.assertEqual(problems, [])
+        self.assertEqual(status, 0)
+
+        # The check can fail: it reads the templates through the instance
+        # names, so a broken template is reported under them.
+        with open(os.path.join(work, "wsheart@.service")) as f:
+            text = f.read()
+        with open(os.path.join(work, "wsheart@.service"), "w") as f:
+            f.write(text.replace(twistd_command()[0], "/nonexistent/bin/twistd"))
+        status, problems = self.verify(instances[:2])
+        self.assertNotEqual(status, 0)
+        self.assertTrue(any("wsheart@1.service" in line and "/nonexistent/bin/twistd" in line for line in problems), problems)
+
+    def test_template_instance_command_line(self) -> None:
+        """
+        What ExecStart of wsheart@.service runs for instances 1 and 2 with
+        the shipped etc/wsheart.env (expanded as systemd does: %i, ${VAR}
+        as one word, $VAR split on spaces) parses as wsheart options: each
+        instance adopts the socket its wsheart@%i.socket names, and gets an
+        admin endpoint of its own, 9091 and 9092, although the shared env
+        file's options say 9090.
+        """
+        units = {
+            name: self.unit_settings(os.path.join(REPO, "etc", name))
+            for name in ("wsheart@.socket", "wsheart@.service", "wsheart.socket")
+        }
+        socket_unit, service_unit = units["wsheart@.socket"], units["wsheart@.service"]
+        # The same port as the single-instance socket, one socket per
+        # instance on it, each handing itself to its own instance.
+        self.assertEqual(socket_unit["ListenStream"], units["wsheart.socket"]["ListenStream"])
+        self.assertEqual(socket_unit["ReusePort"], ["true"])
+        self.assertEqual(socket_unit["Service"], ["wsheart@%i.service"])
+        self.assertEqual(service_unit["Requires"], ["wsheart@%i.socket"])
+        [fd_name] = socket_unit["FileDescriptorName"]
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca_key, ca_cert, _ = make_ca(directory)
+        key, cert = make_server_cert(directory, ca_key, ca_cert, "localhost")
+        shared = self.env_file(os.path.join(REPO, "etc", "wsheart.env"))
+        self.assertIn("--admin-endpoint tcp:9090:", shared["WSHEART_OPTIONS"])
+        seen = set()
+        for instance in ("1", "2"):
+            env: dict[str, str] = {}
+            for assignment in service_unit["Environment"]:
+                name, value = assignment.replace("%i", instance).split("=", 1)
+                env[name] = value
+            env.update(shared)  # EnvironmentFile= overrides Environment=
+            # What /etc/wsheart/wsheart@N.env would say on this machine.
+            env.update(WSHEART_TLS_KEY=key, WSHEART_TLS_CERT=cert)
+            [exec_start] = service_unit["ExecStart"]
+            argv = self.expand_exec(exec_start, instance, env)
+            self.assertEqual(argv[0], "/opt/wsheart/bin/twistd")
+            wsheart_argv = argv[argv.index("wsheart") + 1 :]
+            adopted = wsheart_argv[wsheart_argv.index("--tls-endpoint") + 1]
+            self.assertEqual(adopted, f"systemd:domain=INET6:name={fd_name}")
+            # No socket is passed here; everything else parses as the
+            # daemon will parse it.
+            wsheart_argv[wsheart_argv.index(adopted)] = "tcp:0:interface=127.0.0.1"
+            options = Options()
+            options.parseOptions(wsheart_argv)
+            self.assertEqual(options["admin-endpoint"], f"tcp:909{instance}:interface=127.0.0.1")
+            self.assertEqual(options["tls-key"], key)
+            seen.add(options["admin-endpoint"])
+        self.assertEqual(len(seen), 2)
+
+    @staticmethod
+    def unit_settings(path: str) -> dict[str, list[str]]:
+        """
+        Every Key=value of a unit file, continuation lines joined; a key set
+        several times keeps every value.
+        """
+        with open(path) as f:
+            text = f.read().replace("\\\n", " ")
+        settings: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith(("#", ";", "[")):
+                key, value = line.split("=", 1)
+                settings.setdefault(key.strip(), []).append(value.strip())
+        return settings
+
+    @staticmethod
+    def env_file(path: str) -> dict[str, str]:
+        """
+        The assignments of an EnvironmentFile= (no quoting used in ours).
+        """
+        env = {}
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    name, value = line.split("=", 1)
+                    env[name] = value
+        return env
+
+    @staticmethod
+    def expand_exec(command: str, instance: str, env: dict[str, str]) -> list[str]:
+        """
+        An ExecStart= line as systemd runs it: %i is the instance, a word that
+        is C{${VAR}} stays one word, a word that is C{$VAR} is split on
+        whitespace.
+        """
+        argv: list[str] = []
+        for word in shlex.split(command.replace("%i", instance)):
+            if word.startswith("${") and word.endswith("}"):
+                argv.append(env[word[2:-1]])
+            elif word.startswith("$"):
+                argv.extend(env[word[1:]].split())
+            else:
+                argv.append(word)
+        return argv

@@ -494,7 +494,7 @@ class HardeningTests(unittest.TestCase):
         A wsheart.v1 connection's text "ping" is a malformed frame (400),
         not the plain-protocol pong: on v1 the heartbeat is {"op":"ping"}.
         """
-        from wsheart.channels import Broker
+        from wsheart.channels.broker import Broker
 
         factory = make_server_factory(self.clock, channels=Broker(self.clock))
         client, server, pump = connect_client(factory, self.clock, protocols=["wsheart.v1"])
@@ -538,7 +538,7 @@ class ChannelMetricsTests(unittest.TestCase):
         /metrics shows what channel history holds, and the figure falls
         when housekeeping expires it.
         """
-        from wsheart.channels import Broker, ChannelSettings
+        from wsheart.channels.broker import Broker, ChannelSettings
 
         clock = Clock()
         broker = Broker(clock, ChannelSettings(history_age=10))

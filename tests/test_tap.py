@@ -144,22 +144,27 @@ class MakeServiceTests(unittest.TestCase):
         Channels are on by default with the documented limits; the options
         reach the broker; --no-channels and --no-pages turn them off.
         """
-        factory = makeService(parse(), reactor=MemoryReactorClock()).factory
-        assert factory.channels is not None and factory.pages is not None
-        self.assertEqual(factory.channels.settings.history_size, 100)
-        self.assertEqual(factory.channels.settings.client_publish, ("chat.*",))
+        service = makeService(parse(), reactor=MemoryReactorClock())
+        factory, broker = service.factory, service.broker
+        assert broker is not None and factory.pages is not None
+        self.assertEqual(list(factory.subprotocols), ["wsheart.v1"])
+        self.assertEqual(broker.settings.history_size, 100)
+        self.assertEqual(broker.settings.client_publish, ("chat.*",))
+        self.assertEqual(broker.settings.max_client_channels, broker.settings.max_channels)
         options = parse(
             "--history-size", "7", "--history-age", "9", "--max-channels", "3", "--max-subscriptions", "2",
-            "--client-publish", "chat.*, game.*", "--quiet-presence", "ticker.*",
+            "--client-publish", "chat.*, game.*", "--quiet-presence", "ticker.*", "--max-client-channels", "5",
         )  # fmt: skip
-        settings = makeService(options, reactor=MemoryReactorClock()).factory.channels.settings
+        settings = makeService(options, reactor=MemoryReactorClock()).broker.settings
+        self.assertEqual(settings.max_client_channels, 5)
         self.assertEqual((settings.history_size, settings.history_age, settings.max_channels), (7, 9.0, 3))
         self.assertEqual(settings.client_publish, ("chat.*", "game.*"))
         self.assertEqual(settings.quiet_presence, ("ticker.*",))
         self.assertEqual(parse("--client-publish", "")["channels"].client_publish, ())
-        off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock()).factory
-        self.assertIsNone(off.channels)
-        self.assertIsNone(off.pages)
+        off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock())
+        self.assertIsNone(off.broker)
+        self.assertEqual(off.factory.subprotocols, {})
+        self.assertIsNone(off.factory.pages)
 
     def test_options_reach_the_factory(self) -> None:
         """

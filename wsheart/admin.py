@@ -8,7 +8,7 @@ loopback or a private interface (see README "Monitor").
                     when the reactor lags
   GET /metrics      Prometheus text format
   GET /connections  JSON list of open connections (C{?limit=N}: the first N)
-  POST /publish/..., GET /channels/...  the channel API (wsheart.api)
+  POST /publish/..., GET /channels/...  the channel API (wsheart.channels.api)
   GET /status       a live page of the connections and their RTT (HTML;
                     its script and style are served here too)
 """
@@ -22,8 +22,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsheart import __version__
-from wsheart.api import BodyPolicy, BoundedRequest, install_api, json_response
-from wsheart.channels import Broker
+from wsheart.channels.api import BodyPolicy, BoundedRequest, install_api, json_response
+from wsheart.channels.broker import Broker
 from wsheart.health import Health
 from wsheart.hub import Hub
 from wsheart.metrics import CONTENT_TYPE, ServerMetrics
@@ -138,7 +138,7 @@ def admin_site(
 ) -> Site:
     """
     The admin endpoint's site; with a C{broker}, also the channel API
-    (L{wsheart.api}), which answers only with C{api_token}.
+    (L{wsheart.channels.api}), which answers only with C{api_token}.
     """
     root = Resource()
     body_policy = BodyPolicy()

@@ -45,12 +45,12 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.backoff import BackoffSettings
-from wsheart.channelclient import ChannelSession
-from wsheart.channels import check_channel_name, ChannelError
+from wsheart.channels.client import ChannelSession
+from wsheart.channels.broker import check_channel_name, ChannelError
 from wsheart.client import ClientListener, ReconnectingClientService, load_trust_root
 from wsheart.coerce import non_negative_float, positive_float, positive_int
 from wsheart.heartbeat import HeartbeatSettings
-from wsheart.v1 import SUBPROTOCOL
+from wsheart.channels.v1 import SUBPROTOCOL
 
 # Lines typed while disconnected wait here and go out on reconnect; past
 # this many the oldest are dropped, and stderr says so.
@@ -320,7 +320,7 @@ class ChannelTerminal(TerminalListener):
             self.refused = reason
 
     def message_for(self, line: str) -> str:
-        # The frame wsheart.channelclient sends for the publish.
+        # The frame wsheart.channels.client sends for the publish.
         return json.dumps({"op": "publish", "channel": self.channel, "data": line}, separators=(",", ":"))
 
     def _send(self, client: Any, line: str) -> bool:

@@ -34,10 +34,8 @@ from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
-from wsheart.channels import Broker
 from wsheart.metrics import ServerMetrics
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
-from wsheart.v1 import SUBPROTOCOL, ChannelProtocolHandler
 from wsheart.wheel import TimerWheel
 
 class _LazyPformat:
@@ -262,8 +260,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     connection_id: Optional[str] = None
     _dead = False
     _too_slow = False
-    # The handler of this connection: the factory's, or the channel handler
-    # for wsheart.v1 (chosen in onOpen).
+    # The handler of this connection: the factory's, or the one of the
+    # subprotocol it negotiated (chosen in onOpen).
     handler: IMessageHandler = EchoHandler()
 
     def connectionMade(self) -> None:
@@ -358,18 +356,17 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.factory.metrics.misses.inc()
 
     def onConnect(self, request: Any) -> Optional[str]:
-        # wsheart.v1 when the client offers it and channels are on; any
-        # other offer is declined (no Sec-WebSocket-Protocol in the answer).
-        if self.factory.channel_handler is not None and SUBPROTOCOL in request.protocols:
-            return SUBPROTOCOL
+        # The first subprotocol the client offers that this server has a
+        # handler for (wsheart.v1 when channels are on); anything else is
+        # declined (no Sec-WebSocket-Protocol in the answer).
+        for offered in request.protocols:
+            if offered in self.factory.subprotocols:
+                return str(offered)
         return None
 
     def onOpen(self) -> None:
         factory = self.factory
-        if self.websocket_protocol_in_use == SUBPROTOCOL and factory.channel_handler is not None:
-            self.handler = factory.channel_handler
-        else:
-            self.handler = factory.handler
+        self.handler = factory.subprotocols.get(self.websocket_protocol_in_use or "", factory.handler)
         factory.metrics.connections_opened.inc()
         self.connection_id = factory.hub.new_id()
         self._start_heartbeat(
@@ -389,7 +386,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             return
         factory = self.factory
         if not isBinary:
-            if factory.app_ping is not None and payload == factory.app_ping and self.handler is not factory.channel_handler:
+            # The text ping is for plain connections: a subprotocol has its
+            # own (wsheart.v1: {"op":"ping"}).
+            if factory.app_ping is not None and payload == factory.app_ping and not self.websocket_protocol_in_use:
                 if self._may_send(len(factory.app_pong)):
                     self.sendMessage(factory.app_pong, False)
                 return
@@ -558,7 +557,8 @@ class ServerFactory(WebSocketServerFactory):
         url: Optional[str] = None,
         metrics: Optional[ServerMetrics] = None,
         pages: bool = False,
-        channels: Optional[Broker] = None,
+        subprotocols: Optional[dict[str, IMessageHandler]] = None,
+        pages_settings: Optional[dict[str, Any]] = None,
         max_send_buffer: int = 8 * 1024 * 1024,
         queued_bytes: Callable[[Any], Optional[int]] = queued_bytes,
     ) -> None:
@@ -582,15 +582,9 @@ class ServerFactory(WebSocketServerFactory):
         # in-memory transport's).
         self.max_send_buffer = max_send_buffer
         self.queued_bytes = queued_bytes
-        # Channels (wsheart.v1) for the connections that ask for them; a
-        # connection leaves its channels when it leaves the hub - for a dead
-        # peer, at the moment of death.
-        self.channels = channels
-        self.channel_handler: Optional[ChannelProtocolHandler] = None
-        if channels is not None:
-            self.channel_handler = ChannelProtocolHandler(channels)
-            hub.on_removal(lambda info, cause: channels.remove_connection(info.connection_id))
-            self.metrics.track_history_bytes(lambda: channels.history_bytes)
+        # Handlers by subprotocol (wsheart.channels.serve gives wsheart.v1's):
+        # a connection that negotiates one gets its handler instead.
+        self.subprotocols = dict(subprotocols or {})
         # The browser library and demo page (wsheart.pages), set up to match
         # this server's text heartbeat.
         self.pages: Optional[Pages] = None
@@ -602,8 +596,9 @@ class ServerFactory(WebSocketServerFactory):
                     "interval": round(heartbeat_settings.interval * 1000),
                     "timeout": round(heartbeat_settings.timeout * 1000),
                     "maxMissed": heartbeat_settings.max_missed,
-                    "channels": channels is not None,
+                    "channels": False,
                     "channel": "chat.lobby",
+                    **(pages_settings or {}),
                 }
             )
         self.setProtocolOptions(

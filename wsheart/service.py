@@ -70,6 +70,8 @@ class WsheartService(MultiService):
         self.admin: Optional[IService] = None
         # Periodic jobs (channel housekeeping), stopped after the drain.
         self.background: list[IService] = []
+        # The channels' broker, when channels are on (set by makeService).
+        self.broker: Optional[Any] = None
         self._stopping: Optional[defer.Deferred[None]] = None
 
     def add_listener(self, listener: IService) -> None:

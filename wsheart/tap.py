@@ -15,13 +15,14 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.admin import admin_site
-from wsheart.api import read_token_file
-from wsheart.channels import Broker, ChannelSettings, Housekeeping
+from wsheart.channels.api import read_token_file
+from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
+from wsheart.metrics import ServerMetrics
 from wsheart.health import LagMonitor
 from wsheart.protocol import ServerFactory
 from wsheart.service import WsheartService
@@ -290,7 +291,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
             handler = build_handler(handler_factory, hub)
         except HandlerLoadError as e:
             raise usage.UsageError(str(e))
+    metrics = ServerMetrics()
     broker = Broker(reactor, options["channels"]) if options["channels"] is not None else None
+    subprotocols = serve(broker, hub, metrics) if broker is not None else {}
     factory = ServerFactory(
         hub=hub,
         clock=reactor,
@@ -302,7 +305,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         handshake_timeout=options["handshake-timeout"],
         close_timeout=options["close-timeout"],
         pages=not options["no-pages"],
-        channels=broker,
+        pages_settings={"channels": broker is not None},
+        subprotocols=subprotocols,
+        metrics=metrics,
         max_send_buffer=options["max-send-buffer"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
@@ -317,6 +322,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         lag,
         tls=tls,
     )
+    service.broker = broker
     if broker is not None:
         # Expired history and idempotency keys are freed every second, not
         # when a channel happens to be touched.

@@ -1,5 +1,5 @@
 """
-Unit tests of wsheart.channelclient's ChannelSession, driven by a fake
+Unit tests of wsheart.channels.client's ChannelSession, driven by a fake
 reconnecting client (what ReconnectingClientService offers the session:
 C{send}, C{subprotocol}, C{stopService}) and wsheart.v1 frames written by
 hand: positions, resubscribing with C{since} after a reconnect, dropping
@@ -16,8 +16,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from wsheart.channelclient import SUBPROTOCOL, ChannelListener, ChannelSession, IChannelListener
-from wsheart.channels import Position
+from wsheart.channels.client import SUBPROTOCOL, ChannelListener, ChannelSession, IChannelListener
+from wsheart.channels.broker import Position
 from wsheart.client import IClientListener
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from wsheart.channels import Broker, ChannelSettings
-from wsheart.v1 import ChannelProtocolHandler
+from wsheart.channels.broker import Broker, ChannelSettings
+from wsheart.channels.v1 import ChannelProtocolHandler
 
 from .memory import FakeConnection
 
@@ -221,9 +221,9 @@ class PresenceDeathTests(unittest.TestCase):
         factory = make_server_factory(clock, channels=broker)  # interval 10, timeout 4, 2 misses: bound 24 s
         frozen, server_frozen, pump_frozen = connect_client(factory, clock)
         watcher, server_watcher, pump_watcher = connect_client(factory, clock)
-        assert factory.channel_handler is not None
-        factory.channel_handler.message_received(server_frozen, json.dumps({"op": "subscribe", "channel": "room"}))
-        factory.channel_handler.message_received(server_watcher, json.dumps({"op": "subscribe", "channel": "room"}))
+        handler = factory.subprotocols["wsheart.v1"]
+        handler.message_received(server_frozen, json.dumps({"op": "subscribe", "channel": "room"}))
+        handler.message_received(server_watcher, json.dumps({"op": "subscribe", "channel": "room"}))
         pump_watcher.flush()
         silent_at = clock.seconds()
         frozen.frozen = True

@@ -25,9 +25,9 @@ from typing import Any, Iterable, Optional, TypeGuard
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from wsheart.channels import Position
+from wsheart.channels.broker import Position
 from wsheart.client import ClientListener, IClientListener
-from wsheart.v1 import SUBPROTOCOL
+from wsheart.channels.v1 import SUBPROTOCOL
 
 __all__ = ["SUBPROTOCOL", "ChannelListener", "ChannelSession", "IChannelListener"]
 

@@ -13,7 +13,7 @@ import json
 from typing import Any, Optional
 
 from wsheart import closecodes
-from wsheart.channels import Broker, ChannelError, Position, check_channel_name, encode, utf8_length
+from wsheart.channels.broker import Broker, ChannelError, Position, check_channel_name, encode, utf8_length
 from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
 

@@ -1,5 +1,5 @@
 """
-Tests for L{wsheart.api}, the channel HTTP API: the bearer token, publish,
+Tests for L{wsheart.channels.api}, the channel HTTP API: the bearer token, publish,
 history, presence and the refusal of unwanted request bodies before they
 are stored - through the admin site's real HTTP parser on in-memory
 transports, with a L{task.Clock}.
@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from wsheart.admin import admin_site
-from wsheart.channels import Broker, ChannelSettings
+from wsheart.channels.broker import Broker, ChannelSettings
 from wsheart.health import Health, LagMonitor
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics

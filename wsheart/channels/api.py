@@ -28,7 +28,7 @@ from typing import Any, Optional
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from wsheart.channels import Broker, ChannelError, check_channel_name
+from wsheart.channels.broker import Broker, ChannelError, check_channel_name
 
 MAX_IDEMPOTENCY_KEY = 128
 

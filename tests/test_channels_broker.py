@@ -1,5 +1,5 @@
 """
-Tests for L{wsheart.channels}: the broker's seq, epoch, history, recovery,
+Tests for L{wsheart.channels.broker}: the broker's seq, epoch, history, recovery,
 presence, limits and housekeeping, with fake connections and a
 L{task.Clock}.
 
@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from wsheart.channels import MAX_CLIENT_NAME, Broker, ChannelError, ChannelSettings, Housekeeping, Position
+from wsheart.channels.broker import MAX_CLIENT_NAME, Broker, ChannelError, ChannelSettings, Housekeeping, Position
 
 from .memory import FakeConnection
 
