@@ -5,6 +5,7 @@ Unit tests for wsheart.admin's resources, rendered in memory.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -39,7 +40,7 @@ class AdminResourceTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.hub = Hub(self.clock)
+        self.hub = Hub(self.clock, node="n1")
         self.lag = LagMonitor(self.clock, period=0.5, threshold=2.0)
         self.health = Health(self.lag)
         self.metrics = ServerMetrics()
@@ -52,6 +53,7 @@ class AdminResourceTests(unittest.TestCase):
         """
         status, headers, body = render(self.site, b"/healthz")
         self.assertEqual((status, json.loads(body)["status"]), (200, "serving"))
+        self.assertEqual((json.loads(body)["node"], json.loads(body)["pid"]), ("n1", os.getpid()), "which process answers")
         self.assertEqual(headers[b"Content-Type"], [b"application/json"])
         self.health.draining = True
         status, _, body = render(self.site, b"/healthz")
@@ -77,6 +79,7 @@ class AdminResourceTests(unittest.TestCase):
             row,
             {
                 "id": "c1",
+                "node": "n1",
                 "peer": "tcp4:127.0.0.1:5000",
                 "age_seconds": 5.0,
                 "idle_seconds": 2.0,

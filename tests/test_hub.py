@@ -97,6 +97,14 @@ class RegistryTests(HubTestCase):
         self.assertEqual([self.hub.new_id() for _ in range(3)], ["c1", "c2", "c3"])
         self.assertEqual(Hub(self.clock).new_id(), "c1", "each hub counts on its own")
 
+    def test_ids_carry_the_node(self) -> None:
+        """
+        With a node name (--node-id), ids are unique across the processes
+        of a deployment: two processes never hand out the same one.
+        """
+        a, b = Hub(self.clock, node="a1"), Hub(self.clock, node="b2")
+        self.assertEqual([a.new_id(), a.new_id(), b.new_id()], ["a1.c1", "a1.c2", "b2.c1"])
+
     def test_add_registers_with_the_clock_time(self) -> None:
         """
         add() records peer, connection, heartbeat and the clock's time, and

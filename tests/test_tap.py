@@ -80,6 +80,8 @@ class OptionsTests(unittest.TestCase):
             (["--ping-interval", "-1"], "--ping-interval must be a positive"),
             (["--ping-timeout", "0"], "--ping-timeout must be a positive"),
             (["--max-missed", "0"], "--max-missed must be at least 1"),
+            (["--node-id", "a.b"], "--node-id takes 1-32 letters"),
+            (["--max-client-channels", "0"], "--max-client-channels must be at least 1"),
             (["--max-missed", "two"], "--max-missed must be a whole number"),
             (["--ping-interval", "5", "--ping-timeout", "10"], "must not exceed"),
             (["--max-message-size", "0"], "--max-message-size"),
@@ -146,6 +148,8 @@ class MakeServiceTests(unittest.TestCase):
         """
         service = makeService(parse(), reactor=MemoryReactorClock())
         factory, broker = service.factory, service.broker
+        self.assertRegex(factory.hub.new_id(), r"^[0-9a-f]{6}\.c1$", "a random node name by default")
+        self.assertEqual(makeService(parse("--node-id", "eu-1"), reactor=MemoryReactorClock()).hub.new_id(), "eu-1.c1")
         assert broker is not None and factory.pages is not None
         self.assertEqual(list(factory.subprotocols), ["wsheart.v1"])
         self.assertEqual(broker.settings.history_size, 100)

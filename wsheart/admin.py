@@ -15,6 +15,7 @@ loopback or a private interface (see README "Monitor").
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -42,6 +43,8 @@ class HealthResource(Resource):
         state = self._health.state()
         body = {
             "status": state,
+            "node": self._hub.node,
+            "pid": os.getpid(),
             "connections": len(self._hub),
             "reactor_lag_seconds": round(self._health.lag.current_lag(), 4),
             "version": __version__,
@@ -84,6 +87,7 @@ class ConnectionsResource(Resource):
             rows.append(
                 {
                     "id": snap.connection_id,
+                    "node": self._hub.node,
                     "peer": snap.peer,
                     "age_seconds": round(snap.age, 3),
                     "idle_seconds": None if snap.last_seen is None else round(now - snap.last_seen, 3),

@@ -26,7 +26,7 @@ class IConnection(Interface):
     One open WebSocket connection, as the hub and handlers see it.
     """
 
-    connection_id = Attribute("Hub-assigned identifier, unique in this process (str).")
+    connection_id = Attribute("Hub-assigned identifier, unique among the processes of a deployment (str).")
     peer = Attribute("Peer address as a string, e.g. 'tcp4:127.0.0.1:51234'.")
     max_message_size = Attribute("Largest message this connection sends, in bytes (int).")
 
@@ -96,8 +96,14 @@ class Hub:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, node: str = "") -> None:
+        """
+        @param node: this process's name among the processes that share a
+            port or channels (C{--node-id}); it prefixes every connection id
+            so that ids are unique across them.
+        """
         self._clock = clock
+        self.node = node
         self._connections: dict[str, ConnectionInfo] = {}
         self._ids = itertools.count(1)
         self._removal_observers: list[Callable[[ConnectionInfo, str], object]] = []
@@ -114,7 +120,8 @@ class Hub:
         """
         A fresh connection identifier.
         """
-        return f"c{next(self._ids)}"
+        number = next(self._ids)
+        return f"{self.node}.c{number}" if self.node else f"c{number}"
 
     def add(
         self,

@@ -5,6 +5,8 @@ The twistd plugin's command line (L{Options}) and composition
 
 from __future__ import annotations
 
+import re
+import secrets
 from typing import Any, Optional
 
 from twisted.application import strports
@@ -50,6 +52,15 @@ def with_backlog(description: str, backlog: int) -> str:
     return f"{description}:backlog={backlog}"
 
 
+def _node_id(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise usage.UsageError(f"--node-id takes 1-32 letters, digits, _ and -, got {value!r}")
+    return value
+
+
+_node_id.coerceDoc = "1-32 letters, digits, _ and -."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options):
     """
     C{twistd wsheart} options.
@@ -77,6 +88,7 @@ class Options(usage.Options):
         ["app-pong", None, "pong", "Answer to --app-ping."],
         ["echo-prefix", None, "", "Prefix for echoed text messages, e.g. 'Echo: '."],
         ["handler", None, None, "Application message handler, 'package.module:callable'."],
+        ["node-id", None, None, "This process's name among processes sharing a port or channels; it prefixes connection ids (default: random per start).", _node_id],
         [
             "max-message-size",
             None,
@@ -283,7 +295,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
 
         reactor = _reactor
     assert reactor is not None
-    hub = Hub(reactor)
+    # Connection ids are unique across every process of a deployment.
+    hub = Hub(reactor, node=options["node-id"] or secrets.token_hex(3))
     handler_factory = options["handler-factory"]
     handler: IMessageHandler = EchoHandler(options["echo-prefix"])
     if handler_factory is not None:
