@@ -21,8 +21,11 @@ import time
 from typing import Any
 
 import websockets.sync.client
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 
+from wsheart.reuseport import ReusePortEndpoint
 from wsheart.systemd import Notifier
 from wsheart.tap import Options
 
@@ -358,6 +361,41 @@ class UnitFileTests(unittest.TestCase):
         status, problems = self.verify(instances[:2])
         self.assertNotEqual(status, 0)
         self.assertTrue(any("wsheart@1.service" in line and "/nonexistent/bin/twistd" in line for line in problems), problems)
+
+    def test_template_without_socket_units(self) -> None:
+        """
+        The variant wsheart@.service describes for running without socket
+        units (its wsheart@%i.socket lines deleted, its documented
+        reuseport: endpoint for the systemd: one) verifies cleanly, with no
+        escape warning, and its endpoint listens on [::] for IPv6 and IPv4
+        with SO_REUSEPORT on port 443.
+        """
+        work = self.install_units(("wsheart@.service",))
+        path = os.path.join(work, "wsheart@.service")
+        with open(path) as f:
+            text = f.read()
+        [documented] = [
+            line.lstrip("# ").split(" --tls-key")[0]
+            for line in text.splitlines()
+            if line.startswith("#   --tls-endpoint reuseport:")
+        ]
+        adopting = "--tls-endpoint systemd:domain=INET6:name=wsheart"
+        self.assertIn(adopting, text)
+        text = text.replace(adopting, documented)
+        text = text.replace("Requires=wsheart@%i.socket\n", "").replace("After=wsheart@%i.socket\n", "")
+        with open(path, "w") as f:
+            f.write(text)
+        status, problems = self.verify([os.path.join(work, "wsheart@1.service")])
+        self.assertEqual(problems, [])
+        self.assertEqual(status, 0)
+
+        [exec_start] = self.unit_settings(path)["ExecStart"]
+        env = {"WSHEART_TLS_KEY": "k.pem", "WSHEART_TLS_CERT": "c.pem", "WSHEART_OPTIONS": "", "WSHEART_ADMIN_ENDPOINT": "tcp:9091"}
+        argv = self.expand_exec(exec_start, "1", env)
+        description = argv[argv.index("--tls-endpoint") + 1]
+        endpoint = endpoints.serverFromString(MemoryReactor(), description)
+        self.assertIsInstance(endpoint, ReusePortEndpoint)
+        self.assertEqual((endpoint.interface, endpoint.port, endpoint.family), ("::", 443, socket.AF_INET6))
 
     def test_template_instance_command_line(self) -> None:
         """
