@@ -399,6 +399,17 @@ class PresenceAndErrorTests(SessionTestCase):
             ],
         )
 
+    def test_presence_cut_short_by_the_server(self) -> None:
+        """
+        A "subscribed" whose member list the server cut short to fit one
+        frame is marked incomplete, with the real count.
+        """
+        self.connect()
+        self.subscribed("chat", "e1", 0, False, presence=[{"id": "c1"}], presence_complete=False, presence_count=5000)
+        self.assertEqual((self.session.presence_complete["chat"], self.session.presence_count["chat"]), (False, 5000))
+        self.subscribed("chat", "e1", 0, False, presence=[{"id": "c1"}, {"id": "c2"}])  # a resubscribe, all listed
+        self.assertEqual((self.session.presence_complete["chat"], self.session.presence_count["chat"]), (True, 2))
+
     def test_resubscription_replaces_the_presence_list(self) -> None:
         """
         After a reconnect the new "subscribed" presence list replaces the

@@ -29,7 +29,7 @@ class ProtocolHandlerTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.broker = Broker(self.clock, ChannelSettings(max_data_bytes=1000))
+        self.broker = Broker(self.clock, ChannelSettings(max_data_bytes=1024))
         self.handler = ChannelProtocolHandler(self.broker)
 
     def send(self, connection: FakeConnection, frame: Any) -> list[dict[str, Any]]:
@@ -248,3 +248,18 @@ class PresenceDeathTests(unittest.TestCase):
         self.assertNotIn(server_frozen.connection_id, [c["id"] for c in broker.presence("room")])
 
 
+
+
+class NestingTests(unittest.TestCase):
+    def test_deep_nesting_with_escapes_is_400_at_every_depth(self) -> None:
+        """
+        Frames nested near the recursion limit, with a \\u escape (which
+        makes the handler re-encode them), get a pong or a 400 - never an
+        exception (which would close the connection with 1011).
+        """
+        handler = ChannelProtocolHandler(Broker(Clock()))
+        for depth in range(800, 1000, 7):
+            connection = FakeConnection("a")
+            handler.message_received(connection, '{"op":"ping","x":"\\u0041","d":' + "[" * depth + "]" * depth + "}")
+            [frame] = connection.frames()
+            self.assertIn(frame.get("op"), ("pong", "error"), depth)

@@ -143,7 +143,7 @@ class IndependentClientTests(unittest.TestCase):
         bodies, names and methods get 400, 405 or 413 with an error, and
         /channels, history (with its completeness) and presence answer.
         """
-        server = ChannelServer(self, ChannelSettings(history_size=3, max_data_bytes=400))
+        server = ChannelServer(self, ChannelSettings(history_size=3, max_data_bytes=1024))
         await server.start()
         api = server.admin
 
@@ -155,7 +155,7 @@ class IndependentClientTests(unittest.TestCase):
             out["retry"] = http(api + "/publish/news", "POST", b'"once"', headers={"Idempotency-Key": "k"})
             out["retry again"] = http(api + "/publish/news", "POST", b'"once"', headers={"Idempotency-Key": "k"})
             out["bad json"] = http(api + "/publish/news", "POST", b"{nope")
-            out["too big"] = http(api + "/publish/news", "POST", json.dumps("x" * 200).encode())
+            out["too big"] = http(api + "/publish/news", "POST", json.dumps("x" * 900).encode())
             out["bad name"] = http(api + "/publish/bad%20name", "POST", b"1")
             out["get publish"] = http(api + "/publish/news")
             out["channels"] = http(api + "/channels")

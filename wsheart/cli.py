@@ -343,7 +343,9 @@ class StdinLines(protocol.Protocol):
         self.listener = listener
         self.client = client
         self.done = done
-        self._buffer = b""
+        # The line so far, in pieces (joined once, at its newline).
+        self._pieces: list[bytes] = []
+        self._held = 0
         self._skipped: Optional[int] = None  # bytes of the line being skipped
 
     def dataReceived(self, data: bytes) -> None:
@@ -353,17 +355,19 @@ class StdinLines(protocol.Protocol):
             piece, data = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
             if self._skipped is not None:
                 self._skipped += len(piece)
-            elif len(self._buffer) + len(piece) > limit:
-                self._skipped = len(self._buffer) + len(piece)
-                self._buffer = b""
-            else:
-                self._buffer += piece
+            elif self._held + len(piece) > limit:
+                self._skipped = self._held + len(piece)
+                self._pieces, self._held = [], 0
+            elif piece:
+                self._pieces.append(piece)
+                self._held += len(piece)
             if end >= 0:
                 self._line_done()
 
     def _line_done(self) -> None:
         skipped, self._skipped = self._skipped, None
-        line, self._buffer = self._buffer, b""
+        line = b"".join(self._pieces)
+        self._pieces, self._held = [], 0
         if skipped is not None:
             self.listener.refuse_line(skipped, self.client.max_message_size)
             return
@@ -374,7 +378,7 @@ class StdinLines(protocol.Protocol):
             self.log.failure("sending a stdin line failed")
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self._buffer or self._skipped is not None:
+        if self._pieces or self._skipped is not None:
             self._line_done()  # a last line without its newline
         if not self.done.called:
             self.done.callback(None)

@@ -144,7 +144,7 @@ class ServerMetrics:
         """
         gauge = Gauge(
             "wsheart_channel_history_bytes",
-            "Message frames held in channel history for recovery, in characters of JSON.",
+            "UTF-8 bytes of the message frames held in channel history for recovery.",
             registry=self.registry,
         )
         gauge.set_function(size)

@@ -89,9 +89,12 @@ class ReusePortParser:
             raise ValueError(f"reuseport: unknown option {', '.join(sorted(unknown))} (interface=, backlog=)")
         try:
             port = int(str(args[0]))
+        except ValueError:
+            raise ValueError(f"reuseport: the port is a number, got {args[0]!r}") from None
+        try:
             backlog = int(str(kwargs.get("backlog", DEFAULT_BACKLOG)))
         except ValueError:
-            raise ValueError(f"reuseport: port and backlog are numbers, got {args[0]!r}") from None
+            raise ValueError(f"reuseport: backlog is a number, got {kwargs.get('backlog')!r}") from None
         if not 0 <= port <= 65535 or backlog < 1:
             raise ValueError(f"reuseport: port 0-65535 and a backlog of at least 1, got {port}, {backlog}")
         return ReusePortEndpoint(reactor, port, backlog, str(kwargs.get("interface", "")))

@@ -124,3 +124,15 @@ test("close() from an open listener leaves nothing behind", () => {
   clock.advance(120000);
   assert.equal(clock.pending(), 0);
 });
+
+test("a member list cut short says so in the subscribed event", () => {
+  const { client, socket, events } = v1Client();
+  client.subscribe("stadium");
+  socket().serverOpens(V1);
+  socket().serverSends(JSON.stringify({ op: "subscribed", channel: "stadium", epoch: "e", seq: 0, recovered: false,
+    presence: [{ id: "c1" }, { id: "c2" }], presence_complete: false, presence_count: 52311 }));
+  client.subscribe("small");
+  socket().serverSends(JSON.stringify({ op: "subscribed", channel: "small", epoch: "e", seq: 0, recovered: false, presence: [{ id: "c1" }] }));
+  const subscribed = events.filter((e) => e.type === "subscribed");
+  assert.deepEqual(subscribed.map((e) => [e.channel, e.presenceComplete, e.presenceCount]), [["stadium", false, 52311], ["small", true, 1]]);
+});

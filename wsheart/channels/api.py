@@ -10,7 +10,7 @@ The channel HTTP API on the admin endpoint, for back ends that publish:
 
 Every request needs C{Authorization: Bearer TOKEN} with the token of
 C{--api-token-file}: 401 otherwise.  Without that option the API is off
-(404).  A request body is read only from a caller with the token, and only
+(404; 413 for a request with a body, which is then not read).  A request body is read only from a caller with the token, and only
 up to the size a message may have: 401 or 413 come as soon as the headers
 are in, before any of the body is stored (L{BoundedRequest}).  Errors are JSON C{{"error": reason}} with the status the wsheart.v1
 error codes use (400, 403, 404, 405, 413, 429).  A publish is whole or not
@@ -112,7 +112,8 @@ class BoundedRequest(Request):
         return getattr(getattr(self.channel, "site", None), "body_policy", None) or BodyPolicy()
 
     def gotLength(self, length: Optional[int]) -> None:
-        refusal = self._policy().refusal(self.requestHeaders.getRawHeaders(b"authorization", [None])[0], length)
+        # getHeader: the same (last) Authorization header _Guarded checks.
+        refusal = self._policy().refusal(self.getHeader(b"authorization"), length)
         if refusal is not None:
             self._refuse(*refusal)
             return
@@ -134,6 +135,8 @@ class BoundedRequest(Request):
 
     def _refuse(self, status: int, reason: str) -> None:
         self._refused = True
+        if self.content is not None:
+            self.content.close()  # a chunked body may have been spooled to a file
         self.content = None  # type: ignore[assignment]
         # No "100 Continue" after the refusal (twisted.web sends one right
         # after gotLength for a request that expects it).

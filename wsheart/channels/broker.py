@@ -126,9 +126,11 @@ class ChannelSettings:
         for name in ("max_channels", "max_client_channels", "max_subscriptions", "max_idempotency_keys"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.max_data_bytes <= FRAME_ENVELOPE:
+        if self.max_data_bytes < SUBSCRIBED_ENVELOPE:
+            # Room for the largest frame besides messages: a "subscribed"
+            # with a 128-character channel name and a 64-character ref.
             raise ValueError(
-                f"channel messages need a size limit above {FRAME_ENVELOPE} bytes, got {self.max_data_bytes} "
+                f"channels need a message size limit of at least {SUBSCRIBED_ENVELOPE} bytes, got {self.max_data_bytes} "
                 "(raise --max-message-size, or turn channels off with --no-channels)"
             )
 
@@ -166,6 +168,7 @@ class _Entry:
     time: float
     frame: str
     data_start: int
+    size: int  # the frame's UTF-8 bytes
 
     def data_json(self) -> str:
         return self.frame[self.data_start : -1]
@@ -231,8 +234,8 @@ class Broker:
     """
     All channels of one wsheart process.
 
-    @ivar history_bytes: the size of every message frame held in history,
-        in characters of JSON text (what history costs in memory).
+    @ivar history_bytes: the UTF-8 size of every message frame held in
+        history (what history costs in memory, near enough).
     """
 
     def __init__(self, clock: IReactorTime, settings: ChannelSettings = ChannelSettings()) -> None:
@@ -285,7 +288,8 @@ class Broker:
         except (TypeError, ValueError, RecursionError) as e:
             raise ChannelError(400, f"message data is not JSON: {e}") from None
         # Checked before the channel exists: a refused publish leaves nothing.
-        if utf8_length(data_json) + FRAME_ENVELOPE > self.settings.max_data_bytes:
+        data_size = utf8_length(data_json)
+        if data_size + FRAME_ENVELOPE > self.settings.max_data_bytes:
             raise ChannelError(413, self._too_large())
         channel = self._channel(channel_name, create=True, by_client=by_client)
         assert channel is not None
@@ -299,7 +303,8 @@ class Broker:
         channel.seq = seq
         self.published_total += 1
         if self.settings.history_size:
-            self._append_history(channel, _Entry(seq, now, frame, len(head)))
+            # The head is ASCII (a channel name, a hex epoch, digits).
+            self._append_history(channel, _Entry(seq, now, frame, len(head), len(head) + data_size + 1))
         self._expire_history(channel, now)
         self.delivered_total += send_to_all([s.connection for s in channel.subscribers.values()], frame)
         position = channel.position()
@@ -506,9 +511,9 @@ class Broker:
     def _append_history(self, channel: Channel, entry: _Entry) -> None:
         history = channel.history
         history.append(entry)
-        self.history_bytes += len(entry.frame)
+        self.history_bytes += entry.size
         while len(history) > self.settings.history_size:
-            self.history_bytes -= len(history.popleft().frame)
+            self.history_bytes -= history.popleft().size
         self._schedule_expiry(channel)
 
     def _schedule_expiry(self, channel: Channel) -> None:
@@ -562,7 +567,7 @@ class Broker:
         horizon = now - self.settings.history_age
         history = channel.history
         while history and history[0].time < horizon:
-            self.history_bytes -= len(history.popleft().frame)
+            self.history_bytes -= history.popleft().size
         self._schedule_expiry(channel)
 
     def _maybe_forget(self, channel: Channel) -> None:

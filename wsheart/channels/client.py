@@ -94,6 +94,11 @@ class ChannelSession(ClientListener):
         self.name = name
         self.positions: dict[str, Optional[Position]] = {channel: None for channel in channels}
         self.presence: dict[str, dict[str, dict[str, Any]]] = {}
+        # False for a channel whose member list the server had to cut short
+        # (more members than one frame lists); presence_count then says how
+        # many there are.
+        self.presence_complete: dict[str, bool] = {}
+        self.presence_count: dict[str, int] = {}
         self.client: Any = None
         self.duplicates_dropped = 0
 
@@ -163,6 +168,9 @@ class ChannelSession(ClientListener):
             presence = frame.get("presence")
             if isinstance(presence, list):
                 self.presence[channel] = {str(c["id"]): c for c in presence if isinstance(c, dict) and "id" in c}
+                self.presence_complete[channel] = frame.get("presence_complete") is not False
+                count = frame.get("presence_count")
+                self.presence_count[channel] = count if _is_seq(count) else len(self.presence[channel])
             self._call("channel_subscribed", channel, recovered)
         elif op in ("join", "leave") and channel in self.positions:
             who = frame.get("client")

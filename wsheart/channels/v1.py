@@ -69,10 +69,16 @@ class ChannelProtocolHandler(MessageHandler):
                     ref = None
                 self._error(connection, e.code, e.reason, ref=ref)
                 return
+            except (RecursionError, ValueError):
+                # Encoding nests a few frames deeper than parsing did.
+                self._error(connection, BAD_REQUEST, "malformed JSON: nested too deeply")
+                return
         op = frame.get("op")
         method = _OPS.get(op) if isinstance(op, str) else None
         if method is None:
-            self._error(connection, UNKNOWN_OP, f"unknown op {op!r}", ref=ref)
+            shown = repr(op)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            self._error(connection, UNKNOWN_OP, f"unknown op {shown}", ref=ref)
             return
         channel = frame.get("channel")
         try:

@@ -83,7 +83,8 @@ export interface WsHeartEventMap {
   miss: CustomEvent<{ misses: number }>;
   overflow: CustomEvent<{ data: unknown; queued: number }>;
   /** wsheart.v1: a (re)subscription took effect; recovered: every missed message follows. */
-  subscribed: CustomEvent<{ channel: string; recovered: boolean; epoch: string; seq: number; presence: WsHeartClient[] | null }>;
+  /** presenceComplete is false when the channel has more members than one frame lists; presenceCount is how many. */
+  subscribed: CustomEvent<{ channel: string; recovered: boolean; epoch: string; seq: number; presence: WsHeartClient[] | null; presenceComplete: boolean; presenceCount: number }>;
   /** wsheart.v1: a channel message, in order, each once. */
   publication: CustomEvent<{ channel: string; data: unknown; epoch: string; seq: number }>;
   presence: CustomEvent<{ channel: string; event: "join" | "leave"; client: WsHeartClient; members: WsHeartClient[] }>;

@@ -545,7 +545,14 @@ var WsHeart = (function () {
               });
               this.presence[channel] = members;
             }
-            this._emit("subscribed", { channel: channel, recovered: !!frame.recovered, epoch: frame.epoch, seq: frame.seq, presence: frame.presence || null });
+            // A channel with more members than one frame can list says so:
+            // presenceComplete false, presenceCount the real number.
+            this._emit("subscribed", {
+              channel: channel, recovered: !!frame.recovered, epoch: frame.epoch, seq: frame.seq,
+              presence: frame.presence || null,
+              presenceComplete: frame.presence_complete !== false,
+              presenceCount: typeof frame.presence_count === "number" ? frame.presence_count : (frame.presence ? frame.presence.length : 0)
+            });
           }
           return true;
         case "join":
