@@ -46,11 +46,20 @@ class Answer:
         return json.loads(self.body)
 
 
-class APITests(unittest.TestCase):
+class APITestCase(unittest.TestCase):
+    """
+    An admin site with the API over a broker, and raw HTTP to it.
+    """
+
+    broker: Broker
+
     def setUp(self) -> None:
         self.clock = Clock()
-        self.broker = Broker(self.clock, ChannelSettings(max_data_bytes=64 * 1024))
+        self.broker = self.make_broker(ChannelSettings(max_data_bytes=64 * 1024))
         self.site = self.make_site(TOKEN)
+
+    def make_broker(self, settings: ChannelSettings) -> Broker:
+        return Broker(self.clock, settings)
 
     def make_site(self, token: Optional[bytes]) -> Any:
         hub = Hub(self.clock)
@@ -73,6 +82,9 @@ class APITests(unittest.TestCase):
             head += b"Authorization: " + auth + b"\r\n"
         return self.send(head + b"\r\n" + body, site)
 
+
+
+class APITests(APITestCase):
     # -- the token ------------------------------------------------------------
 
     def test_bearer_token_only(self) -> None:
@@ -248,3 +260,33 @@ class APITests(unittest.TestCase):
         self.assertEqual(self.request("POST", "/healthz", body=b"x" * 100, auth=None).status, 401)
         self.assertEqual(self.request("GET", "/healthz", auth=None).status, 200)
         self.assertEqual(self.request("GET", "/metrics", auth=None).status, 200)
+
+
+class EngineThatAnswersLaterTests(APITestCase):
+    """
+    The API takes an engine whose answers are Deferreds (as Redis's will
+    be): each request is answered when its Deferred fires.
+    """
+
+    def make_broker(self, settings: ChannelSettings) -> Broker:
+        from .test_channels_v1 import LaterBroker
+
+        return LaterBroker(self.clock, settings)
+
+    def test_answers_when_the_engine_does(self) -> None:
+        """
+        publish, channels, presence and history answer once the engine
+        has; a refusal that arrives later gets its status.
+        """
+        publish = self.request("POST", "/publish/news", body=b'{"n": 1}')
+        self.assertEqual(publish.transport.value(), b"", "no answer before the engine's")
+        self.clock.advance(0.01)
+        self.assertEqual(Answer(publish.transport).json()["seq"], 1)
+        for path in ["/channels", "/channels/news/presence", "/channels/news/history?since=0"]:
+            answer = self.request("GET", path)
+            self.clock.advance(0.01)
+            self.assertEqual(Answer(answer.transport).status, 200, path)
+        self.assertEqual(json.loads(Answer(answer.transport).body)["messages"], [{"seq": 1, "data": {"n": 1}}])
+        late = self.request("POST", "/publish/news", body=b'"' + b"x" * 65300 + b'"')  # fits the body limit, not the frame
+        self.clock.advance(0.01)
+        self.assertEqual(Answer(late.transport).status, 413)

@@ -6,8 +6,11 @@ L{task.Clock}.
 L{BrokerContract} is written once for every engine: it uses the broker's
 public methods only, and builds its broker and moves its time through two
 hooks (L{BrokerContract.make_broker}, L{BrokerContract.advance}).  The
-memory engine runs it here; an engine that shares state elsewhere (Redis)
-subclasses it with its own hooks and is held to the same promises.
+memory engine runs it here.  An engine that shares state elsewhere (Redis)
+subclasses it with its own hooks and is held to the same promises; since
+such an engine answers later (Deferreds, which wsheart.v1 and the HTTP API
+already take: tests/test_channels_v1.py LaterBroker), its subclass is where
+the contract's calls learn to wait.
 """
 
 from __future__ import annotations

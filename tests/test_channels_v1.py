@@ -263,3 +263,91 @@ class NestingTests(unittest.TestCase):
             handler.message_received(connection, '{"op":"ping","x":"\\u0041","d":' + "[" * depth + "]" * depth + "}")
             [frame] = connection.frames()
             self.assertIn(frame.get("op"), ("pong", "error"), depth)
+
+
+class LaterBroker(Broker):
+    """
+    A broker whose answers arrive later, as a remote engine's (Redis)
+    would: each result or refusal comes through a Deferred fired when the
+    clock moves.
+    """
+
+    def _later(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        from twisted.internet import task
+
+        return task.deferLater(self.clock, 0.01, method, *args, **kwargs)  # type: ignore[arg-type]
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        return self._later(super().publish, *args, **kwargs)
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> Any:
+        return self._later(super().subscribe, *args, **kwargs)
+
+    def history_json(self, *args: Any, **kwargs: Any) -> Any:
+        return self._later(super().history_json, *args, **kwargs)
+
+    def presence(self, *args: Any, **kwargs: Any) -> Any:
+        return self._later(super().presence, *args, **kwargs)
+
+    def channels(self) -> Any:
+        return self._later(super().channels)
+
+
+class EngineThatAnswersLaterTests(unittest.TestCase):
+    """
+    The handler takes an engine whose answers are Deferreds: replies go
+    out when they fire, refusals become error frames then.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = LaterBroker(self.clock, ChannelSettings())
+        self.handler = ChannelProtocolHandler(self.broker)
+
+    def test_replies_when_the_engine_answers(self) -> None:
+        """
+        subscribed and published go out once the engine has answered, with
+        their refs; nothing before.
+        """
+        a = FakeConnection("a")
+        self.handler.message_received(a, '{"op":"subscribe","channel":"chat.x","ref":1}')
+        self.handler.message_received(a, '{"op":"publish","channel":"chat.x","data":"hi","ref":2}')
+        self.assertEqual(a.sent, [], "nothing before the engine answers")
+        self.clock.advance(0.01)
+        ops = [(f["op"], f.get("ref")) for f in a.frames()]
+        self.assertEqual(ops, [("subscribed", 1), ("message", None), ("published", 2)])
+
+    def test_late_refusal_is_an_error_frame(self) -> None:
+        """
+        A refusal that arrives later (here: over the subscription limit)
+        is an error frame with the request's ref and channel, and the
+        connection stays open.
+        """
+        broker = LaterBroker(self.clock, ChannelSettings(max_subscriptions=1))
+        handler = ChannelProtocolHandler(broker)
+        a = FakeConnection("a")
+        handler.message_received(a, '{"op":"subscribe","channel":"one"}')
+        self.clock.advance(0.01)
+        result = handler.message_received(a, '{"op":"subscribe","channel":"two","ref":"r"}')
+        self.clock.advance(0.01)
+        error = a.frames()[-1]
+        self.assertEqual((error["op"], error["code"], error["ref"], error["channel"]), ("error", 429, "r", "two"))
+        self.assertIsNone(self.successResultOf(result))
+        self.assertIsNone(a.closed)
+
+    def test_late_failure_fails_the_handler(self) -> None:
+        """
+        Anything but a refusal fails the returned Deferred, which the
+        protocol answers like any handler failure (1011 for that
+        connection alone).
+        """
+
+        class Broken(LaterBroker):
+            def publish(self, *args: Any, **kwargs: Any) -> Any:
+                return self._later(lambda: 1 / 0)
+
+        handler = ChannelProtocolHandler(Broken(self.clock, ChannelSettings()))
+        result = handler.message_received(FakeConnection("a"), '{"op":"publish","channel":"chat.x","data":1}')
+        self.clock.advance(0.01)
+        self.failureResultOf(result, ZeroDivisionError)
+

@@ -25,10 +25,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
-from wsheart.channels.broker import Broker, ChannelError, check_channel_name
+from wsheart.channels.broker import Broker, ChannelError, check_channel_name, when_done
+
+log = Logger()
 
 MAX_IDEMPOTENCY_KEY = 128
 
@@ -168,7 +172,7 @@ class _Guarded(Resource):
         self.broker = broker
         self.token = token
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Any:
         if self.token is None:
             return json_response(request, 404, {"error": "the channel API is off: start wsheart with --api-token-file"})
         if not has_token(request.getHeader(b"authorization"), self.token):
@@ -181,9 +185,27 @@ class _Guarded(Resource):
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
             return json_response(request, 405, {"error": f"{method} not allowed here"})
         try:
-            return handler(request)  # type: ignore[no-any-return]
+            answer = handler(request)
         except ChannelError as e:
             return json_response(request, e.code, {"error": e.reason})
+        if not isinstance(answer, defer.Deferred):
+            return answer
+        # An engine that answers later (Redis): finish the request then.
+        answer.addErrback(self._failed, request)
+        answer.addCallback(self._finish, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Any, request: Request) -> bytes:
+        if failure.check(ChannelError):
+            return json_response(request, failure.value.code, {"error": failure.value.reason})
+        log.failure("channel API request failed", failure)
+        return json_response(request, 500, {"error": "internal error"})
+
+    def _finish(self, body: bytes, request: Request) -> None:
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
+            request.finish()
 
 
 class PublishResource(_Guarded):
@@ -219,8 +241,10 @@ class PublishChannel(_Guarded):
             key = key_header.decode("utf-8", "replace")
             if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
                 raise ChannelError(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
-        position = self.broker.publish(channel, data, idempotency_key=key)
-        return json_response(request, 200, {"channel": channel, "epoch": position.epoch, "seq": position.seq})
+        return when_done(
+            self.broker.publish(channel, data, idempotency_key=key),
+            lambda position: json_response(request, 200, {"channel": channel, "epoch": position.epoch, "seq": position.seq}),
+        )
 
 
 class ChannelsResource(_Guarded):
@@ -230,7 +254,7 @@ class ChannelsResource(_Guarded):
         return ChannelResource(self.broker, self.token, path.decode("utf-8", "replace"))
 
     def api_GET(self, request: Request) -> bytes:
-        return json_response(request, 200, self.broker.channels())
+        return when_done(self.broker.channels(), lambda rows: json_response(request, 200, rows))
 
 
 class ChannelResource(_Guarded):
@@ -244,17 +268,27 @@ class ChannelResource(_Guarded):
         channel = check_channel_name(self.channel)
         what = request.postpath
         if what == [b"presence"]:
-            return json_response(request, 200, {"channel": channel, "clients": self.broker.presence(channel)})
+            return when_done(
+                self.broker.presence(channel),
+                lambda clients: json_response(request, 200, {"channel": channel, "clients": clients}),
+            )
         if what == [b"history"]:
             raw = (request.args or {}).get(b"since", [b"0"])[0]
             if not raw.isdigit() or len(raw) > 18:
                 raise ChannelError(400, "since must be a non-negative integer (a seq)")
-            # Already JSON: history is served as stored, never re-encoded.
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", b"application/json")
-            request.setHeader(b"cache-control", b"no-store")
-            return self.broker.history_json(channel, int(raw)).encode("utf-8") + b"\n"
+            return when_done(self.broker.history_json(channel, int(raw)), lambda text: _raw_json(request, text))
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
+
+
+def _raw_json(request: Request, text: str) -> bytes:
+    """
+    A 200 answer whose body is already JSON: history is served as stored,
+    never encoded again.
+    """
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return text.encode("utf-8") + b"\n"
 
 
 def install_api(root: Resource, broker: Broker, token: Optional[bytes]) -> BodyPolicy:

@@ -24,9 +24,10 @@ import re
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -224,6 +225,18 @@ class Subscribed:
     @property
     def presence_complete(self) -> bool:
         return len(self.presence) == self.presence_total
+
+
+def when_done(result: Any, then: Callable[[Any], Any]) -> Any:
+    """
+    C{then(result)} now, or when C{result} (a Deferred, from an engine
+    that answers later) fires: returns what C{then} returns, or that
+    Deferred.  The memory engine answers at once; callers written this way
+    take an engine that answers later unchanged.
+    """
+    if isinstance(result, defer.Deferred):
+        return result.addCallback(then)
+    return then(result)
 
 
 def encode(frame: dict[str, Any]) -> str:

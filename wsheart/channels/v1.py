@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from twisted.internet import defer
+
 from wsheart import closecodes
-from wsheart.channels.broker import Broker, ChannelError, Position, check_channel_name, encode, utf8_length
+from wsheart.channels.broker import Broker, ChannelError, Position, check_channel_name, encode, utf8_length, when_done
 from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
 
@@ -40,7 +42,7 @@ class ChannelProtocolHandler(MessageHandler):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def message_received(self, connection: IConnection, message: Message) -> None:
+    def message_received(self, connection: IConnection, message: Message) -> Any:
         if isinstance(message, bytes):
             connection.close(closecodes.UNSUPPORTED_DATA, "wsheart.v1 takes JSON text frames")
             return
@@ -81,23 +83,37 @@ class ChannelProtocolHandler(MessageHandler):
             self._error(connection, UNKNOWN_OP, f"unknown op {shown}", ref=ref)
             return
         channel = frame.get("channel")
+        channel_name = channel if isinstance(channel, str) else None
         try:
-            method(self, connection, frame)
+            result = method(self, connection, frame)
         except ChannelError as e:
-            self._error(connection, e.code, e.reason, channel=channel if isinstance(channel, str) else None, ref=ref)
+            self._error(connection, e.code, e.reason, channel=channel_name, ref=ref)
+            return None
+        if isinstance(result, defer.Deferred):
+            # An engine that answers later (Redis): its refusals become error
+            # frames when they arrive; anything else fails the handler.
+            def refused(failure: Any) -> None:
+                failure.trap(ChannelError)
+                self._error(connection, failure.value.code, failure.value.reason, channel=channel_name, ref=ref)
+
+            return result.addErrback(refused)
+        return None
 
     def connection_closed(self, connection: IConnection, code: int, reason: str) -> None:
         self.broker.remove_connection(_id(connection))
 
     # -- ops ------------------------------------------------------------------
 
-    def _subscribe(self, connection: IConnection, frame: dict[str, Any]) -> None:
+    def _subscribe(self, connection: IConnection, frame: dict[str, Any]) -> Any:
         channel = check_channel_name(frame.get("channel"))
         since = _position(frame.get("since"))
         name = frame.get("name")
-        result = self.broker.subscribe(
+        answer = self.broker.subscribe(
             _id(connection), connection, channel, since=since, name=name, presence_budget=self._presence_budget(channel, frame)
         )
+        return when_done(answer, lambda result: self._subscribed(connection, channel, frame, result))
+
+    def _subscribed(self, connection: IConnection, channel: str, frame: dict[str, Any], result: Any) -> None:
         reply: dict[str, Any] = {
             "op": "subscribed",
             "channel": channel,
@@ -141,15 +157,17 @@ class ChannelProtocolHandler(MessageHandler):
             raise ChannelError(NOT_SUBSCRIBED, f"not subscribed to {channel}")
         connection.send_text(encode(_with_ref({"op": "unsubscribed", "channel": channel}, frame)))
 
-    def _publish(self, connection: IConnection, frame: dict[str, Any]) -> None:
+    def _publish(self, connection: IConnection, frame: dict[str, Any]) -> Any:
         channel = check_channel_name(frame.get("channel"))
         if "data" not in frame:
             raise ChannelError(BAD_REQUEST, "publish needs data")
         if not self.broker.settings.may_publish(channel):
             raise ChannelError(FORBIDDEN, f"clients may not publish to {channel}")
-        position = self.broker.publish(channel, frame["data"], by_client=True)
-        reply = {"op": "published", "channel": channel, "epoch": position.epoch, "seq": position.seq}
-        connection.send_text(encode(_with_ref(reply, frame)))
+        def published(position: Position) -> None:
+            reply = {"op": "published", "channel": channel, "epoch": position.epoch, "seq": position.seq}
+            connection.send_text(encode(_with_ref(reply, frame)))
+
+        return when_done(self.broker.publish(channel, frame["data"], by_client=True), published)
 
     def _ping(self, connection: IConnection, frame: dict[str, Any]) -> None:
         connection.send_text(PONG)
