@@ -302,3 +302,29 @@ def require_tool(path: str, what: str) -> str:
     if found:
         return found
     skip_unless_allowed(f"{what}: {path} not found")
+
+
+class RedisServer:
+    """
+    A redis-server of its own on a free 127.0.0.1 port, with nothing
+    persisted, stopped by its pid when the test ends.  Missing, the test
+    is skipped - or fails under WSHEART_REQUIRE_ALL=1.
+    """
+
+    def __init__(self, test: unittest.TestCase) -> None:
+        binary = require_tool("redis-server", "the Redis tests need Debian's redis-server package")
+        self.port = free_port()
+        directory = os.path.abspath(test.mktemp())
+        os.makedirs(directory)
+        self.process = Process(
+            test,
+            [
+                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", directory, "--daemonize", "no", "--loglevel", "warning",
+            ],
+        )  # fmt: skip
+        wait_for_port(self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid

@@ -1,0 +1,180 @@
+"""
+Channel state in Redis, shared by every wsheart process: the building block
+of the Redis engine (issue: scale-out).  Through txredisapi, a Twisted-native
+client; no RESP of our own.
+
+What one publish does, atomically, in one server-side script
+(L{PUBLISH_SCRIPT}): answer a retried C{Idempotency-Key} with its first
+position; otherwise take the next seq of the channel (keeping its epoch, or
+starting one), append the message to the channel's history stream (bounded
+by size; entries carry their time for the age bound), remember the key, and
+announce the message on the channel's pub/sub channel so every process can
+deliver it.  No two processes can hand out the same seq.
+
+Keys, with C{prefix} (default C{wsh}) and the channel name in a hash tag so
+that all keys of one channel share a Redis Cluster slot:
+
+  PREFIX:{CH}:m        hash: e = epoch, s = last seq
+  PREFIX:{CH}:h        stream: id SEQ-0, fields d = data JSON, t = time (ms)
+  PREFIX:{CH}:i:KEY    hash: e, s of the publish an idempotency key made
+  PREFIX:{CH}          pub/sub: "m" EPOCH ":" SEQ ":" DATA
+
+Times come from the injected clock (C{IReactorTime.seconds}), like
+everywhere in wsheart, so the processes' clocks must agree (NTP) for the
+age bound to hold across them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from wsheart.channels.broker import ChannelSettings, Position
+
+# KEYS: meta, history, idempotency (or the meta key again when there is no
+# idempotency key: Redis Cluster wants every key declared).
+# ARGV: data JSON, history size, history age (ms), meta TTL (s), a fresh
+# epoch, the pub/sub channel, idempotency TTL (s, "" without a key), now (ms).
+# Returns {seq, epoch, 1 if it answered a retry}.
+PUBLISH_SCRIPT = """
+if ARGV[7] ~= '' then
+  local done = redis.call('hmget', KEYS[3], 'e', 's')
+  if done[1] then return {tonumber(done[2]), done[1], 1} end
+end
+local epoch = redis.call('hget', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('hset', KEYS[1], 'e', epoch)
+end
+local seq = redis.call('hincrby', KEYS[1], 's', 1)
+redis.call('expire', KEYS[1], ARGV[4])
+if seq == 1 then
+  -- A new epoch: whatever a stream still holds belongs to an old one.
+  redis.call('del', KEYS[2])
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('xadd', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'd', ARGV[1], 't', ARGV[8])
+  redis.call('pexpire', KEYS[2], ARGV[3])
+end
+if ARGV[7] ~= '' then
+  redis.call('hset', KEYS[3], 'e', epoch, 's', seq)
+  redis.call('expire', KEYS[3], ARGV[7])
+end
+redis.call('publish', ARGV[6], 'm' .. epoch .. ':' .. seq .. ':' .. ARGV[1])
+return {seq, epoch, 0}
+"""
+
+# KEYS: meta, history.  ARGV: the seq to read after, at most how many.
+# Returns {epoch or false, last seq, entries}: one read, so the position and
+# the entries agree.
+READ_SCRIPT = """
+local meta = redis.call('hmget', KEYS[1], 'e', 's')
+local entries = redis.call('xrange', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])
+return {meta[1], tonumber(meta[2] or '0'), entries}
+"""
+
+# Channel meta outlives any history: long enough that a quiet channel keeps
+# its epoch (and its clients' positions stay meaningful) for a day.
+META_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Published:
+    position: Position
+    duplicate: bool  # answered a retried idempotency key, published nothing
+
+
+@dataclass(frozen=True)
+class HistoryRead:
+    """
+    A channel's position and the history entries after a seq that are
+    still within the history age: C{(seq, data JSON)} in order.
+    """
+
+    epoch: Optional[str]
+    seq: int
+    entries: tuple[tuple[int, str], ...]
+
+    def oldest(self) -> int:
+        return self.entries[0][0] if self.entries else self.seq + 1
+
+
+class RedisStore:
+    """
+    Seq, epoch, history and idempotency of every channel, in Redis.
+
+    @param redis: a txredisapi connection or pool (with
+        C{convertNumbers=False}: data is kept as the text it was).
+    @param clock: the time of publishes and of the age bound.
+    @param timeout: seconds a command may take before it fails (Redis
+        slow or gone: fail fast, never hang a publish).
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        clock: IReactorTime,
+        settings: ChannelSettings,
+        prefix: str = "wsh",
+        timeout: float = 2.0,
+    ) -> None:
+        self.redis = redis
+        self.clock = clock
+        self.settings = settings
+        self.prefix = prefix
+        self.timeout = timeout
+
+    def key(self, channel: str, part: str = "") -> str:
+        base = f"{self.prefix}:{{{channel}}}"
+        return f"{base}:{part}" if part else base
+
+    def publish(self, channel: str, data_json: str, idempotency_key: Optional[str] = None) -> "defer.Deferred[Published]":
+        """
+        Publish C{data_json} (already validated) on C{channel}.
+        """
+        settings = self.settings
+        keys = [self.key(channel, "m"), self.key(channel, "h")]
+        keys.append(self.key(channel, f"i:{idempotency_key}") if idempotency_key is not None else keys[0])
+        args = [
+            data_json,
+            settings.history_size,
+            int(settings.history_age * 1000),
+            META_TTL_SECONDS,
+            secrets.token_hex(6),
+            self.key(channel),
+            int(settings.key_lifetime) + 1 if idempotency_key is not None else "",
+            int(self.clock.seconds() * 1000),
+        ]
+        d = self._bounded(self.redis.eval(PUBLISH_SCRIPT, keys, args))
+        return d.addCallback(lambda r: Published(Position(_text(r[1]), int(r[0])), bool(int(r[2]))))
+
+    def read(self, channel: str, since_seq: int) -> "defer.Deferred[HistoryRead]":
+        """
+        The channel's position and its history after C{since_seq}, less
+        what is older than the history age.
+        """
+        keys = [self.key(channel, "m"), self.key(channel, "h")]
+        d = self._bounded(self.redis.eval(READ_SCRIPT, keys, [since_seq, max(1, self.settings.history_size)]))
+        return d.addCallback(self._history)
+
+    def _history(self, reply: Any) -> HistoryRead:
+        epoch, seq, raw_entries = reply
+        horizon = (self.clock.seconds() - self.settings.history_age) * 1000
+        entries = []
+        for entry_id, fields in raw_entries or ():
+            values = dict(zip(fields[::2], fields[1::2]))
+            if float(values["t"]) < horizon:
+                continue  # older than the history age: gone for recovery
+            entries.append((int(_text(entry_id).split("-")[0]), _text(values["d"])))
+        return HistoryRead(_text(epoch) if epoch else None, int(seq), tuple(entries))
+
+    def _bounded(self, d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
+        return d.addTimeout(self.timeout, self.clock)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
