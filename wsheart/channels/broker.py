@@ -239,6 +239,14 @@ def when_done(result: Any, then: Callable[[Any], Any]) -> Any:
     return then(result)
 
 
+def message_head(channel: str, epoch: str, seq: int) -> str:
+    """
+    A "message" frame up to its data: built by hand around the data's JSON
+    (which ends it with a "}"), so the data is serialised once.
+    """
+    return '{"op":"message","channel":' + json.dumps(channel) + ',"epoch":' + json.dumps(epoch) + ',"seq":' + str(seq) + ',"data":'
+
+
 def encode(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
@@ -296,22 +304,12 @@ class Broker:
                     f"more than {self.settings.max_idempotency_keys} idempotency keys in the last "
                     f"{self.settings.key_lifetime:g} s: retry later",
                 )
-        try:
-            data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as e:
-            raise ChannelError(400, f"message data is not JSON: {e}") from None
         # Checked before the channel exists: a refused publish leaves nothing.
-        data_size = utf8_length(data_json)
-        if data_size + FRAME_ENVELOPE > self.settings.max_data_bytes:
-            raise ChannelError(413, self._too_large())
+        data_json, data_size = self.encode_data(data)
         channel = self._channel(channel_name, create=True, by_client=by_client)
         assert channel is not None
         seq = channel.seq + 1
-        # Built by hand around the data's JSON, so the data is serialised once.
-        head = (
-            '{"op":"message","channel":' + json.dumps(channel_name) + ',"epoch":' + json.dumps(channel.epoch)
-            + ',"seq":' + str(seq) + ',"data":'
-        )  # fmt: skip
+        head = message_head(channel_name, channel.epoch, seq)
         frame = head + data_json + "}"
         channel.seq = seq
         self.published_total += 1
@@ -325,6 +323,20 @@ class Broker:
         if idempotency_key is not None:
             self._idempotency[(channel_name, idempotency_key)] = (position, now)
         return position
+
+    def encode_data(self, data: Any) -> tuple[str, int]:
+        """
+        Message data as JSON text, and its UTF-8 size; L{ChannelError} when
+        it is not JSON, cannot be sent (a lone surrogate) or is too large.
+        """
+        try:
+            data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ChannelError(400, f"message data is not JSON: {e}") from None
+        data_size = utf8_length(data_json)
+        if data_size + FRAME_ENVELOPE > self.settings.max_data_bytes:
+            raise ChannelError(413, self._too_large())
+        return data_json, data_size
 
     def _too_large(self) -> str:
         limit = self.settings.max_data_bytes - FRAME_ENVELOPE

@@ -68,12 +68,24 @@ redis.call('publish', ARGV[6], 'm' .. epoch .. ':' .. seq .. ':' .. ARGV[1])
 return {seq, epoch, 0}
 """
 
-# KEYS: meta, history.  ARGV: the seq to read after, at most how many.
-# Returns {epoch or false, last seq, entries}: one read, so the position and
-# the entries agree.
+# KEYS: meta, history.  ARGV: the seq to read after, at most how many (0:
+# the position only), a
+# fresh epoch and the meta TTL (s) when the channel has none yet ("" to read
+# only).  Returns {epoch or false, last seq, entries}: one read, so the
+# position and the entries agree.
 READ_SCRIPT = """
 local meta = redis.call('hmget', KEYS[1], 'e', 's')
-local entries = redis.call('xrange', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])
+if not meta[1] and ARGV[3] ~= '' then
+  -- A subscriber comes first: the epoch it is told is the one the first
+  -- publish will keep.
+  redis.call('hset', KEYS[1], 'e', ARGV[3])
+  redis.call('expire', KEYS[1], ARGV[4])
+  meta[1] = ARGV[3]
+end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('xrange', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+end
 return {meta[1], tonumber(meta[2] or '0'), entries}
 """
 
@@ -152,13 +164,19 @@ class RedisStore:
         d = self._bounded(self.redis.eval(PUBLISH_SCRIPT, keys, args))
         return d.addCallback(lambda r: Published(Position(_text(r[1]), int(r[0])), bool(int(r[2]))))
 
-    def read(self, channel: str, since_seq: int) -> "defer.Deferred[HistoryRead]":
+    def read(
+        self, channel: str, since_seq: int = 0, start_epoch: bool = False, entries: bool = True
+    ) -> "defer.Deferred[HistoryRead]":
         """
-        The channel's position and its history after C{since_seq}, less
-        what is older than the history age.
+        The channel's position and (with C{entries}) its history after
+        C{since_seq}, less what is older than the history age.
+        C{start_epoch}: give a channel that has none its epoch now (a
+        subscriber's first read).
         """
         keys = [self.key(channel, "m"), self.key(channel, "h")]
-        d = self._bounded(self.redis.eval(READ_SCRIPT, keys, [since_seq, max(1, self.settings.history_size)]))
+        fresh = [secrets.token_hex(6), META_TTL_SECONDS] if start_epoch else ["", ""]
+        count = max(1, self.settings.history_size) if entries else 0
+        d = self._bounded(self.redis.eval(READ_SCRIPT, keys, [since_seq, count, *fresh]))
         return d.addCallback(self._history)
 
     def _history(self, reply: Any) -> HistoryRead:

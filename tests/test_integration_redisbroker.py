@@ -1,0 +1,180 @@
+"""
+Integration tests of the Redis engine's broker (L{wsheart.channels.redisbroker}):
+two brokers - two wsheart processes, as far as Redis can tell - sharing one
+real redis-server on 127.0.0.1 (one per test, stopped by pid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import txredisapi
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.trial import unittest
+
+from wsheart.channels.broker import ChannelError, ChannelSettings, Position
+from wsheart.channels.redisbroker import RedisBroker, pubsub_factory
+from wsheart.channels.redisstore import RedisStore
+
+from .loopback import RedisServer, async_test, sleep, wait_until
+from .memory import FakeConnection
+
+
+def seqs(connection: FakeConnection) -> list[int]:
+    return [f["seq"] for f in connection.frames() if f["op"] == "message"]
+
+
+class RedisBrokerTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.server = RedisServer(self)
+
+    async def broker(self, settings: ChannelSettings = ChannelSettings(), timeout: float = 2.0) -> RedisBroker:
+        commands = await txredisapi.Connection("127.0.0.1", self.server.port, reconnect=False, convertNumbers=False)
+        self.addCleanup(commands.disconnect)
+        broker = RedisBroker(reactor, settings, RedisStore(commands, reactor, settings, prefix="t", timeout=timeout))
+        factory = pubsub_factory(broker)
+        factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
+        self.addCleanup(factory.disconnect)
+        await wait_until(self, lambda: broker.pubsub is not None)
+        return broker
+
+    async def subscribe(self, broker: RedisBroker, cid: str, channel: str = "news", since: Any = None) -> tuple[FakeConnection, Any]:
+        connection = FakeConnection(cid)
+        result = await broker.subscribe(cid, connection, channel, since=since)
+        for frame in result.missed:
+            connection.send_text(frame)
+        return connection, result
+
+    @async_test
+    async def test_publish_on_one_process_reaches_the_other(self) -> None:
+        """
+        A subscriber on A gets what is published on B and on A, once, in
+        seq order, in the epoch its subscribe was told.
+        """
+        a, b = await self.broker(), await self.broker()
+        connection, subscribed = await self.subscribe(a, "a1")
+        for i in range(5):
+            await (b if i % 2 else a).publish("news", {"n": i})
+        await wait_until(self, lambda: len(seqs(connection)) == 5)
+        self.assertEqual(seqs(connection), [1, 2, 3, 4, 5])
+        self.assertEqual({f["epoch"] for f in connection.frames()}, {subscribed.position.epoch})
+        self.assertEqual([f["data"]["n"] for f in connection.frames()], [0, 1, 2, 3, 4])
+
+    @async_test
+    async def test_recovery_on_another_process(self) -> None:
+        """
+        A client that saw seq 3 on A and comes back on B with since gets
+        exactly 4-6 from the shared history, then live messages.
+        """
+        a, b = await self.broker(), await self.broker()
+        first, _ = await self.subscribe(a, "c1")
+        for i in range(3):
+            await a.publish("news", i)
+        await wait_until(self, lambda: len(seqs(first)) == 3)
+        position = Position(first.frames()[-1]["epoch"], 3)
+        a.remove_connection("c1")
+        for i in range(3, 6):
+            await a.publish("news", i)
+        again, result = await self.subscribe(b, "c1", since=position)
+        self.assertTrue(result.recovered)
+        self.assertEqual(seqs(again), [4, 5, 6])
+        await a.publish("news", 6)
+        await wait_until(self, lambda: seqs(again)[-1:] == [7])
+        self.assertEqual(seqs(again), [4, 5, 6, 7], "no gap and no duplicate at the seam")
+
+    @async_test
+    async def test_gap_beyond_history_is_not_recovered(self) -> None:
+        """
+        A position older than the shared history recovers nothing.
+        """
+        a, b = await self.broker(ChannelSettings(history_size=3)), await self.broker(ChannelSettings(history_size=3))
+        _, subscribed = await self.subscribe(a, "x")
+        for i in range(6):
+            await a.publish("news", i)
+        _, result = await self.subscribe(b, "y", since=Position(subscribed.position.epoch, 1))
+        self.assertFalse(result.recovered)
+        self.assertEqual(result.position.seq, 6)
+
+    @async_test
+    async def test_idempotent_publish_answered_on_any_process(self) -> None:
+        """
+        A retried publish with its Idempotency-Key through another process
+        is answered with the first position; subscribers get it once.
+        """
+        a, b = await self.broker(), await self.broker()
+        connection, _ = await self.subscribe(a, "s")
+        first = await a.publish("news", "deploy", idempotency_key="k")
+        again = await b.publish("news", "deploy", idempotency_key="k")
+        self.assertEqual(first, again)
+        await sleep(0.2)
+        self.assertEqual(seqs(connection), [1])
+
+    @async_test
+    async def test_pubsub_reconnect_catches_up(self) -> None:
+        """
+        A's pub/sub connection is killed; what B publishes meanwhile
+        reaches A's subscriber after the reconnect, from history, exactly
+        once and in order, followed by live messages.
+        """
+        a, b = await self.broker(), await self.broker()
+        connection, _ = await self.subscribe(a, "s")
+        await b.publish("news", 0)
+        await wait_until(self, lambda: seqs(connection) == [1])
+        killer = await txredisapi.Connection("127.0.0.1", self.server.port, reconnect=False, convertNumbers=False)
+        self.addCleanup(killer.disconnect)
+        lost = a.pubsub
+        await killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await wait_until(self, lambda: a.pubsub is not lost and a.pubsub is not None, timeout=20)
+        # b's listener reconnects too; publish once both listen again.
+        for i in range(1, 4):
+            await b.publish("news", i)
+        await wait_until(self, lambda: len(seqs(connection)) >= 4, timeout=20)
+        self.assertEqual(seqs(connection), [1, 2, 3, 4])
+
+    @async_test
+    async def test_messages_lost_on_pubsub_are_repaired(self) -> None:
+        """
+        A jump in seq (a message that never arrived on pub/sub) is filled
+        from history before the later message is delivered.
+        """
+        a = await self.broker()
+        connection, subscribed = await self.subscribe(a, "s")
+        await a.publish("news", "one")
+        await wait_until(self, lambda: seqs(connection) == [1])
+        # As if seq 1 had never arrived: the process delivered nothing yet.
+        a._channels["news"].seq = 0
+        connection.sent.clear()
+        await a.publish("news", "two")
+        await wait_until(self, lambda: seqs(connection) == [1, 2])
+
+    @async_test
+    async def test_redis_frozen_fails_fast_with_503(self) -> None:
+        """
+        Redis frozen (SIGSTOP): a publish and a new subscribe fail with 503
+        within the timeout; the broker works again once Redis resumes.
+        """
+        a = await self.broker(timeout=0.5)
+        await a.publish("news", "before")
+        os.kill(self.server.pid, signal.SIGSTOP)
+        resumed = []
+        self.addCleanup(lambda: resumed or os.kill(self.server.pid, signal.SIGCONT))
+        started = reactor.seconds()
+        with self.assertRaises(ChannelError) as e:
+            await a.publish("news", "during")
+        self.assertEqual(e.exception.code, 503)
+        with self.assertRaises(ChannelError) as e:
+            await a.subscribe("s", FakeConnection("s"), "other")
+        self.assertEqual(e.exception.code, 503)
+        self.assertLess(reactor.seconds() - started, 3)
+        self.assertEqual(list(a.subscriptions("s")), [], "a failed subscribe leaves nothing")
+        os.kill(self.server.pid, signal.SIGCONT)
+        resumed.append(True)
+        await sleep(0.2)
+        position = await a.publish("news", "after")
+        self.assertGreaterEqual(position.seq, 2)

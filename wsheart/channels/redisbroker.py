@@ -1,0 +1,408 @@
+"""
+The Redis engine's broker: channels shared by every wsheart process that
+uses the same Redis.  Seq, epoch, history and idempotency keys live in Redis
+(L{wsheart.channels.redisstore}); each process listens on the pub/sub
+channel of every channel its own clients subscribe to, and delivers to them
+with the same frame-once fan-out as the memory engine.
+
+Per channel the process keeps the last seq it delivered: a message with the
+next seq is delivered, an old one dropped, and a jump (a message lost on
+pub/sub, a reconnect) is repaired from history first, so local subscribers
+get every message once, in order, wherever it was published.  After a
+pub/sub reconnect every local channel is listened to again and caught up.
+
+A subscribe or publish while Redis is unreachable or slower than the
+store's timeout fails at once with 503 (an error frame with
+C{retry_after}, or the HTTP status); open connections and heartbeats are not
+touched, and subscriptions catch up when Redis is back.
+
+Presence (joins, leaves, member lists) is still per process in this engine:
+members on other processes are not listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import txredisapi
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from wsheart.channels.broker import (
+    Broker,
+    Channel,
+    ChannelError,
+    ChannelSettings,
+    Position,
+    Subscribed,
+    Subscriber,
+    check_channel_name,
+    encode,
+    message_head,
+    utf8_length,
+)
+from wsheart.channels.redisstore import HistoryRead, RedisStore
+from wsheart.frames import send_to_all
+from wsheart.hub import IConnection
+
+log = Logger()
+
+# What an unreachable or slow Redis is answered with; clients retry after.
+UNAVAILABLE = 503
+RETRY_AFTER_SECONDS = 2
+
+
+class EngineUnavailable(ChannelError):
+    """
+    Redis could not be reached in time: nothing was done; try again.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(UNAVAILABLE, f"channels unavailable: {reason}; retry in {RETRY_AFTER_SECONDS} s")
+        self.retry_after = RETRY_AFTER_SECONDS
+
+
+@dataclass
+class _Listening:
+    """
+    This process's view of one channel it listens to.
+
+    @ivar ready: whether the SUBSCRIBE is confirmed and the position known;
+        until then announced messages wait in C{early}.
+    @ivar repairing: a history read filling a gap is under way; messages
+        wait in C{early} meanwhile.
+    """
+
+    ready: bool = False
+    repairing: bool = False
+    early: list[tuple[str, int, str]] = field(default_factory=list)
+    # Subscribes waiting for the SUBSCRIBE and the position (None: not
+    # started yet).
+    waiters: Optional[list["defer.Deferred[None]"]] = None
+    # Listening again after a pub/sub reconnect: catch up from the last
+    # seq delivered instead of starting at Redis's present.
+    resume: bool = False
+
+
+class RedisBroker(Broker):
+    """
+    A L{Broker} whose shared state is in Redis.  Its C{publish},
+    C{subscribe} and C{history_json} answer with Deferreds.
+    """
+
+    def __init__(self, clock: IReactorTime, settings: ChannelSettings, store: RedisStore) -> None:
+        super().__init__(clock, settings)
+        self.store = store
+        self.pubsub: Optional[Any] = None
+        self._listening: dict[str, _Listening] = {}
+
+    # -- pub/sub connection ------------------------------------------------------
+
+    def pubsub_connected(self, protocol: Any) -> None:
+        """
+        A (new) pub/sub connection: listen to every local channel again and
+        catch each up from history - what was published meanwhile.
+        """
+        self.pubsub = protocol
+        for name in list(self._listening):
+            self._listening[name] = _Listening(resume=True)
+            self._listen(name).addErrback(self._log_failure, "resubscribing {channel}", name)
+
+    def pubsub_lost(self, protocol: Any) -> None:
+        if self.pubsub is protocol:
+            self.pubsub = None
+
+    def announced(self, channel_key: Any, message: Any) -> None:
+        """
+        A message from pub/sub: C{"m" EPOCH ":" SEQ ":" DATA}.
+        """
+        text = message.decode("utf-8") if isinstance(message, bytes) else str(message)
+        key = channel_key.decode("utf-8") if isinstance(channel_key, bytes) else str(channel_key)
+        prefix = f"{self.store.prefix}:{{"
+        if not (text.startswith("m") and key.startswith(prefix) and key.endswith("}")):
+            return
+        name = key[len(prefix) : -1]
+        epoch, _, rest = text[1:].partition(":")
+        seq_text, _, data_json = rest.partition(":")
+        if not seq_text.isdigit():
+            return
+        self._arrived(name, epoch, int(seq_text), data_json)
+
+    # -- delivery ---------------------------------------------------------------
+
+    def _arrived(self, name: str, epoch: str, seq: int, data_json: str) -> None:
+        listening = self._listening.get(name)
+        channel = self._channels.get(name)
+        if listening is None or channel is None:
+            return
+        if not listening.ready or listening.repairing:
+            listening.early.append((epoch, seq, data_json))
+            return
+        if epoch != channel.epoch:
+            # The channel's history was lost (Redis restarted or evicted
+            # it): a new epoch, from its first message on.
+            channel.epoch, channel.seq = epoch, seq - 1
+        if seq <= channel.seq:
+            return  # delivered already
+        if seq > channel.seq + 1:
+            listening.repairing = True
+            listening.early.append((epoch, seq, data_json))
+            self._repair(name, listening, channel)
+            return
+        self._deliver(channel, seq, data_json)
+
+    def _deliver(self, channel: Channel, seq: int, data_json: str) -> None:
+        channel.seq = seq
+        frame = message_head(channel.name, channel.epoch, seq) + data_json + "}"
+        ready = []
+        for subscriber in channel.subscribers.values():
+            pending = getattr(subscriber, "pending", None)
+            if pending is not None:
+                pending.append((seq, frame))  # still recovering: after its missed ones
+            else:
+                ready.append(subscriber.connection)
+        self.delivered_total += send_to_all(ready, frame)
+
+    def _repair(self, name: str, listening: _Listening, channel: Channel) -> None:
+        """
+        Fill a gap from history, then go on with what waited meanwhile.
+        """
+
+        def filled(read: HistoryRead) -> None:
+            if read.epoch == channel.epoch:
+                for seq, data_json in read.entries:
+                    if seq == channel.seq + 1:
+                        self._deliver(channel, seq, data_json)
+            waiting = [seq for epoch, seq, _ in listening.early if epoch == channel.epoch]
+            if waiting and min(waiting) > channel.seq + 1:
+                # History no longer holds the gap: go on after it (the
+                # subscribers see the seq jump) rather than ask again.
+                log.warn(
+                    "channel {channel}: messages {first}-{last} are gone from history; skipping them",
+                    channel=name,
+                    first=channel.seq + 1,
+                    last=min(waiting) - 1,
+                )
+                channel.seq = min(waiting) - 1
+            listening.repairing = False
+            self._drain_early(name, listening)
+
+        def failed(failure: Any) -> None:
+            listening.repairing = False
+            log.failure("repairing a gap on {channel}", failure, channel=name)
+            self._drain_early(name, listening)
+
+        self.store.read(name, channel.seq).addCallbacks(filled, failed)
+
+    def _drain_early(self, name: str, listening: _Listening) -> None:
+        early, listening.early = listening.early, []
+        for epoch, seq, data_json in sorted(early, key=lambda m: m[1]):
+            self._arrived(name, epoch, seq, data_json)
+
+    # -- subscribing ------------------------------------------------------------
+
+    def subscribe(  # type: ignore[override]
+        self,
+        connection_id: str,
+        connection: IConnection,
+        channel_name: str,
+        since: Optional[Position] = None,
+        name: Optional[str] = None,
+        presence_budget: Optional[int] = None,
+    ) -> "defer.Deferred[Subscribed]":
+        """
+        Subscribe through this process: listen to the channel (once per
+        process), read its position and the history after C{since} in
+        Redis, then send the missed messages and go live - messages that
+        arrive meanwhile wait for this subscriber behind its missed ones.
+        """
+        try:
+            result = super().subscribe(connection_id, connection, channel_name, None, name, presence_budget)
+        except ChannelError as e:
+            return defer.fail(e)
+        channel = self._channels[channel_name]
+        subscriber = channel.subscribers[connection_id]
+        # Messages delivered while it recovers wait for it, after its missed ones.
+        subscriber.pending = []  # type: ignore[attr-defined]
+
+        def read_history(_: None) -> Any:
+            if since is None or since.epoch != channel.epoch or since.seq >= channel.seq:
+                return None  # nothing to recover: live from the present
+            return self.store.read(channel_name, since.seq)
+
+        def answer(read: Optional[HistoryRead]) -> Subscribed:
+            pending = subscriber.pending  # type: ignore[attr-defined]
+            del subscriber.pending  # type: ignore[attr-defined]
+            recovered, missed = self._recovered(channel, since, read, pending)
+            return Subscribed(channel.position(), recovered, missed, result.presence, result.presence_total)
+
+        def failed(failure: Any) -> Any:
+            if channel.subscribers.get(connection_id) is subscriber:
+                self.unsubscribe(connection_id, channel_name)
+            return _unavailable(failure)
+
+        return self._listen(channel_name).addCallback(read_history).addCallbacks(answer, failed)
+
+    def _recovered(
+        self, channel: Channel, since: Optional[Position], read: Optional[HistoryRead], pending: list[tuple[int, str]]
+    ) -> tuple[bool, tuple[str, ...]]:
+        """
+        Whether the messages after C{since} up to what this process has
+        delivered are all at hand - from history, or delivered while the
+        subscriber recovered - and those frames in order.
+        """
+        if since is None or since.epoch != channel.epoch or since.seq > channel.seq:
+            return False, ()
+        frames = {seq: frame for seq, frame in pending if since.seq < seq <= channel.seq}
+        if read is not None and read.epoch == channel.epoch:
+            for seq, data in read.entries:
+                if since.seq < seq <= channel.seq and seq not in frames:
+                    frames[seq] = message_head(channel.name, channel.epoch, seq) + data + "}"
+        wanted = range(since.seq + 1, channel.seq + 1)
+        if any(seq not in frames for seq in wanted):
+            return False, ()  # older than the history, or aged out
+        return True, tuple(frames[seq] for seq in wanted)
+
+    def _listen(self, name: str) -> "defer.Deferred[None]":
+        """
+        Make sure this process listens to C{name} and knows its position
+        (once per channel: later subscribes wait for the first).
+        """
+        listening = self._listening.setdefault(name, _Listening())
+        if listening.ready:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if listening.waiters is not None:
+            listening.waiters.append(waiter)
+            return waiter
+        if self.pubsub is None:
+            del self._listening[name]
+            return defer.fail(EngineUnavailable("Redis not reachable"))
+        listening.waiters = [waiter]
+
+        def position(read: HistoryRead) -> None:
+            channel = self._channels.get(name)
+            listening.ready = True
+            if channel is not None:
+                if listening.resume and read.epoch == channel.epoch and read.seq > channel.seq:
+                    # Published while pub/sub was away: deliver it from history.
+                    listening.repairing = True
+                    self._repair(name, listening, channel)
+                elif read.epoch != channel.epoch or not listening.resume:
+                    channel.epoch = read.epoch or channel.epoch
+                    channel.seq = read.seq
+            waiters, listening.waiters = listening.waiters or [], None
+            self._drain_early(name, listening)
+            for waiting in waiters:
+                waiting.callback(None)
+
+        def failed(failure: Any) -> None:
+            if self._listening.get(name) is listening:
+                del self._listening[name]
+            waiters, listening.waiters = listening.waiters or [], None
+            for waiting in waiters:
+                waiting.errback(failure)
+
+        d = _bounded(self.pubsub.subscribe(self.store.key(name)), self.store)
+        d.addCallback(lambda _: self.store.read(name, start_epoch=True, entries=False))
+        d.addCallbacks(position, failed)
+        return waiter
+
+    def _maybe_forget(self, channel: Channel) -> None:
+        # History lives in Redis: a channel with no local subscriber is
+        # forgotten here at once, and this process stops listening to it.
+        if not channel.subscribers and self._channels.get(channel.name) is channel:
+            del self._channels[channel.name]
+            if channel.backend:
+                self._backend_channels -= 1
+            if self._listening.pop(channel.name, None) is not None and self.pubsub is not None:
+                self.pubsub.unsubscribe(self.store.key(channel.name)).addErrback(
+                    self._log_failure, "unsubscribing {channel}", channel.name
+                )
+
+    # -- publishing and reading --------------------------------------------------
+
+    def publish(  # type: ignore[override]
+        self, channel_name: str, data: Any, idempotency_key: Optional[str] = None, by_client: bool = False
+    ) -> "defer.Deferred[Position]":
+        """
+        Publish through Redis: the seq is Redis's, and every process that
+        listens delivers the message (this one included).
+        """
+        try:
+            check_channel_name(channel_name)
+            if idempotency_key is not None:
+                utf8_length(idempotency_key)
+            data_json, _ = self.encode_data(data)
+        except ChannelError as e:
+            return defer.fail(e)
+        self.published_total += 1
+        d = self.store.publish(channel_name, data_json, idempotency_key)
+        return d.addCallbacks(lambda published: published.position, lambda f: _unavailable(f))
+
+    def history_json(self, channel_name: str, since_seq: int = 0) -> "defer.Deferred[str]":  # type: ignore[override]
+        def document(read: HistoryRead) -> str:
+            head = {
+                "channel": channel_name,
+                "epoch": read.epoch,
+                "seq": read.seq,
+                "complete": read.oldest() <= since_seq + 1 and since_seq <= read.seq,
+            }
+            messages = ",".join('{"seq":' + str(seq) + ',"data":' + data + "}" for seq, data in read.entries)
+            return encode(head)[:-1] + ',"messages":[' + messages + "]}"
+
+        return self.store.read(channel_name, since_seq).addCallbacks(document, lambda f: _unavailable(f))
+
+    def expire(self) -> None:
+        # Redis bounds history itself (MAXLEN, PEXPIRE); keys expire there.
+        pass
+
+    def _log_failure(self, failure: Any, what: str, channel: str) -> None:
+        log.failure(what, failure, channel=channel)
+
+
+class PubSubProtocol(txredisapi.SubscriberProtocol):
+    """
+    The broker's pub/sub connection: hands it to the broker when it is
+    ready, and every announced message after that.
+    """
+
+    def connectionMade(self) -> Any:
+        d = super().connectionMade()
+        return d.addCallback(lambda _: self.factory.broker.pubsub_connected(self))
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory.broker.announced(channel, message)
+
+    def connectionLost(self, why: Any) -> None:
+        self.factory.broker.pubsub_lost(self)
+        super().connectionLost(why)
+
+
+def pubsub_factory(broker: RedisBroker) -> Any:
+    """
+    A reconnecting txredisapi subscriber factory for C{broker}; start it
+    with C{factory.startConnecting(endpoint)}.
+    """
+    factory = txredisapi.SubscriberFactory()
+    factory.protocol = PubSubProtocol
+    factory.broker = broker
+    factory.reconnect = True
+    return factory
+
+
+def _bounded(d: "defer.Deferred[Any]", store: RedisStore) -> "defer.Deferred[Any]":
+    return d.addTimeout(store.timeout, store.clock)
+
+
+def _unavailable(failure: Any) -> Any:
+    """
+    A ChannelError stays; a timeout or a lost connection is a 503.
+    """
+    if failure.check(defer.TimeoutError):
+        raise EngineUnavailable("Redis too slow")
+    if failure.check(txredisapi.ConnectionError, error.ConnectError, error.ConnectionLost, error.ConnectionDone):
+        raise EngineUnavailable("Redis not reachable")
+    return failure  # a refusal (ChannelError), or a defect: let it show
