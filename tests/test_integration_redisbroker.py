@@ -178,3 +178,37 @@ class RedisBrokerTests(unittest.TestCase):
         await sleep(0.2)
         position = await a.publish("news", "after")
         self.assertGreaterEqual(position.seq, 2)
+
+
+class RedisOverV1Tests(unittest.TestCase):
+    """
+    wsheart.v1 frames on the Redis engine.
+    """
+
+    timeout = 60
+
+    @async_test
+    async def test_own_message_before_published_and_503_with_retry_after(self) -> None:
+        """
+        A subscribed publisher gets its own message before "published"
+        (as on the memory engine); with Redis frozen a publish is an error
+        frame 503 with retry_after, and the connection stays open.
+        """
+        from wsheart.channels.v1 import ChannelProtocolHandler
+
+        case = RedisBrokerTests("test_publish_on_one_process_reaches_the_other")
+        case.server = RedisServer(self)
+        case.addCleanup = self.addCleanup  # type: ignore[method-assign]
+        broker = await case.broker(timeout=0.5)
+        handler = ChannelProtocolHandler(broker)
+        a = FakeConnection("a")
+        await handler.message_received(a, '{"op":"subscribe","channel":"chat.x"}')
+        await handler.message_received(a, '{"op":"publish","channel":"chat.x","data":"hi","ref":1}')
+        self.assertEqual([f["op"] for f in a.frames()], ["subscribed", "message", "published"])
+        os.kill(case.server.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, case.server.pid, signal.SIGCONT)
+        a.sent.clear()
+        await handler.message_received(a, '{"op":"publish","channel":"chat.x","data":"x","ref":2}')
+        [error] = a.frames()
+        self.assertEqual((error["op"], error["code"], error["ref"], error["retry_after"]), ("error", 503, 2, 2))
+        self.assertIsNone(a.closed)

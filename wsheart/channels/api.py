@@ -187,7 +187,7 @@ class _Guarded(Resource):
         try:
             answer = handler(request)
         except ChannelError as e:
-            return json_response(request, e.code, {"error": e.reason})
+            return _refused(request, e)
         if not isinstance(answer, defer.Deferred):
             return answer
         # An engine that answers later (Redis): finish the request then.
@@ -197,7 +197,7 @@ class _Guarded(Resource):
 
     def _failed(self, failure: Any, request: Request) -> bytes:
         if failure.check(ChannelError):
-            return json_response(request, failure.value.code, {"error": failure.value.reason})
+            return _refused(request, failure.value)
         log.failure("channel API request failed", failure)
         return json_response(request, 500, {"error": "internal error"})
 
@@ -278,6 +278,12 @@ class ChannelResource(_Guarded):
                 raise ChannelError(400, "since must be a non-negative integer (a seq)")
             return when_done(self.broker.history_json(channel, int(raw)), lambda text: _raw_json(request, text))
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
+
+
+def _refused(request: Request, refusal: ChannelError) -> bytes:
+    if refusal.retry_after is not None:
+        request.setHeader(b"retry-after", b"%d" % max(1, round(refusal.retry_after)))
+    return json_response(request, refusal.code, {"error": refusal.reason})
 
 
 def _raw_json(request: Request, text: str) -> bytes:

@@ -60,10 +60,12 @@ class ChannelError(Exception):
     of the protocol (docs/protocol.md) and the HTTP status of the API.
     """
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, retry_after: Optional[float] = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        # Seconds after which the same request may succeed (503, 429).
+        self.retry_after = retry_after
 
 
 def check_channel_name(name: object) -> str:

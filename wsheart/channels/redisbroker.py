@@ -60,8 +60,7 @@ class EngineUnavailable(ChannelError):
     """
 
     def __init__(self, reason: str) -> None:
-        super().__init__(UNAVAILABLE, f"channels unavailable: {reason}; retry in {RETRY_AFTER_SECONDS} s")
-        self.retry_after = RETRY_AFTER_SECONDS
+        super().__init__(UNAVAILABLE, f"channels unavailable: {reason}", retry_after=RETRY_AFTER_SECONDS)
 
 
 @dataclass
@@ -97,6 +96,8 @@ class RedisBroker(Broker):
         self.store = store
         self.pubsub: Optional[Any] = None
         self._listening: dict[str, _Listening] = {}
+        # Publishes waiting until this process has delivered their seq.
+        self._acks: dict[str, list[tuple[Position, "defer.Deferred[Position]"]]] = {}
 
     # -- pub/sub connection ------------------------------------------------------
 
@@ -164,6 +165,15 @@ class RedisBroker(Broker):
             else:
                 ready.append(subscriber.connection)
         self.delivered_total += send_to_all(ready, frame)
+        acks = self._acks.get(channel.name)
+        if acks:
+            # Publishes of this process up to here may be acknowledged now:
+            # their publisher, if subscribed, has its message.
+            due = [(acked, d) for acked, d in acks if acked.seq <= seq]
+            self._acks[channel.name] = [(acked, d) for acked, d in acks if acked.seq > seq]
+            for acked, d in due:
+                if not d.called:  # a timed-out one has answered already
+                    d.callback(acked)
 
     def _repair(self, name: str, listening: _Listening, channel: Channel) -> None:
         """
@@ -339,8 +349,26 @@ class RedisBroker(Broker):
         except ChannelError as e:
             return defer.fail(e)
         self.published_total += 1
-        d = self.store.publish(channel_name, data_json, idempotency_key)
-        return d.addCallbacks(lambda published: published.position, lambda f: _unavailable(f))
+        d: defer.Deferred[Any] = self.store.publish(channel_name, data_json, idempotency_key)
+        d.addCallbacks(lambda published: self._after_delivery(channel_name, published.position), _unavailable)
+        return d
+
+    def _after_delivery(self, name: str, position: Position) -> "defer.Deferred[Position]":
+        """
+        C{position}, once this process has delivered it to its own
+        subscribers of the channel (so that a subscribed publisher gets its
+        message before the acknowledgement, as on the memory engine) - or
+        after the store's timeout, whichever comes first.
+        """
+        channel = self._channels.get(name)
+        listening = self._listening.get(name)
+        if channel is None or listening is None or not channel.subscribers:
+            return defer.succeed(position)
+        if channel.epoch == position.epoch and channel.seq >= position.seq:
+            return defer.succeed(position)
+        waiter: defer.Deferred[Position] = defer.Deferred()
+        self._acks.setdefault(name, []).append((position, waiter))
+        return waiter.addTimeout(self.store.timeout, self.store.clock, onTimeoutCancel=lambda result, timeout: position)
 
     def history_json(self, channel_name: str, since_seq: int = 0) -> "defer.Deferred[str]":  # type: ignore[override]
         def document(read: HistoryRead) -> str:

@@ -87,14 +87,15 @@ class ChannelProtocolHandler(MessageHandler):
         try:
             result = method(self, connection, frame)
         except ChannelError as e:
-            self._error(connection, e.code, e.reason, channel=channel_name, ref=ref)
+            self._error(connection, e.code, e.reason, channel=channel_name, ref=ref, retry_after=e.retry_after)
             return None
         if isinstance(result, defer.Deferred):
             # An engine that answers later (Redis): its refusals become error
             # frames when they arrive; anything else fails the handler.
             def refused(failure: Any) -> None:
                 failure.trap(ChannelError)
-                self._error(connection, failure.value.code, failure.value.reason, channel=channel_name, ref=ref)
+                refusal = failure.value
+                self._error(connection, refusal.code, refusal.reason, channel=channel_name, ref=ref, retry_after=refusal.retry_after)
 
             return result.addErrback(refused)
         return None
@@ -175,13 +176,21 @@ class ChannelProtocolHandler(MessageHandler):
     # -- helpers --------------------------------------------------------------
 
     def _error(
-        self, connection: IConnection, code: int, reason: str, channel: Optional[str] = None, ref: Any = None
+        self,
+        connection: IConnection,
+        code: int,
+        reason: str,
+        channel: Optional[str] = None,
+        ref: Any = None,
+        retry_after: Optional[float] = None,
     ) -> None:
         frame: dict[str, Any] = {"op": "error", "code": code, "reason": reason}
         if channel is not None:
             frame["channel"] = channel
         if ref is not None:
             frame["ref"] = ref
+        if retry_after is not None:
+            frame["retry_after"] = retry_after  # the same request may succeed then (503)
         connection.send_text(encode(frame))
 
 
