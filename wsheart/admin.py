@@ -34,10 +34,11 @@ from wsheart.pages import CSS, HTML, HTML_SECURITY_HEADERS, JS, static_text
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, health: Health, hub: Hub) -> None:
+    def __init__(self, health: Health, hub: Hub, broker: Optional[Broker] = None) -> None:
         super().__init__()
         self._health = health
         self._hub = hub
+        self._broker = broker
 
     def render_GET(self, request: Request) -> bytes:
         state = self._health.state()
@@ -49,6 +50,8 @@ class HealthResource(Resource):
             "reactor_lag_seconds": round(self._health.lag.current_lag(), 4),
             "version": __version__,
         }
+        if self._broker is not None:
+            body["channels"] = self._broker.engine_state()
         return json_response(request, 200 if state == "serving" else 503, body)
 
 
@@ -148,7 +151,7 @@ def admin_site(
     body_policy = BodyPolicy()
     if broker is not None:
         body_policy = install_api(root, broker, api_token)
-    root.putChild(b"healthz", HealthResource(health, hub))
+    root.putChild(b"healthz", HealthResource(health, hub, broker))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"connections", ConnectionsResource(hub, clock))
     root.putChild(b"status", StaticResource("status.html", HTML, html=True))

@@ -18,6 +18,8 @@ from twisted.python import usage
 from wsheart import __version__
 from wsheart.admin import admin_site
 from wsheart.channels.api import read_token_file
+from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
+from wsheart.channels.redisstore import RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
@@ -146,6 +148,9 @@ class Options(usage.Options):
         ["max-subscriptions", None, 100, "wsheart.v1: channels one connection may subscribe to.", positive_int("max-subscriptions")],
         ["client-publish", None, "chat.*", "wsheart.v1: comma-separated channel patterns clients may publish to (empty: none)."],
         ["quiet-presence", None, "", "wsheart.v1: comma-separated channel patterns without join/leave events."],
+        ["redis", None, None, "wsheart.v1: share channels, history and idempotency keys with every process on this Redis: redis://HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH (default: in this process's memory)."],
+        ["redis-prefix", None, "wsh", "wsheart.v1: prefix of wsheart's Redis keys (one per deployment sharing a Redis)."],
+        ["redis-timeout", None, 2.0, "wsheart.v1: seconds a Redis command may take before the publish or subscribe fails with 503.", positive_float("redis-timeout")],
         ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
     ]
 
@@ -224,6 +229,14 @@ class Options(usage.Options):
                     client_publish=_patterns(self["client-publish"]),
                     quiet_presence=_patterns(self["quiet-presence"]),
                 )
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        self["redis-address"] = None
+        if self["redis"]:
+            if self["no-channels"]:
+                raise usage.UsageError("--redis holds channels: drop --no-channels")
+            try:
+                self["redis-address"] = RedisAddress.parse(self["redis"])
             except ValueError as e:
                 raise usage.UsageError(str(e))
         self["api-token"] = None
@@ -307,7 +320,14 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         except HandlerLoadError as e:
             raise usage.UsageError(str(e))
     metrics = ServerMetrics()
-    broker = Broker(reactor, options["channels"]) if options["channels"] is not None else None
+    broker: Optional[Broker] = None
+    redis: Optional[RedisConnections] = None
+    if options["channels"] is not None and options["redis-address"] is not None:
+        store = RedisStore(None, reactor, options["channels"], prefix=options["redis-prefix"], timeout=options["redis-timeout"])
+        broker = RedisBroker(reactor, options["channels"], store)
+        redis = RedisConnections(broker, options["redis-address"], reactor)
+    elif options["channels"] is not None:
+        broker = Broker(reactor, options["channels"])
     subprotocols = serve(broker, hub, metrics) if broker is not None else {}
     factory = ServerFactory(
         hub=hub,
@@ -342,6 +362,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         # Expired history and idempotency keys are freed every second, not
         # when a channel happens to be touched.
         service.add_background(Housekeeping(broker))
+    if redis is not None:
+        service.add_background(redis)
     # strports.service raises from privilegedStartService when the bind
     # fails, so twistd stops instead of running without a listener.
     for description in options["endpoint"]:

@@ -516,6 +516,12 @@ class Broker:
 
     # -- housekeeping ---------------------------------------------------------
 
+    def engine_state(self) -> dict[str, Any]:
+        """
+        What /healthz says of the engine that holds the channels.
+        """
+        return {"engine": "memory"}
+
     def expire(self) -> None:
         """
         Drop every history entry older than the history age, and every

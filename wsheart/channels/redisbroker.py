@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import txredisapi
+from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -383,6 +384,11 @@ class RedisBroker(Broker):
 
         return self.store.read(channel_name, since_seq).addCallbacks(document, lambda f: _unavailable(f))
 
+    def engine_state(self) -> dict[str, Any]:
+        # "down" while the pub/sub connection is away; /healthz stays 200
+        # (a Redis blip must not empty a load balancer of every process).
+        return {"engine": "redis", "redis": "up" if self.pubsub is not None else "down"}
+
     def expire(self) -> None:
         # Redis bounds history itself (MAXLEN, PEXPIRE); keys expire there.
         pass
@@ -434,3 +440,90 @@ def _unavailable(failure: Any) -> Any:
     if failure.check(txredisapi.ConnectionError, error.ConnectError, error.ConnectionLost, error.ConnectionDone):
         raise EngineUnavailable("Redis not reachable")
     return failure  # a refusal (ChannelError), or a defect: let it show
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """
+    Where Redis is: C{redis://[:PASSWORD@]HOST[:PORT][/DB]},
+    C{rediss://...} (TLS) or C{unix:///PATH[?db=N]}.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    path: Optional[str] = None
+    db: Optional[int] = None
+    password: Optional[str] = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> "RedisAddress":
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"--redis takes redis://HOST[:PORT][/DB], rediss://... or unix:///PATH, got {url!r}")
+        try:
+            if parts.scheme == "unix":
+                if not parts.path:
+                    raise ValueError("no socket path")
+                db = parse_qs(parts.query).get("db", [None])[0]
+                return cls(path=parts.path, db=int(db) if db is not None else None, password=parts.password)
+            db_text = parts.path.strip("/")
+            return cls(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 6379,
+                db=int(db_text) if db_text else None,
+                password=unquote(parts.password) if parts.password else None,
+                tls=parts.scheme == "rediss",
+            )
+        except ValueError as e:
+            raise ValueError(f"--redis {url!r}: {e}") from None
+
+    def endpoint(self, reactor: Any) -> Any:
+        from twisted.internet import endpoints, ssl
+
+        if self.path is not None:
+            return endpoints.UNIXClientEndpoint(reactor, self.path)
+        endpoint: Any = endpoints.HostnameEndpoint(reactor, self.host, self.port)
+        if self.tls:
+            endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(self.host), endpoint)
+        return endpoint
+
+
+class RedisConnections(Service):
+    """
+    The Redis engine's two connections while the daemon runs: a small pool
+    for commands (the scripts) and the pub/sub connection; both reconnect
+    with backoff by themselves (txredisapi).
+    """
+
+    def __init__(self, broker: RedisBroker, address: RedisAddress, reactor: Any) -> None:
+        self.broker = broker
+        self.address = address
+        self.reactor = reactor
+        self.commands: Any = None
+        self.pubsub: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        address = self.address
+        factory = txredisapi.RedisFactory(
+            f"{address.path or address.host}:{address.port}", address.db, 2, isLazy=True,
+            password=address.password, convertNumbers=False,
+        )  # fmt: skip
+        factory.startConnecting(address.endpoint(self.reactor))
+        self.commands = factory.handler
+        self._command_factory = factory
+        self.broker.store.redis = self.commands
+        self.pubsub = pubsub_factory(self.broker)
+        self.pubsub.password = address.password
+        self.pubsub.dbid = address.db
+        self.pubsub.startConnecting(address.endpoint(self.reactor))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return defer.gatherResults(
+            [defer.maybeDeferred(f.disconnect) for f in (self._command_factory, self.pubsub) if f is not None],
+            consumeErrors=True,
+        )

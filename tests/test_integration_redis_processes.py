@@ -1,0 +1,119 @@
+"""
+Integration test of the Redis engine the way it is deployed: two real
+C{twistd wsheart --redis} processes on 127.0.0.1 sharing one real
+redis-server; clients from the websockets library (wsheart.v1) on each and
+the HTTP API of each.  Every process is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from typing import Any
+
+import websockets.sync.client
+from twisted.trial import unittest
+
+from .loopback import Process, RedisServer, free_port, poll_until, read_until, twistd_command, wait_for_port
+
+TOKEN = "redis-processes-test-token-0123"
+
+
+def ws_v1(port: int) -> Any:
+    return websockets.sync.client.connect(
+        f"ws://127.0.0.1:{port}/", subprotocols=["wsheart.v1"], proxy=None, open_timeout=5, ping_interval=None
+    )
+
+
+def receive(ws: Any, op: str, timeout: float = 10) -> dict[str, Any]:
+    """
+    The next frame with C{op} (join/leave and others skipped).
+    """
+    while True:
+        frame = json.loads(ws.recv(timeout=timeout))
+        if frame["op"] == op:
+            return frame  # type: ignore[no-any-return]
+
+
+class Node:
+    """
+    One C{twistd -n wsheart --redis ...}: its WebSocket and admin ports.
+    """
+
+    def __init__(self, test: unittest.TestCase, redis_port: int, token_file: str, name: str) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        cwd = os.path.abspath(test.mktemp())
+        os.makedirs(cwd)
+        self.process = Process(
+            test,
+            twistd_command()
+            + [
+                "-n", "--pidfile=", "wsheart",
+                "--endpoint", f"tcp:{self.port}:interface=127.0.0.1",
+                "--admin-endpoint", f"tcp:{self.admin_port}:interface=127.0.0.1",
+                "--api-token-file", token_file,
+                "--redis", f"redis://127.0.0.1:{redis_port}/0",
+                "--node-id", name,
+            ],
+            cwd=cwd,
+        )  # fmt: skip
+        assert self.process.popen.stdout is not None
+        read_until(self.process.popen.stdout, b"wsheart ready", 30)
+        wait_for_port(self.admin_port)
+
+    def health(self) -> Any:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.admin_port}/healthz", timeout=5) as response:
+            return json.loads(response.read())
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with opener.open(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+class TwoProcessesTests(unittest.TestCase):
+    timeout = 90
+
+    def test_channels_are_shared_through_redis(self) -> None:
+        """
+        A subscriber on A gets what is published through B's HTTP API and
+        by a client on B, with one seq sequence; a client that leaves A
+        after seq 2 and comes back on B with its position recovers exactly
+        what it missed; /healthz of both names the Redis engine, up.
+        """
+        redis = RedisServer(self)
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        a, b = Node(self, redis.port, token_file, "a"), Node(self, redis.port, token_file, "b")
+        for node in (a, b):
+            poll_until(lambda: node.health()["channels"] == {"engine": "redis", "redis": "up"}, 10, "Redis up in /healthz")
+
+        with ws_v1(a.port) as on_a, ws_v1(b.port) as on_b:
+            on_a.send('{"op":"subscribe","channel":"chat.room"}')
+            epoch = receive(on_a, "subscribed")["epoch"]
+            on_b.send('{"op":"subscribe","channel":"chat.room"}')
+            self.assertEqual(receive(on_b, "subscribed")["epoch"], epoch, "one channel, one epoch")
+            self.assertEqual(b.api("POST", "/publish/chat.room", {"from": "api on b"})["seq"], 1)
+            on_b.send('{"op":"publish","channel":"chat.room","data":{"from":"client on b"}}')
+            got = [receive(on_a, "message") for _ in range(2)]
+            self.assertEqual([(m["seq"], m["data"]["from"]) for m in got], [(1, "api on b"), (2, "client on b")])
+            self.assertEqual({m["epoch"] for m in got}, {epoch})
+
+        for i in range(3, 5):
+            self.assertEqual(a.api("POST", "/publish/chat.room", {"n": i})["seq"], i)
+        with ws_v1(b.port) as again:
+            again.send(json.dumps({"op": "subscribe", "channel": "chat.room", "since": {"epoch": epoch, "seq": 2}}))
+            subscribed = receive(again, "subscribed")
+            self.assertEqual((subscribed["recovered"], subscribed["seq"]), (True, 4))
+            self.assertEqual([receive(again, "message")["seq"] for _ in range(2)], [3, 4])
+            a.api("POST", "/publish/chat.room", {"n": 5})
+            self.assertEqual(receive(again, "message")["seq"], 5, "then live, from a publish on the other process")
+        history = b.api("GET", "/channels/chat.room/history?since=3")
+        self.assertEqual([m["seq"] for m in history["messages"]], [4, 5])
