@@ -81,6 +81,10 @@ class OptionsTests(unittest.TestCase):
             (["--ping-timeout", "0"], "--ping-timeout must be a positive"),
             (["--max-missed", "0"], "--max-missed must be at least 1"),
             (["--node-id", "a.b"], "--node-id takes 1-32 letters"),
+            (["--redis", "http://127.0.0.1:6379"], "--redis takes redis://"),
+            (["--redis", "redis://127.0.0.1:6379/x"], "--redis"),
+            (["--redis", "redis://127.0.0.1:6379", "--no-channels"], "drop --no-channels"),
+            (["--redis-timeout", "0"], "--redis-timeout must be a positive"),
             (["--max-client-channels", "0"], "--max-client-channels must be at least 1"),
             (["--max-missed", "two"], "--max-missed must be a whole number"),
             (["--ping-interval", "5", "--ping-timeout", "10"], "must not exceed"),
@@ -165,6 +169,16 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(settings.client_publish, ("chat.*", "game.*"))
         self.assertEqual(settings.quiet_presence, ("ticker.*",))
         self.assertEqual(parse("--client-publish", "")["channels"].client_publish, ())
+        from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
+
+        redis = makeService(parse("--redis", "redis://:s3cret@10.0.0.5:6380/2", "--redis-prefix", "chat"), reactor=MemoryReactorClock())
+        self.assertIsInstance(redis.broker, RedisBroker)
+        assert isinstance(redis.broker, RedisBroker)
+        self.assertEqual(redis.broker.store.prefix, "chat")
+        [connections] = [job for job in redis.background if isinstance(job, RedisConnections)]
+        self.assertEqual(connections.address, RedisAddress(host="10.0.0.5", port=6380, db=2, password="s3cret"))
+        self.assertEqual(RedisAddress.parse("unix:///run/redis.sock?db=1"), RedisAddress(path="/run/redis.sock", db=1))
+        self.assertTrue(RedisAddress.parse("rediss://cache.example.org").tls)
         off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock())
         self.assertIsNone(off.broker)
         self.assertEqual(off.factory.subprotocols, {})
