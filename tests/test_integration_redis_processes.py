@@ -98,8 +98,11 @@ class TwoProcessesTests(unittest.TestCase):
         with ws_v1(a.port) as on_a, ws_v1(b.port) as on_b:
             on_a.send('{"op":"subscribe","channel":"chat.room"}')
             epoch = receive(on_a, "subscribed")["epoch"]
-            on_b.send('{"op":"subscribe","channel":"chat.room"}')
-            self.assertEqual(receive(on_b, "subscribed")["epoch"], epoch, "one channel, one epoch")
+            on_b.send('{"op":"subscribe","channel":"chat.room","name":"bob"}')
+            subscribed = receive(on_b, "subscribed")
+            self.assertEqual(subscribed["epoch"], epoch, "one channel, one epoch")
+            self.assertEqual(sorted(c["id"].split(".")[0] for c in subscribed["presence"]), ["a", "b"], "members of both processes")
+            self.assertEqual(receive(on_a, "join")["client"]["name"], "bob", "a join on B is announced on A")
             self.assertEqual(b.api("POST", "/publish/chat.room", {"from": "api on b"})["seq"], 1)
             on_b.send('{"op":"publish","channel":"chat.room","data":{"from":"client on b"}}')
             got = [receive(on_a, "message") for _ in range(2)]

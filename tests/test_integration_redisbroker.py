@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-from typing import Any
+from typing import Any, Optional
 
 import txredisapi
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
 from wsheart.channels.broker import ChannelError, ChannelSettings, Position
 from wsheart.channels.redisbroker import RedisBroker, pubsub_factory
-from wsheart.channels.redisstore import RedisStore
+from wsheart.channels.redisstore import RedisPresence, RedisStore
 
 from .loopback import RedisServer, async_test, sleep, wait_until
 from .memory import FakeConnection
@@ -28,16 +28,28 @@ def seqs(connection: FakeConnection) -> list[int]:
     return [f["seq"] for f in connection.frames() if f["op"] == "message"]
 
 
-class RedisBrokerTests(unittest.TestCase):
+class RedisBrokerCase(unittest.TestCase):
+    """
+    A redis-server per test, and brokers on it as processes have them.
+    """
+
     timeout = 60
 
     def setUp(self) -> None:
         self.server = RedisServer(self)
 
-    async def broker(self, settings: ChannelSettings = ChannelSettings(), timeout: float = 2.0) -> RedisBroker:
+    async def broker(
+        self, settings: ChannelSettings = ChannelSettings(), timeout: float = 2.0, node: Optional[str] = None, dead_after: float = 60
+    ) -> RedisBroker:
+        """
+        A broker as one process has it; with C{node}, its presence is
+        shared through Redis under that node name.
+        """
         commands = await txredisapi.Connection("127.0.0.1", self.server.port, reconnect=False, convertNumbers=False)
         self.addCleanup(commands.disconnect)
-        broker = RedisBroker(reactor, settings, RedisStore(commands, reactor, settings, prefix="t", timeout=timeout))
+        store = RedisStore(commands, reactor, settings, prefix="t", timeout=timeout)
+        presence = RedisPresence(store, node, dead_after) if node is not None else None
+        broker = RedisBroker(reactor, settings, store, presence)
         factory = pubsub_factory(broker)
         factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
         self.addCleanup(factory.disconnect)
@@ -51,6 +63,9 @@ class RedisBrokerTests(unittest.TestCase):
             connection.send_text(frame)
         return connection, result
 
+
+
+class RedisBrokerTests(RedisBrokerCase):
     @async_test
     async def test_publish_on_one_process_reaches_the_other(self) -> None:
         """
@@ -180,6 +195,63 @@ class RedisBrokerTests(unittest.TestCase):
         self.assertGreaterEqual(position.seq, 2)
 
 
+class SharedPresenceTests(RedisBrokerCase):
+    """
+    Presence through Redis: one member list for every process, joins and
+    leaves announced once, a dead process's members swept by the others.
+    """
+
+    def ops(self, connection: FakeConnection) -> list[tuple[str, str]]:
+        return [(f["op"], f["client"]["id"]) for f in connection.frames() if f["op"] in ("join", "leave")]
+
+    @async_test
+    async def test_members_and_events_across_processes(self) -> None:
+        """
+        A member on A and one on B: each subscribed frame lists both, A
+        hears B's join and leave exactly once, the API's list is shared.
+        """
+        a, b = await self.broker(node="a"), await self.broker(node="b")
+        ann = FakeConnection("a.c1")
+        await a.subscribe("a.c1", ann, "room", name="ann")
+        bob = FakeConnection("b.c1")
+        joined = await b.subscribe("b.c1", bob, "room", name="bob")
+        self.assertEqual(sorted(c["id"] for c in joined.presence), ["a.c1", "b.c1"])
+        self.assertEqual(joined.presence_total, 2)
+        await wait_until(self, lambda: self.ops(ann) == [("join", "b.c1")], timeout=3)
+        self.assertEqual(sorted(c["id"] for c in await a.presence("room")), ["a.c1", "b.c1"])
+        b.remove_connection("b.c1")
+        b.remove_connection("b.c1")  # twice: still one leave
+        await wait_until(self, lambda: self.ops(ann) == [("join", "b.c1"), ("leave", "b.c1")])
+        await sleep(0.2)
+        self.assertEqual(self.ops(ann), [("join", "b.c1"), ("leave", "b.c1")])
+        self.assertEqual(self.ops(bob), [], "no event about oneself")
+        self.assertEqual([c["id"] for c in await b.presence("room")], ["a.c1"])
+
+    @async_test
+    async def test_dead_process_members_leave_once(self) -> None:
+        """
+        B beats once and then dies (no more beats, its connections never
+        close); after dead_after, the next beat of A or C sweeps it: its
+        members leave, announced once, whoever sweeps.
+        """
+        a, b, c = [await self.broker(node=n, dead_after=0.5) for n in ("a", "b", "c")]
+        watcher = FakeConnection("a.c1")
+        await a.subscribe("a.c1", watcher, "room")
+        for i in range(3):
+            await b.subscribe(f"b.c{i}", FakeConnection(f"b.c{i}"), "room")
+        await a.shared_presence.beat()
+        await b.shared_presence.beat()
+        await c.shared_presence.beat()
+        await wait_until(self, lambda: len(self.ops(watcher)) == 3)
+        await sleep(0.6)
+        await defer.gatherResults([a.shared_presence.beat(), c.shared_presence.beat()])
+        await wait_until(self, lambda: len(self.ops(watcher)) == 6)
+        await sleep(0.2)
+        leaves = [cid for op, cid in self.ops(watcher) if op == "leave"]
+        self.assertEqual(sorted(leaves), ["b.c0", "b.c1", "b.c2"], "each leave once")
+        self.assertEqual([m["id"] for m in await a.presence("room")], ["a.c1"])
+
+
 class RedisOverV1Tests(unittest.TestCase):
     """
     wsheart.v1 frames on the Redis engine.
@@ -196,7 +268,7 @@ class RedisOverV1Tests(unittest.TestCase):
         """
         from wsheart.channels.v1 import ChannelProtocolHandler
 
-        case = RedisBrokerTests("test_publish_on_one_process_reaches_the_other")
+        case = RedisBrokerTests("test_publish_on_one_process_reaches_the_other")  # for its helpers
         case.server = RedisServer(self)
         case.addCleanup = self.addCleanup  # type: ignore[method-assign]
         broker = await case.broker(timeout=0.5)

@@ -19,7 +19,7 @@ from wsheart import __version__
 from wsheart.admin import admin_site
 from wsheart.channels.api import read_token_file
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
-from wsheart.channels.redisstore import RedisStore
+from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
@@ -324,8 +324,13 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
     redis: Optional[RedisConnections] = None
     if options["channels"] is not None and options["redis-address"] is not None:
         store = RedisStore(None, reactor, options["channels"], prefix=options["redis-prefix"], timeout=options["redis-timeout"])
-        broker = RedisBroker(reactor, options["channels"], store)
-        redis = RedisConnections(broker, options["redis-address"], reactor)
+        beat = options["heartbeat"]
+        # A process that stops beating is dead after the same bound as a
+        # peer: its members' leaves are announced by the others.
+        dead_after = beat.interval * (beat.max_missed + 1) + beat.timeout
+        presence = RedisPresence(store, hub.node, dead_after)
+        broker = RedisBroker(reactor, options["channels"], store, presence)
+        redis = RedisConnections(broker, options["redis-address"], reactor, beat_interval=beat.interval)
     elif options["channels"] is not None:
         broker = Broker(reactor, options["channels"])
     subprotocols = serve(broker, hub, metrics) if broker is not None else {}

@@ -16,12 +16,14 @@ store's timeout fails at once with 503 (an error frame with
 C{retry_after}, or the HTTP status); open connections and heartbeats are not
 touched, and subscriptions catch up when Redis is back.
 
-Presence (joins, leaves, member lists) is still per process in this engine:
-members on other processes are not listed.
+Presence is shared too (L{RedisPresence}): a join or leave is recorded in
+Redis and announced to every process once; the members of a process that
+dies are announced gone by the others within the heartbeat bound.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -37,6 +39,7 @@ from wsheart.channels.broker import (
     ChannelError,
     ChannelSettings,
     Position,
+    SUBSCRIBED_ENVELOPE,
     Subscribed,
     Subscriber,
     check_channel_name,
@@ -44,7 +47,7 @@ from wsheart.channels.broker import (
     message_head,
     utf8_length,
 )
-from wsheart.channels.redisstore import HistoryRead, RedisStore
+from wsheart.channels.redisstore import HistoryRead, RedisPresence, RedisStore
 from wsheart.frames import send_to_all
 from wsheart.hub import IConnection
 
@@ -92,9 +95,13 @@ class RedisBroker(Broker):
     C{subscribe} and C{history_json} answer with Deferreds.
     """
 
-    def __init__(self, clock: IReactorTime, settings: ChannelSettings, store: RedisStore) -> None:
+    def __init__(
+        self, clock: IReactorTime, settings: ChannelSettings, store: RedisStore, presence: Optional[RedisPresence] = None
+    ) -> None:
         super().__init__(clock, settings)
         self.store = store
+        # None: members are this process's own (tests of delivery alone).
+        self.shared_presence = presence
         self.pubsub: Optional[Any] = None
         self._listening: dict[str, _Listening] = {}
         # Publishes waiting until this process has delivered their seq.
@@ -118,19 +125,76 @@ class RedisBroker(Broker):
 
     def announced(self, channel_key: Any, message: Any) -> None:
         """
-        A message from pub/sub: C{"m" EPOCH ":" SEQ ":" DATA}.
+        A message from pub/sub: C{"m" EPOCH ":" SEQ ":" DATA}, or a join
+        or leave: C{"j"} or C{"l"} and the client's JSON.
         """
         text = message.decode("utf-8") if isinstance(message, bytes) else str(message)
         key = channel_key.decode("utf-8") if isinstance(channel_key, bytes) else str(channel_key)
         prefix = f"{self.store.prefix}:{{"
-        if not (text.startswith("m") and key.startswith(prefix) and key.endswith("}")):
+        if not (text[:1] in ("m", "j", "l") and key.startswith(prefix) and key.endswith("}")):
             return
         name = key[len(prefix) : -1]
+        if text[0] in "jl":
+            self._presence_announced(name, "join" if text[0] == "j" else "leave", text[1:])
+            return
         epoch, _, rest = text[1:].partition(":")
         seq_text, _, data_json = rest.partition(":")
         if not seq_text.isdigit():
             return
         self._arrived(name, epoch, int(seq_text), data_json)
+
+    # -- presence ---------------------------------------------------------------
+
+    def _announce(self, channel: Channel, op: str, who: Subscriber) -> None:
+        # Shared presence: Redis records it and tells every process (this
+        # one included), which then tells its own subscribers.
+        presence = self.shared_presence
+        if presence is None:
+            super()._announce(channel, op, who)
+            return
+        if op == "join":
+            d = presence.join(channel.name, who.connection_id, encode(who.client()))
+        else:
+            d = presence.leave(channel.name, who.connection_id)
+        d.addErrback(self._log_failure, f"presence {op} on {{channel}}", channel.name)
+
+    def _presence_announced(self, name: str, op: str, client_json: str) -> None:
+        channel = self._channels.get(name)
+        if channel is None or not self.settings.presence_events(name):
+            return
+        try:
+            client = json.loads(client_json)
+        except ValueError:
+            return
+        frame = encode({"op": op, "channel": name, "client": client})
+        for subscriber in list(channel.subscribers.values()):
+            if subscriber.connection_id != client.get("id"):
+                try:
+                    subscriber.connection.send_text(frame)
+                except Exception:
+                    log.failure("presence {op} on {channel} could not be sent to {cid}", op=op, channel=name, cid=subscriber.connection_id)
+
+    def presence(self, channel_name: str) -> Any:
+        if self.shared_presence is None:
+            return super().presence(channel_name)
+        d = self.shared_presence.members(channel_name)
+        return d.addCallbacks(lambda members: [json.loads(m) for m in members], _unavailable)
+
+    def _members_that_fit(self, channel: Channel, members: list[str], me: Subscriber, budget: int) -> tuple[tuple[dict[str, Any], ...], int]:
+        """
+        The shared member list for a "subscribed" frame, this subscriber
+        included, cut to C{budget} bytes; and how many members there are.
+        """
+        mine = encode(me.client())
+        if mine not in members:
+            members = [*members, mine]  # its own join may still be on its way
+        listed = []
+        for member in members:
+            budget -= len(member.encode("utf-8")) + 1
+            if budget < 0:
+                break
+            listed.append(json.loads(member))
+        return tuple(listed), len(members)
 
     # -- delivery ---------------------------------------------------------------
 
@@ -243,11 +307,19 @@ class RedisBroker(Broker):
                 return None  # nothing to recover: live from the present
             return self.store.read(channel_name, since.seq)
 
-        def answer(read: Optional[HistoryRead]) -> Subscribed:
+        def answer(read: Optional[HistoryRead]) -> Any:
             pending = subscriber.pending  # type: ignore[attr-defined]
             del subscriber.pending  # type: ignore[attr-defined]
             recovered, missed = self._recovered(channel, since, read, pending)
-            return Subscribed(channel.position(), recovered, missed, result.presence, result.presence_total)
+            if self.shared_presence is None or not self.settings.presence_events(channel_name):
+                return Subscribed(channel.position(), recovered, missed, result.presence, result.presence_total)
+            budget = presence_budget if presence_budget is not None else self.settings.max_data_bytes - SUBSCRIBED_ENVELOPE
+
+            def with_members(members: list[str]) -> Subscribed:
+                listed, total = self._members_that_fit(channel, members, subscriber, budget)
+                return Subscribed(channel.position(), recovered, missed, listed, total)
+
+            return self.shared_presence.members(channel_name).addCallback(with_members)
 
         def failed(failure: Any) -> Any:
             if channel.subscribers.get(connection_id) is subscriber:
@@ -498,12 +570,14 @@ class RedisConnections(Service):
     with backoff by themselves (txredisapi).
     """
 
-    def __init__(self, broker: RedisBroker, address: RedisAddress, reactor: Any) -> None:
+    def __init__(self, broker: RedisBroker, address: RedisAddress, reactor: Any, beat_interval: float = 25.0) -> None:
         self.broker = broker
         self.address = address
         self.reactor = reactor
+        self.beat_interval = beat_interval
         self.commands: Any = None
         self.pubsub: Any = None
+        self._beat: Optional[Any] = None
 
     def startService(self) -> None:
         super().startService()
@@ -520,9 +594,23 @@ class RedisConnections(Service):
         self.pubsub.password = address.password
         self.pubsub.dbid = address.db
         self.pubsub.startConnecting(address.endpoint(self.reactor))
+        if self.broker.shared_presence is not None:
+            # This process's presence heartbeat, and the sweep of the dead.
+            from twisted.internet.task import LoopingCall
+
+            self._beat = LoopingCall(self._beat_once)
+            self._beat.clock = self.reactor
+            self._beat.start(self.beat_interval, now=True)
+
+    def _beat_once(self) -> None:
+        presence = self.broker.shared_presence
+        if presence is not None:
+            presence.beat().addErrback(lambda f: log.warn("presence heartbeat failed: {why}", why=f.getErrorMessage()))
 
     def stopService(self) -> Any:
         super().stopService()
+        if self._beat is not None and self._beat.running:
+            self._beat.stop()
         return defer.gatherResults(
             [defer.maybeDeferred(f.disconnect) for f in (self._command_factory, self.pubsub) if f is not None],
             consumeErrors=True,

@@ -196,3 +196,101 @@ class RedisStore:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# Presence: one hash per channel, connection id -> the client's JSON, and
+# one set per process of the channels where it has members (so that the
+# members of a process that died can be found and announced gone).
+# KEYS: presence hash, the process's channel set.  ARGV: connection id,
+# client JSON, pub/sub channel, channel name.  Returns 1 for a new member.
+JOIN_SCRIPT = """
+local new = redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('sadd', KEYS[2], ARGV[4])
+if new == 1 then redis.call('publish', ARGV[3], 'j' .. ARGV[2]) end
+return new
+"""
+
+# KEYS: presence hash.  ARGV: connection id, pub/sub channel.  Announces the
+# leave once: only the call that removed the member.
+LEAVE_SCRIPT = """
+local client = redis.call('hget', KEYS[1], ARGV[1])
+if not client then return 0 end
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('publish', ARGV[2], 'l' .. client)
+return 1
+"""
+
+# A process that stopped beating: KEYS: the node zset, its channel set.
+# ARGV: node, key prefix ("PREFIX:{"), id prefix ("NODE.").  Only the
+# caller whose ZREM removed it sweeps, so each leave is announced once.
+SWEEP_SCRIPT = """
+if redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
+local swept = 0
+for _, channel in ipairs(redis.call('smembers', KEYS[2])) do
+  local hash = ARGV[2] .. channel .. '}:p'
+  local fields = redis.call('hgetall', hash)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, #ARGV[3]) == ARGV[3] then
+      redis.call('hdel', hash, fields[i])
+      redis.call('publish', ARGV[2] .. channel .. '}', 'l' .. fields[i + 1])
+      swept = swept + 1
+    end
+  end
+end
+redis.call('del', KEYS[2])
+return swept
+"""
+
+
+class RedisPresence:
+    """
+    Channel members across every process, in Redis, tied to each
+    process's heartbeat: a process beats every C{beat} seconds, and one
+    that has not for C{dead_after} is swept by whichever process notices
+    first, its members' leaves announced once.
+    """
+
+    def __init__(self, store: RedisStore, node: str, dead_after: float) -> None:
+        self.store = store
+        self.node = node
+        self.dead_after = dead_after
+
+    def _node_channels(self, node: str) -> str:
+        return f"{self.store.prefix}:node:{node}:ch"
+
+    def join(self, channel: str, connection_id: str, client_json: str) -> "defer.Deferred[bool]":
+        keys = [self.store.key(channel, "p"), self._node_channels(self.node)]
+        d = self.store._bounded(self.store.redis.eval(JOIN_SCRIPT, keys, [connection_id, client_json, self.store.key(channel), channel]))
+        return d.addCallback(lambda new: int(new) == 1)
+
+    def leave(self, channel: str, connection_id: str) -> "defer.Deferred[bool]":
+        keys = [self.store.key(channel, "p")]
+        d = self.store._bounded(self.store.redis.eval(LEAVE_SCRIPT, keys, [connection_id, self.store.key(channel)]))
+        return d.addCallback(lambda left: int(left) == 1)
+
+    def members(self, channel: str) -> "defer.Deferred[list[str]]":
+        """
+        The members' client JSON, in no particular order.
+        """
+        d = self.store._bounded(self.store.redis.execute_command("HVALS", self.store.key(channel, "p")))
+        return d.addCallback(lambda values: [_text(v) for v in values or ()])
+
+    def beat(self) -> "defer.Deferred[Any]":
+        """
+        This process is alive; then sweep every process that is not.
+        """
+        nodes = f"{self.store.prefix}:nodes"
+        now = self.store.clock.seconds()
+        d = self.store._bounded(self.store.redis.execute_command("ZADD", nodes, f"{now:.3f}", self.node))
+        d.addCallback(lambda _: self.store._bounded(
+            self.store.redis.execute_command("ZRANGEBYSCORE", nodes, "-inf", f"{now - self.dead_after:.3f}")))  # fmt: skip
+        return d.addCallback(self._sweep_all)
+
+    def _sweep_all(self, dead: Any) -> "defer.Deferred[Any]":
+        sweeps = []
+        for node in dead or ():
+            node = _text(node)
+            keys = [f"{self.store.prefix}:nodes", self._node_channels(node)]
+            args = [node, f"{self.store.prefix}:{{", f"{node}."]
+            sweeps.append(self.store._bounded(self.store.redis.eval(SWEEP_SCRIPT, keys, args)))
+        return defer.gatherResults(sweeps, consumeErrors=True)
