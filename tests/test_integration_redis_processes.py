@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import websockets.sync.client
 from twisted.trial import unittest
@@ -22,8 +22,9 @@ TOKEN = "redis-processes-test-token-0123"
 
 def ws_v1(port: int) -> Any:
     return websockets.sync.client.connect(
-        f"ws://127.0.0.1:{port}/", subprotocols=["wsheart.v1"], proxy=None, open_timeout=5, ping_interval=None
-    )
+        f"ws://127.0.0.1:{port}/", subprotocols=["wsheart.v1"], proxy=None, open_timeout=5, ping_interval=None,
+        close_timeout=0.5,  # a client of a killed process closes at once
+    )  # fmt: skip
 
 
 def receive(ws: Any, op: str, timeout: float = 10) -> dict[str, Any]:
@@ -41,8 +42,18 @@ class Node:
     One C{twistd -n wsheart --redis ...}: its WebSocket and admin ports.
     """
 
-    def __init__(self, test: unittest.TestCase, redis_port: int, token_file: str, name: str) -> None:
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        redis_port: int,
+        token_file: str,
+        name: str,
+        endpoint: Optional[str] = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.name = name
         self.port, self.admin_port = free_port(), free_port()
+        endpoint = endpoint or f"tcp:{self.port}:interface=127.0.0.1"
         cwd = os.path.abspath(test.mktemp())
         os.makedirs(cwd)
         self.process = Process(
@@ -50,11 +61,12 @@ class Node:
             twistd_command()
             + [
                 "-n", "--pidfile=", "wsheart",
-                "--endpoint", f"tcp:{self.port}:interface=127.0.0.1",
+                "--endpoint", endpoint,
                 "--admin-endpoint", f"tcp:{self.admin_port}:interface=127.0.0.1",
                 "--api-token-file", token_file,
                 "--redis", f"redis://127.0.0.1:{redis_port}/0",
                 "--node-id", name,
+                *extra,
             ],
             cwd=cwd,
         )  # fmt: skip
@@ -120,3 +132,72 @@ class TwoProcessesTests(unittest.TestCase):
             self.assertEqual(receive(again, "message")["seq"], 5, "then live, from a publish on the other process")
         history = b.api("GET", "/channels/chat.room/history?since=3")
         self.assertEqual([m["seq"] for m in history["messages"]], [4, 5])
+
+
+class ThreeProcessesOnePortTests(unittest.TestCase):
+    timeout = 120
+
+    def test_a_killed_process_is_survived(self) -> None:
+        """
+        Three processes on one reuseport port share a Redis; clients spread
+        over them all subscribe to one channel.  One process is killed
+        (SIGKILL: nothing closes): every member it had leaves, announced
+        once to the others within the heartbeat bound, and its clients,
+        reconnecting to the same port, land on the others and recover
+        what was published meanwhile.
+        """
+        import signal
+
+        redis = RedisServer(self)
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        port = free_port()
+        # Heartbeat 0.5 s / 0.25 s / 1 miss: a silent process is swept after 1.25 s.
+        extra = ["--ping-interval", "0.5", "--ping-timeout", "0.25", "--max-missed", "1"]
+        nodes = [Node(self, redis.port, token_file, f"n{i}", endpoint=f"reuseport:{port}:interface=127.0.0.1", extra=extra) for i in range(3)]
+        clients = []
+        for i in range(30):
+            ws = ws_v1(port)
+            self.addCleanup(ws.close)
+            ws.send(json.dumps({"op": "subscribe", "channel": "chat.room", "name": f"user{i}"}))
+            subscribed = receive(ws, "subscribed")
+            clients.append((ws, subscribed["epoch"], ws.local_address[1]))
+        by_node: dict[str, int] = {}
+        for node in nodes:
+            by_node[node.name] = node.health()["connections"]
+        self.assertEqual(sum(by_node.values()), 30)
+        self.assertTrue(all(count > 0 for count in by_node.values()), by_node)
+
+        victim = nodes[0]
+        victims = {row["id"] for row in victim.api("GET", "/channels/chat.room/presence")["clients"] if row["id"].startswith("n0.")}
+        self.assertEqual(len(victims), by_node["n0"])
+        victim_peers = {row["peer"] for row in victim.api("GET", "/connections")}
+        os.kill(victim.process.pid, signal.SIGKILL)
+        victim.process.popen.wait(10)
+        nodes[1].api("POST", "/publish/chat.room", {"after": "the kill"})
+
+        survivors = [ws for ws, _, local in clients if f"tcp4:127.0.0.1:{local}" not in victim_peers]
+        self.assertEqual(len(survivors), 30 - len(victims))
+        for ws in survivors:
+            self.assertEqual(receive(ws, "message")["data"], {"after": "the kill"})
+        # Each survivor hears every member of the dead process leave, once.
+        watcher = survivors[0]
+        left: list[str] = []
+        deadline_frames = 0
+        while len(left) < len(victims) and deadline_frames < 200:
+            frame = json.loads(watcher.recv(timeout=10))
+            deadline_frames += 1
+            if frame["op"] == "leave":
+                left.append(frame["client"]["id"])
+        self.assertEqual(sorted(left), sorted(victims), "every member of the killed process left, once")
+        remaining = {row["id"] for row in nodes[1].api("GET", "/channels/chat.room/presence")["clients"]}
+        self.assertFalse(remaining & victims)
+        # A client of the killed process comes back on the same port and recovers.
+        back = ws_v1(port)
+        self.addCleanup(back.close)
+        epoch = clients[0][1]
+        back.send(json.dumps({"op": "subscribe", "channel": "chat.room", "since": {"epoch": epoch, "seq": 0}}))
+        subscribed = receive(back, "subscribed")
+        self.assertEqual((subscribed["recovered"], subscribed["seq"]), (True, 1))
+        self.assertEqual(receive(back, "message")["data"], {"after": "the kill"})
