@@ -48,10 +48,30 @@ class SettingsTests(unittest.TestCase):
             (dict(initial=10, cap=5), "cap"),
             (dict(floor=-1), "floor"),
             (dict(max_attempts=0), "max attempts"),
+            (dict(initial=-1), "initial"),
+            (dict(stable_after=-1), "stable-after"),
         ]:
             with self.assertRaises(ValueError) as e:
                 BackoffSettings(**kwargs)  # type: ignore[arg-type]
             self.assertIn(text, str(e.exception))
+
+    def test_limits_that_are_allowed(self) -> None:
+        """
+        The edges of the valid range are accepted: no growth (factor 1), a
+        cap equal to the initial window, no floor, no stable wait, one
+        attempt.
+        """
+        BackoffSettings(factor=1, initial=5, cap=5, floor=0, stable_after=0, max_attempts=1)
+
+    def test_defaults_are_the_documented_ones(self) -> None:
+        """
+        The defaults README's "Reconnect schedule" table states.
+        """
+        settings = BackoffSettings()
+        self.assertEqual(
+            (settings.initial, settings.factor, settings.cap, settings.floor, settings.stable_after, settings.max_attempts),
+            (1.0, 2.0, 60.0, 0.1, 30.0, None),
+        )
 
 
 class ScheduleTests(unittest.TestCase):
@@ -182,6 +202,10 @@ class HintParsingTests(unittest.TestCase):
             (1012, '{"retry_after": "soon"}'),
             (1012, '{"retry_after": true}'),
             (1012, '{"retry_after": NaN}'),
+            (1012, '{"jitter": 3}'),
+            (1012, '"5"'),
+            (1012, "5"),
+            (1012, '{"retry_after": 5, "jitter": "x"}'),
         ]:
             self.assertIsNone(hint_from_close(code, reason), (code, reason))
 

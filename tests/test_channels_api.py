@@ -290,3 +290,50 @@ class EngineThatAnswersLaterTests(APITestCase):
         late = self.request("POST", "/publish/news", body=b'"' + b"x" * 65300 + b'"')  # fits the body limit, not the frame
         self.clock.advance(0.01)
         self.assertEqual(Answer(late.transport).status, 413)
+
+
+class APIEdgeTests(APITestCase):
+    """
+    The API's limits at their edges.
+    """
+
+    def test_token_file(self) -> None:
+        """
+        The token is the first line of its file, at least 16 characters.
+        """
+        from wsheart.channels.api import read_token_file
+
+        path = self.mktemp()
+        for text, ok in [("x" * 16 + "\nsecond line\n", True), ("x" * 15 + "\n", False), ("\nlater\n", False)]:
+            with open(path, "w") as f:
+                f.write(text)
+            if ok:
+                self.assertEqual(read_token_file(path), b"x" * 16)
+            else:
+                with self.assertRaises(ValueError):
+                    read_token_file(path)
+
+    def test_key_length_and_since_edges(self) -> None:
+        """
+        An Idempotency-Key of 128 characters is taken; since may have 18
+        digits; a body of exactly the message limit is read whole.
+        """
+        key = b"Idempotency-Key: " + b"k" * 128 + b"\r\n"
+        self.assertEqual(self.request("POST", "/publish/news", body=b"1", headers=key).status, 200)
+        self.assertEqual(self.request("GET", "/channels/news/history?since=" + "9" * 18).status, 200)
+        body = b'"' + b"x" * (64 * 1024 - 2) + b'"'  # exactly max_data_bytes: read whole, then 413 for the frame
+        answer = self.request("POST", "/publish/news", body=body)
+        self.assertEqual(answer.status, 413)
+        self.assertIn("message data is larger", answer.json()["error"], "refused by the broker, not as unreadable JSON")
+
+    def test_methods_and_paths(self) -> None:
+        """
+        A 405 says which methods are allowed; bare /publish is a 400; the
+        early 401 carries WWW-Authenticate; presence answers 200.
+        """
+        answer = self.request("DELETE", "/channels/news/presence")
+        self.assertEqual((answer.status, answer.headers[b"allow"]), (405, b"GET"))
+        self.assertEqual(self.request("POST", "/publish", body=b"1").status, 400)
+        early = self.request("POST", "/publish/news", body=b"1", auth=None)
+        self.assertEqual((early.status, early.headers[b"www-authenticate"]), (401, b'Bearer realm="wsheart"'))
+        self.assertEqual(self.request("GET", "/channels/news/presence").status, 200)

@@ -384,9 +384,9 @@ class BrokerContract:
         """
         broker = self.make_broker(ChannelSettings(history_age=5))
         first = broker.publish("news", 1, idempotency_key="k")
-        self.advance(59)
+        self.advance(59.9)
         self.assertEqual(broker.publish("news", 1, idempotency_key="k"), first)
-        self.advance(2)
+        self.advance(1.2)
         self.assertEqual(broker.publish("news", 1, idempotency_key="k").seq, first.seq + 1)
 
     # -- fan-out --------------------------------------------------------------
@@ -527,3 +527,138 @@ class MemoryBrokerTests(BrokerContract, unittest.TestCase):
         self.advance(30)
         self.broker.expire()
         self.assertEqual([row["channel"] for row in self.broker.channels()], ["a"])
+
+
+class BrokerEdgeTests(unittest.TestCase):
+    """
+    Boundaries and bookkeeping of the memory engine that a mutation run
+    found unprotected.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = Broker(self.clock, ChannelSettings(history_size=5, history_age=60))
+
+    def test_settings_validation_and_defaults(self) -> None:
+        """
+        Negative sizes and ages, and zero limits, are refused; the
+        defaults are the documented ones.
+        """
+        for kwargs in [
+            dict(history_size=-1), dict(history_age=-1), dict(max_channels=0), dict(max_client_channels=0),
+            dict(max_subscriptions=0), dict(max_idempotency_keys=0), dict(max_data_bytes=1023),
+        ]:  # fmt: skip
+            with self.assertRaises(ValueError, msg=kwargs):
+                ChannelSettings(**kwargs)  # type: ignore[arg-type]
+        ChannelSettings(history_size=0, history_age=0, max_data_bytes=1024)
+        d = ChannelSettings()
+        self.assertEqual(
+            (d.history_size, d.history_age, d.max_channels, d.max_client_channels, d.max_subscriptions, d.max_idempotency_keys),
+            (100, 300.0, 10000, 10000, 100, 100_000),
+        )
+        self.assertEqual((ChannelSettings(history_age=5).key_lifetime, ChannelSettings(history_age=90).key_lifetime), (60.0, 90.0))
+
+    def test_data_at_the_size_limit(self) -> None:
+        """
+        Data of exactly the limit less the envelope is taken; one byte
+        more is 413.
+        """
+        broker = Broker(self.clock, ChannelSettings(max_data_bytes=2000))
+        broker.publish("news", "x" * (2000 - 256 - 2))
+        with self.assertRaises(ChannelError) as e:
+            broker.publish("news", "x" * (2000 - 256 - 1))
+        self.assertEqual(e.exception.code, 413)
+
+    def test_unsubscribe_then_close_leaves_no_ghost(self) -> None:
+        """
+        A connection in two channels leaves one, then closes: it is in
+        neither afterwards.
+        """
+        a = FakeConnection("a")
+        for name in ("one", "two"):
+            self.broker.subscribe("a", a, name)
+        self.broker.subscribe("b", FakeConnection("b"), "one")
+        self.broker.subscribe("b", FakeConnection("b"), "two")
+        self.assertTrue(self.broker.unsubscribe("a", "one"))
+        self.assertFalse(self.broker.unsubscribe("a", "one"), "not twice")
+        self.assertEqual(self.broker.remove_connection("a"), 1)
+        self.assertEqual(self.broker.presence("one"), [{"id": "b"}])
+        self.assertEqual(self.broker.presence("two"), [{"id": "b"}])
+        self.assertEqual(list(self.broker.subscriptions("a")), [])
+
+    def test_reading_creates_nothing(self) -> None:
+        """
+        Presence and history of an unknown channel are empty and leave no
+        channel behind.
+        """
+        self.assertEqual(self.broker.presence("ghost"), [])
+        self.assertEqual(json.loads(self.broker.history_json("ghost", 3))["complete"], False)
+        self.assertEqual(self.broker.channels(), [])
+
+    def test_recovery_from_the_start_and_history_edges(self) -> None:
+        """
+        From (epoch, 0) every message is recovered while history still
+        holds seq 1; "complete" is true exactly when it reaches back far
+        enough; a channel whose history was all trimmed recovers nothing.
+        """
+        a = FakeConnection("a")
+        s = self.broker.subscribe("a", a, "news")
+        for i in range(5):
+            self.broker.publish("news", i)
+        again = self.broker.subscribe("b", FakeConnection("b"), "news", since=Position(s.position.epoch, 0))
+        self.assertEqual((again.recovered, len(again.missed)), (True, 5))
+        self.assertTrue(json.loads(self.broker.history_json("news", 0))["complete"])
+        self.broker.publish("news", 5)  # history keeps 5: seq 2..6
+        self.assertFalse(json.loads(self.broker.history_json("news", 0))["complete"])
+        self.assertTrue(json.loads(self.broker.history_json("news", 1))["complete"])
+        self.assertFalse(json.loads(self.broker.history_json("news", 7))["complete"], "ahead of the channel")
+        late = self.broker.subscribe("c", FakeConnection("c"), "news", since=Position(s.position.epoch, 0))
+        self.assertFalse(late.recovered)
+        self.clock.advance(61)
+        empty = self.broker.subscribe("d", FakeConnection("d"), "news", since=Position(s.position.epoch, 3))
+        self.assertFalse(empty.recovered, "history aged out: nothing covers 4..6")
+
+    def test_history_expires_exactly_at_its_age(self) -> None:
+        """
+        A message is kept for history_age seconds and gone after.
+        """
+        broker = Broker(self.clock, ChannelSettings(history_age=10))
+        broker.publish("news", 1)
+        self.clock.advance(10)
+        broker.expire()
+        self.assertEqual(broker.channels()[0]["history"], 1, "kept for the whole age")
+        self.clock.advance(0.001)
+        broker.expire()
+        self.assertEqual(broker.channels(), [])
+
+    def test_channel_budgets_count_right(self) -> None:
+        """
+        Unequal budgets; a takeover moves a channel from the clients'
+        budget to the back end's, once; forgetting a channel frees its
+        slot.
+        """
+        broker = Broker(self.clock, ChannelSettings(max_channels=2, max_client_channels=1, history_size=0))
+        c = FakeConnection("c")
+
+        def refused(call: Any, *args: Any) -> None:
+            with self.assertRaises(ChannelError) as e:
+                call(*args)
+            self.assertEqual(e.exception.code, 429)
+
+        broker.subscribe("c", c, "mine")
+        refused(broker.subscribe, "c", c, "second")  # the clients' one slot is taken
+        broker.publish("mine", 1)  # taken over by the back end: 1 of 2
+        broker.publish("mine", 2)  # the same channel: still 1 of 2
+        broker.subscribe("c", c, "second")  # the clients' slot is free again
+        broker.publish("second", 1)  # taken over: 2 of 2
+        refused(broker.publish, "third", 1)
+        broker.unsubscribe("c", "mine")  # nothing left in "mine": forgotten, 1 of 2
+        broker.publish("third", 1)  # made and, keeping nothing, forgotten at once
+        broker.publish("fourth", 1)  # so there is still room
+        self.assertEqual([row["channel"] for row in broker.channels()], ["second"])
+
+    def test_housekeeping_runs_every_second_by_default(self) -> None:
+        """
+        The daemon's housekeeping interval is one second.
+        """
+        self.assertEqual(Housekeeping(self.broker).interval, 1.0)

@@ -351,3 +351,50 @@ class EngineThatAnswersLaterTests(unittest.TestCase):
         self.clock.advance(0.01)
         self.failureResultOf(result, ZeroDivisionError)
 
+
+
+class FieldEdgeTests(unittest.TestCase):
+    """
+    Field limits of wsheart.v1 frames at their edges.
+    """
+
+    def setUp(self) -> None:
+        self.broker = Broker(Clock(), ChannelSettings(max_client_channels=1))
+        self.handler = ChannelProtocolHandler(self.broker)
+
+    def send(self, frame: Any) -> list[dict[str, Any]]:
+        connection = FakeConnection("a")
+        self.handler.message_received(connection, json.dumps(frame))
+        return connection.frames()
+
+    def test_ref_and_since_edges(self) -> None:
+        """
+        A ref of 64 characters is echoed, 65 is refused; since.seq 0 is a
+        position; since.epoch must be a string of at most 64.
+        """
+        self.assertEqual(self.send({"op": "ping", "ref": "r" * 64}), [{"op": "pong"}])
+        self.assertEqual(self.send({"op": "ping", "ref": "r" * 65})[0]["code"], 400)
+        [subscribed] = self.send({"op": "subscribe", "channel": "news", "since": {"epoch": "e", "seq": 0}})
+        self.assertEqual(subscribed["op"], "subscribed")
+        for since in [{"epoch": 5, "seq": 0}, {"epoch": "e" * 65, "seq": 0}, {"seq": 0}, {"epoch": "e"}]:
+            [error] = self.send({"op": "subscribe", "channel": "news", "since": since})
+            self.assertEqual((error["op"], error["code"], error["channel"]), ("error", 400, "news"), since)
+
+    def test_errors_name_their_channel(self) -> None:
+        """
+        An error about a channel says which one.
+        """
+        [error] = self.send({"op": "publish", "channel": "news", "data": 1})
+        self.assertEqual((error["code"], error["channel"]), (403, "news"))
+        [error] = self.send({"op": "unsubscribe", "channel": "elsewhere"})
+        self.assertEqual((error["code"], error["channel"]), (404, "elsewhere"))
+
+    def test_client_publishes_use_the_clients_budget(self) -> None:
+        """
+        A client's publish that would make a channel counts against
+        --max-client-channels, not the back end's budget.
+        """
+        self.assertEqual(self.send({"op": "publish", "channel": "chat.one", "data": 1})[0]["op"], "published")
+        [error] = self.send({"op": "publish", "channel": "chat.two", "data": 1})
+        self.assertEqual(error["code"], 429)
+        self.broker.publish("news.backend", 1)  # the back end still has room

@@ -84,6 +84,7 @@ class TextFrameTests(unittest.TestCase):
             126: b"\x81\x7e\x00\x7e",
             65535: b"\x81\x7e\xff\xff",
             65536: b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00",
+            70000: b"\x81\x7f\x00\x00\x00\x00\x00\x01\x11\x70",
         }
         for length, head in expected_heads.items():
             payload = payload_of(length)

@@ -412,3 +412,27 @@ class ServerHeartbeatTests(unittest.TestCase):
         self.assertEqual(deaths[0]["misses"], 2)
         self.assertIn("ms", deaths[0]["rtt"])
         self.assertEqual(deaths[0]["peer"], self.server.peer)
+
+
+class PayloadAndSettingsEdgeTests(unittest.TestCase):
+    """
+    Edges that a mutation run found unprotected.
+    """
+
+    def test_ping_payload_layout(self) -> None:
+        """
+        A ping carries its seq (4 bytes) and its send time in microseconds
+        (8 bytes), big-endian: 12 bytes, as the pong fast path expects.
+        """
+        import struct
+
+        payload = encode_ping(7, 1.5)
+        self.assertEqual(payload, struct.pack("!IQ", 7, 1_500_000))
+        self.assertEqual(decode_ping(payload), 7)
+
+    def test_zero_timeout_is_refused(self) -> None:
+        """
+        A ping timeout of zero is as invalid as a negative one.
+        """
+        with self.assertRaises(ValueError):
+            HeartbeatSettings(interval=10, timeout=0)

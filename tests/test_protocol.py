@@ -549,3 +549,82 @@ class ChannelMetricsTests(unittest.TestCase):
         clock.advance(11)
         broker.expire()
         self.assertIn("wsheart_channel_history_bytes 0.0\n", factory.metrics.exposition().decode())
+
+
+class ProtocolEdgeTests(unittest.TestCase):
+    """
+    Behaviours of the server protocol that a mutation run found
+    unprotected.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def test_server_protocol_is_an_iconnection(self) -> None:
+        """
+        What handlers and the hub are given provides IConnection.
+        """
+        from zope.interface.verify import verifyObject
+
+        from wsheart.hub import IConnection
+
+        client, server, pump = connect_client(make_server_factory(self.clock), self.clock)
+        self.assertTrue(verifyObject(IConnection, server))
+
+    def test_handshake_timeout_is_counted_and_the_timer_gone_after_open(self) -> None:
+        """
+        A handshake that never completes is counted as reason="timeout";
+        an open connection keeps no handshake timer.
+        """
+        factory = make_server_factory(self.clock, handshake_timeout=5)
+        server = factory.buildProtocol(None)
+        server.makeConnection(iosim.makeFakeServer(server))
+        self.clock.advance(5.1)
+        self.assertEqual(factory.metrics.handshake_failures.labels(reason="timeout")._value.get(), 1)
+        client, opened, pump = connect_client(factory, self.clock)
+        self.assertIsNone(opened._handshake_timer)
+
+    def test_426_says_upgrade(self) -> None:
+        """
+        The answer to plain HTTP names the protocol to upgrade to.
+        """
+        factory = make_server_factory(self.clock)
+        server = factory.buildProtocol(None)
+        transport = iosim.makeFakeServer(server)
+        server.makeConnection(transport)
+        server.dataReceived(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head = transport.getOutBuffer().split(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nUpgrade: websocket", head)
+
+    def test_dropped_connection_reports_1006_to_the_handler(self) -> None:
+        """
+        A connection lost without a closing handshake reaches the handler
+        as 1006.
+        """
+        closes: list[Any] = []
+
+        class Recording(MessageHandler):
+            def connection_closed(self, connection: Any, code: int, reason: str) -> None:
+                closes.append(code)
+
+        client, server, pump = connect_client(make_server_factory(self.clock, handler=Recording()), self.clock)
+        client.transport.abortConnection()
+        pump.flush()
+        self.assertEqual(closes, [closecodes.ABNORMAL])
+
+    def test_pong_split_over_two_reads_is_still_a_pong(self) -> None:
+        """
+        A pong frame that arrives in two reads (the fast path only takes
+        whole ones) still answers the ping.
+        """
+        factory = make_server_factory(self.clock)
+        client, server, pump = connect_client(factory, self.clock)
+        client.frozen = True
+        self.clock.advance(10)  # the first ping goes out within the interval
+        pump.flush()
+        [ping] = client.pings
+        frame = client_frame(0xA, ping)
+        server.dataReceived(frame[:5])
+        server.dataReceived(frame[5:])
+        self.assertIsNotNone(server.heartbeat.last_rtt)
+        self.assertEqual(server.heartbeat.misses, 0)

@@ -104,3 +104,70 @@ class TimerWheelTests(unittest.TestCase):
             clock.pump([0.01] * 600)
             self.assertEqual(len(deaths), 1)
             self.assertLessEqual(deaths[0] - silent_at, settings.death_bound + 2 * (0.05 + 0.01))
+
+
+class WheelEdgeTests(unittest.TestCase):
+    """
+    Edges that a mutation run found unprotected.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.wheel = TimerWheel(self.clock, resolution=0.05)
+        self.fired: list[str] = []
+
+    def test_an_earlier_timer_moves_the_reactor_timer(self) -> None:
+        """
+        A 1 s timer added after a 10 s one fires at about 1 s, not 10.
+        """
+        self.wheel.callLater(10, self.fired.append, "late")
+        self.wheel.callLater(1, self.fired.append, "early")
+        self.clock.advance(1.05)
+        self.assertEqual(self.fired, ["early"])
+        self.assertEqual(len(self.wheel), 1)
+        self.clock.advance(9)
+        self.assertEqual(self.fired, ["early", "late"])
+        self.assertEqual(len(self.wheel), 0)
+
+    def test_cancelling_one_timer_of_a_slot_keeps_the_others(self) -> None:
+        """
+        Two timers in one slot; the first cancelled, the second still runs.
+        """
+        first = self.wheel.callLater(1, self.fired.append, "first")
+        self.wheel.callLater(1.01, self.fired.append, "second")
+        first.cancel()
+        self.clock.advance(1.1)
+        self.assertEqual(self.fired, ["second"])
+
+    def test_a_tick_exactly_on_a_slot_boundary(self) -> None:
+        """
+        A timer due exactly on a slot boundary fires when the clock gets
+        there (the float division must not leave it for ever).
+        """
+        self.clock.advance(0.3)  # 0.3 / 0.05 is 5.999... in floating point
+        self.wheel.callLater(0, self.fired.append, "now")
+        self.clock.advance(0.001)
+        self.assertEqual(self.fired, ["now"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_cancels_everything_and_may_be_repeated(self) -> None:
+        """
+        stop() leaves no timer active, none pending, no reactor timer; a
+        second stop() is harmless.
+        """
+        timers = [self.wheel.callLater(d, self.fired.append, str(d)) for d in (1, 2, 3)]
+        self.wheel.stop()
+        self.wheel.stop()
+        self.assertEqual([t.active() for t in timers], [False, False, False])
+        self.assertEqual(len(self.wheel), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(5)
+        self.assertEqual(self.fired, [])
+
+    def test_resolution_must_be_positive(self) -> None:
+        """
+        A wheel with no or a negative resolution is refused.
+        """
+        for resolution in (0, -0.05):
+            with self.assertRaises(ValueError):
+                TimerWheel(self.clock, resolution=resolution)
