@@ -133,8 +133,8 @@ class WheelEdgeTests(unittest.TestCase):
         """
         Two timers in one slot; the first cancelled, the second still runs.
         """
-        first = self.wheel.callLater(1, self.fired.append, "first")
-        self.wheel.callLater(1.01, self.fired.append, "second")
+        first = self.wheel.callLater(0.99, self.fired.append, "first")  # both in the slot ending at 1.0
+        self.wheel.callLater(1.0, self.fired.append, "second")
         first.cancel()
         self.clock.advance(1.1)
         self.assertEqual(self.fired, ["second"])
