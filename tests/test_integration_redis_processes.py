@@ -73,6 +73,9 @@ class Node:
         assert self.process.popen.stdout is not None
         read_until(self.process.popen.stdout, b"wsheart ready", 30)
         wait_for_port(self.admin_port)
+        # Ready means listening; channels answer 503 until the Redis
+        # connections are up a moment later.
+        poll_until(lambda: self.health()["channels"]["redis"] == "up", 10, "Redis up in /healthz")
 
     def health(self) -> Any:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -105,7 +108,7 @@ class TwoProcessesTests(unittest.TestCase):
             f.write(TOKEN + "\n")
         a, b = Node(self, redis.port, token_file, "a"), Node(self, redis.port, token_file, "b")
         for node in (a, b):
-            poll_until(lambda: node.health()["channels"] == {"engine": "redis", "redis": "up"}, 10, "Redis up in /healthz")
+            self.assertEqual(node.health()["channels"], {"engine": "redis", "redis": "up"})
 
         with ws_v1(a.port) as on_a, ws_v1(b.port) as on_b:
             on_a.send('{"op":"subscribe","channel":"chat.room"}')
@@ -132,6 +135,36 @@ class TwoProcessesTests(unittest.TestCase):
             self.assertEqual(receive(again, "message")["seq"], 5, "then live, from a publish on the other process")
         history = b.api("GET", "/channels/chat.room/history?since=3")
         self.assertEqual([m["seq"] for m in history["messages"]], [4, 5])
+
+
+    def test_cli_on_one_process_sees_the_other(self) -> None:
+        """
+        `wsheart connect --channel` on A prints what is published through
+        B's HTTP API and what `wsheart publish` sends to B, in seq order.
+        """
+        import subprocess
+        import sys
+
+        from .loopback import REPO, read_line
+
+        redis = RedisServer(self)
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        a, b = Node(self, redis.port, token_file, "a"), Node(self, redis.port, token_file, "b")
+        cli = Process(self, [sys.executable, "-m", "wsheart", "connect", f"ws://127.0.0.1:{a.port}/", "--channel", "news"], stdin=subprocess.PIPE, cwd=REPO)
+        assert cli.popen.stdout is not None and cli.popen.stderr is not None
+        read_until(cli.popen.stderr, b"subscribed to news", 15)
+        b.api("POST", "/publish/news", {"text": "from the api"})
+        published = subprocess.run(
+            [sys.executable, "-m", "wsheart", "publish", f"http://127.0.0.1:{b.admin_port}", "news", "from the command"],
+            env={**os.environ, "WSHEART_API_TOKEN": TOKEN, "PYTHONPATH": REPO},
+            capture_output=True,
+            timeout=30,
+        )
+        self.assertEqual(published.returncode, 0, published.stderr)
+        lines = [json.loads(read_line(cli.popen.stdout, 10)) for _ in range(2)]
+        self.assertEqual([(m["seq"], m["data"]) for m in lines], [(1, {"text": "from the api"}), (2, "from the command")])
 
 
 class ThreeProcessesOnePortTests(unittest.TestCase):
