@@ -61,12 +61,24 @@ class Server:
         self.name = name
         venv_bin = Path(sys.executable).parent
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        if name == "wsheart":
+        # wsheart-redis: the Redis engine, with its own redis-server on the
+        # server's CPU; its CPU counts as the server's.
+        self.redis: Optional[subprocess.Popen[bytes]] = None
+        if name.startswith("wsheart"):
             cmd = [str(venv_bin / "twistd"), "-n", "--pidfile=", "wsheart",
                    "--endpoint", f"tcp:{port}:interface=127.0.0.1", "--history-size", str(history),
                    # Like the broadcast peers: no presence (its join events are O(N) per subscribe).
                    "--quiet-presence", "chat.bench",
                    "--max-message-size", str(1 << 20)]  # fmt: skip
+            if name == "wsheart-redis":
+                redis_port = run_helpers().free_port()
+                self.redis = subprocess.Popen(
+                    ["taskset", "-c", str(SERVER_CPU), "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+                    stdout=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+                run_helpers().wait_port(redis_port, self.redis)
+                cmd += ["--redis", f"redis://127.0.0.1:{redis_port}/0"]
         elif name == "autobahn":
             cmd = [sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port)]
         else:
@@ -80,14 +92,18 @@ class Server:
         )  # fmt: skip
         run_helpers().wait_port(port, self.process)
 
+    def cpu(self) -> float:
+        return cpu_ticks(self.process.pid) + (cpu_ticks(self.redis.pid) if self.redis is not None else 0.0)
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        for process in (self.process, self.redis):
+            if process is not None and process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.kill(process.pid, signal.SIGKILL)
+                    process.wait()
         self.log.close()
 
 
@@ -129,7 +145,7 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
     server = Server(name, port, history=100)
     try:
         gen = loadgen.Generator(port)
-        Sub.subprotocol = b"wsheart.v1" if name == "wsheart" else None
+        Sub.subprotocol = b"wsheart.v1" if name.startswith("wsheart") else None
         loop = asyncio.get_running_loop()
         clients: list[Any] = []
 
@@ -142,7 +158,7 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
         for start in range(0, n + 1, 250):
             await asyncio.gather(*(one() for _ in range(min(250, n + 1 - start))))
         publisher, subscribers = clients[0], clients[1:]
-        sub_frame = json.dumps({"op": "subscribe", "channel": "chat.bench"}) if name == "wsheart" else "sub"
+        sub_frame = json.dumps({"op": "subscribe", "channel": "chat.bench"}) if name.startswith("wsheart") else "sub"
         for s in subscribers:
             s.send_text(sub_frame)
         deadline = time.monotonic() + 60
@@ -151,13 +167,13 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
         await asyncio.sleep(0.5)
         if gen.messages != n:
             raise RuntimeError(f"{name}: {gen.messages} answers to {n} subscribes")
-        if name == "wsheart":
+        if name.startswith("wsheart"):
             pub = json.dumps({"op": "publish", "channel": "chat.bench", "data": PAYLOAD})
         else:
             pub = PAYLOAD
 
         async def window() -> None:
-            target = gen.messages + n * WINDOW + (WINDOW if name == "wsheart" else 0)  # + the publisher's acks
+            target = gen.messages + n * WINDOW + (WINDOW if name.startswith("wsheart") else 0)  # + the publisher's acks
             for _ in range(WINDOW):
                 publisher.send_text(pub)
             limit = time.monotonic() + 30
@@ -173,7 +189,7 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
         for _ in range(3):  # warm up
             await window()
         start_messages = gen.messages
-        server_cpu0, my_cpu0 = cpu_ticks(server.process.pid), time.process_time()
+        server_cpu0, my_cpu0 = server.cpu(), time.process_time()
         t0 = time.perf_counter()
         windows = 0
         while time.perf_counter() - t0 < seconds:
@@ -182,7 +198,7 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         delivered = n * WINDOW * windows
         assert gen.messages - start_messages >= delivered
-        server_cpu = cpu_ticks(server.process.pid) - server_cpu0
+        server_cpu = server.cpu() - server_cpu0
         return {
             "server": name,
             "subscribers": n,

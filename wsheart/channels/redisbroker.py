@@ -400,6 +400,7 @@ class RedisBroker(Broker):
             del self._channels[channel.name]
             if channel.backend:
                 self._backend_channels -= 1
+            self._acks.pop(channel.name, None)  # waiting publishes answer on their timeout
             if self._listening.pop(channel.name, None) is not None and self.pubsub is not None:
                 self.pubsub.unsubscribe(self.store.key(channel.name)).addErrback(
                     self._log_failure, "unsubscribing {channel}", channel.name
