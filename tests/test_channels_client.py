@@ -581,3 +581,31 @@ class RobustnessTests(SessionTestCase):
                 ("closed", 1012, "restart", True),
             ],
         )
+
+
+class RetryAfterUnavailableTests(SessionTestCase):
+    """
+    A subscribe refused because the server's channels were unavailable
+    (503, its Redis) is asked again after retry_after, spread.
+    """
+
+    def test_subscribe_retried_after_503(self) -> None:
+        """
+        503 with retry_after 2: the subscribe goes again after
+        2 * (1 + random) seconds, from the last position; other refusals
+        are not retried.
+        """
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        self.session = ChannelSession(self.listener, channels=["chat"], name="bot", reactor=clock, random=lambda: 0.5)
+        self.connect()
+        self.receive(op="error", code=503, reason="channels unavailable", channel="chat", retry_after=2)
+        clock.advance(2.99)
+        self.assertEqual(self.client.take(), [])
+        clock.advance(0.01)
+        self.assertEqual(self.client.take(), [{"op": "subscribe", "channel": "chat", "name": "bot"}])
+        self.receive(op="error", code=403, reason="no", channel="chat")
+        clock.advance(10)
+        self.assertEqual(self.client.take(), [])
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -136,3 +136,19 @@ test("a member list cut short says so in the subscribed event", () => {
   const subscribed = events.filter((e) => e.type === "subscribed");
   assert.deepEqual(subscribed.map((e) => [e.channel, e.presenceComplete, e.presenceCount]), [["stadium", false, 52311], ["small", true, 1]]);
 });
+
+test("a subscribe refused with 503 is retried after retry_after, spread", () => {
+  const { client, clock, socket, events } = v1Client({ random: () => 0.5 });
+  client.subscribe("room");
+  socket().serverOpens(V1);
+  socket().sent.length = 0;
+  socket().serverSends(JSON.stringify({ op: "error", code: 503, reason: "channels unavailable", channel: "room", retry_after: 2 }));
+  assert.equal(events.filter((e) => e.type === "error")[0].retryAfter, 2);
+  clock.advance(2999);
+  assert.deepEqual(frames(socket()), [], "not before retry_after * (1 + random)");
+  clock.advance(1);
+  assert.deepEqual(frames(socket()), [{ op: "subscribe", channel: "room" }]);
+  socket().serverSends(JSON.stringify({ op: "error", code: 403, reason: "no", channel: "room" }));
+  clock.advance(10000);
+  assert.equal(frames(socket()).length, 1, "other refusals are not retried");
+});

@@ -20,7 +20,10 @@ missed exactly once - or learns (C{recovered=False}) that it must refetch.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional, TypeGuard
+import random as _random
+from typing import Any, Callable, Iterable, Optional, TypeGuard
+
+from twisted.internet.interfaces import IReactorTime
 
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -89,8 +92,21 @@ class ChannelSession(ClientListener):
 
     log = Logger()
 
-    def __init__(self, listener: Any, channels: Iterable[str] = (), name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        listener: Any,
+        channels: Iterable[str] = (),
+        name: Optional[str] = None,
+        reactor: Optional[IReactorTime] = None,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        """
+        @param reactor: the clock of retries after a refusal that asks for
+            one (default: the global reactor).
+        """
         self.listener = listener
+        self._reactor = reactor
+        self._random = random
         self.name = name
         self.positions: dict[str, Optional[Position]] = {channel: None for channel in channels}
         self.presence: dict[str, dict[str, dict[str, Any]]] = {}
@@ -184,6 +200,12 @@ class ChannelSession(ClientListener):
                 members.pop(who_id, None)
             self._call("channel_presence", channel, op, who)
         elif op == "error":
+            retry_after = frame.get("retry_after")
+            if frame.get("code") == 503 and channel in self.positions and isinstance(retry_after, (int, float)) and retry_after >= 0:
+                # The server's channels were unavailable (its Redis): ask
+                # again when it says, spread so that clients do not return
+                # together; a resubscribe recovers what was missed.
+                self._retry_subscribe(channel, float(retry_after))
             self._call("channel_error", frame.get("code"), frame.get("reason"), frame)
 
     def client_state(self, client: Any, state: str, detail: dict[str, Any]) -> None:
@@ -213,6 +235,21 @@ class ChannelSession(ClientListener):
             return
         self.positions[channel] = Position(epoch, seq)
         self._call("channel_message", channel, frame.get("data"), epoch, seq)
+
+    def _retry_subscribe(self, channel: str, retry_after: float) -> None:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor as _global
+
+            reactor = _global  # type: ignore[assignment]
+        assert reactor is not None
+        delay = min(retry_after, 3600.0) * (1 + self._random())
+
+        def again() -> None:
+            if channel in self.positions:
+                self._send_subscribe(channel)
+
+        reactor.callLater(delay, again)
 
     def _send_subscribe(self, channel: str) -> None:
         frame: dict[str, Any] = {"op": "subscribe", "channel": channel}

@@ -89,7 +89,8 @@ export interface WsHeartEventMap {
   publication: CustomEvent<{ channel: string; data: unknown; epoch: string; seq: number }>;
   presence: CustomEvent<{ channel: string; event: "join" | "leave"; client: WsHeartClient; members: WsHeartClient[] }>;
   /** wsheart.v1: the server refused a request (docs/protocol.md). */
-  error: CustomEvent<{ code: number; reason: string; channel: string | null; ref?: string | number }>;
+  /** retryAfter (seconds) comes with 503: the server's channels were unavailable; a subscribe is retried by itself after it. */
+  error: CustomEvent<{ code: number; reason: string; channel: string | null; ref?: string | number; retryAfter?: number }>;
   published: CustomEvent<{ op: "published"; channel: string; epoch: string; seq: number; ref?: string | number }>;
 }
 

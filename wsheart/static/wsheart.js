@@ -565,7 +565,15 @@ var WsHeart = (function () {
           }
           return true;
         case "error":
-          this._emit("error", { code: frame.code, reason: frame.reason, channel: channel || null, ref: frame.ref });
+          if (frame.code === 503 && channel in this.positions && isFiniteNumber(frame.retry_after) && frame.retry_after >= 0) {
+            // The server's channels were unavailable (its Redis): subscribe
+            // again when it says, spread so that clients do not return together.
+            var self = this;
+            this._clock.setTimeout(function () {
+              if (self.state === "open" && channel in self.positions) self._sendSubscribe(channel);
+            }, Math.min(frame.retry_after, 3600) * 1000 * (1 + this._random()));
+          }
+          this._emit("error", { code: frame.code, reason: frame.reason, channel: channel || null, ref: frame.ref, retryAfter: frame.retry_after });
           return true;
         case "published":
         case "unsubscribed":
