@@ -312,18 +312,31 @@ class RedisServer:
     """
 
     def __init__(self, test: unittest.TestCase) -> None:
-        binary = require_tool("redis-server", "the Redis tests need Debian's redis-server package")
+        self.binary = require_tool("redis-server", "the Redis tests need Debian's redis-server package")
+        self.test = test
         self.port = free_port()
-        directory = os.path.abspath(test.mktemp())
-        os.makedirs(directory)
+        self.directory = os.path.abspath(test.mktemp())
+        os.makedirs(self.directory)
+        self.start()
+
+    def start(self) -> None:
+        """
+        Start (again, after L{stop}: same port, nothing kept).
+        """
         self.process = Process(
-            test,
+            self.test,
             [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", directory, "--daemonize", "no", "--loglevel", "warning",
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning",
             ],
         )  # fmt: skip
         wait_for_port(self.port)
+
+    def kill(self) -> None:
+        """
+        SIGKILL: Redis gone at once, and everything it held with it.
+        """
+        self.process.stop(signal.SIGKILL)
 
     @property
     def pid(self) -> int:

@@ -169,6 +169,43 @@ class RedisBrokerTests(RedisBrokerCase):
         await wait_until(self, lambda: seqs(connection) == [1, 2])
 
     @async_test
+    async def test_redis_killed_and_restarted(self) -> None:
+        """
+        Redis killed (SIGKILL) and started again empty: the broker's
+        connections come back by themselves, and the next publish starts a
+        new epoch that the subscribers get - nothing stays stuck.
+        """
+        settings = ChannelSettings()
+        commands = txredisapi.lazyConnection("127.0.0.1", self.server.port, reconnect=True, convertNumbers=False)
+        self.addCleanup(commands.disconnect)
+        broker = RedisBroker(reactor, settings, RedisStore(commands, reactor, settings, prefix="t", timeout=1.0))
+        factory = pubsub_factory(broker)
+        factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
+        self.addCleanup(factory.disconnect)
+        await wait_until(self, lambda: broker.pubsub is not None)
+        connection, subscribed = await self.subscribe(broker, "s")
+        await broker.publish("news", "before")
+        await wait_until(self, lambda: seqs(connection) == [1])
+        self.server.kill()
+        await wait_until(self, lambda: broker.pubsub is None)
+        with self.assertRaises(ChannelError):
+            await broker.publish("news", "while gone")
+        self.server.start()
+        await wait_until(self, lambda: broker.pubsub is not None, timeout=30)
+        position = None
+        for _ in range(50):  # the command connection reconnects on its own schedule
+            try:
+                position = await broker.publish("news", "after")
+                break
+            except ChannelError:
+                await sleep(0.2)
+        assert position is not None
+        self.assertNotEqual(position.epoch, subscribed.position.epoch, "Redis lost everything: a new epoch")
+        await wait_until(self, lambda: len(seqs(connection)) == 2, timeout=10)
+        last = connection.frames()[-1]
+        self.assertEqual((last["epoch"], last["seq"], last["data"]), (position.epoch, 1, "after"))
+
+    @async_test
     async def test_redis_frozen_fails_fast_with_503(self) -> None:
         """
         Redis frozen (SIGSTOP): a publish and a new subscribe fail with 503
