@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from .loopback import (
     Process,
     free_port,
+    poll_until,
     read_until,
     require_tool,
     skip_unless_allowed,
@@ -321,3 +322,102 @@ class BrowserTests(unittest.TestCase):
         lines = [json.loads(line) for line in (printed + python_client.stdout).decode().splitlines()]
         self.assertEqual([m["seq"] for m in lines], list(range(1, total + 1)))
         self.assert_no_page_errors()
+
+
+class TwoProcessesBrowserTests(unittest.TestCase):
+    """
+    The demo chat room in two Chromium tabs served by two processes that
+    share their channels through Redis (--redis).
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        BrowserTests.setUp(self)  # type: ignore[arg-type]
+        from .loopback import RedisServer
+
+        self.redis = RedisServer(self)
+        self.token = "two-process-chat-token-0123"
+        self.token_file = os.path.abspath(self.mktemp())
+        with open(self.token_file, "w") as f:
+            f.write(self.token + "\n")
+
+    def daemon(self, name: str) -> tuple[int, int]:
+        import json
+        import urllib.request
+
+        port, admin = free_port(), free_port()
+        argv = twistd_command() + [
+            "-n", "--pidfile=", "wsheart",
+            "--endpoint", f"tcp:{port}:interface=127.0.0.1",
+            "--admin-endpoint", f"tcp:{admin}:interface=127.0.0.1",
+            "--ping-interval", "1", "--ping-timeout", "0.5", "--max-missed", "2",
+            "--api-token-file", self.token_file,
+            "--redis", f"redis://127.0.0.1:{self.redis.port}/0", "--node-id", name,
+        ]  # fmt: skip
+        Process(self, argv)
+        wait_for_port(port)
+        wait_for_port(admin)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        poll_until(
+            lambda: json.loads(opener.open(f"http://127.0.0.1:{admin}/healthz", timeout=5).read())["channels"]["redis"] == "up",
+            10,
+            "Redis up",
+        )
+        return port, admin
+
+    def test_chat_across_two_processes(self) -> None:
+        """
+        ann's tab on process A, bob's on process B: each sees the other in
+        presence and every message, wherever it was sent (a tab, the API of
+        either process), in one seq order; bob closes his tab and ann sees
+        him leave.  (Recovery on another process is
+        proven with Python clients in test_integration_redis_processes.)
+        """
+        import json
+        import urllib.request
+
+        a_port, a_admin = self.daemon("a")
+        b_port, b_admin = self.daemon("b")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def publish(admin: int, text: str) -> None:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{admin}/publish/chat.lobby",
+                data=json.dumps({"name": "api", "text": text}).encode(),
+                headers={"Authorization": f"Bearer {self.token}"},
+                method="POST",
+            )
+            with opener.open(request, timeout=5) as response:
+                assert response.status == 200
+
+        contexts = [self.browser.new_context() for _ in range(2)]
+        pages = []
+        for context, (name, port) in zip(contexts, [("ann", a_port), ("bob", b_port)]):
+            page = context.new_page()
+            page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+            page.goto(f"http://127.0.0.1:{port}/?name={name}&{BACKOFF}")
+            pages.append(page)
+        ann, bob = pages
+        for page in pages:
+            BrowserTests.wait(self, page, "() => document.querySelectorAll('#presence li').length === 2")  # type: ignore[arg-type]
+        self.assertEqual(sorted(bob.inner_text("#presence").split()), ["ann", "bob"])
+
+        ann.fill("#message", "hello from ann on A")
+        ann.click("#send")
+        publish(b_admin, "from B's API")
+        publish(a_admin, "from A's API")
+        BrowserTests.wait(self, bob, "() => window.wsheartDemo.publications.length >= 3")  # type: ignore[arg-type]
+        total = 3
+        publish(b_admin, "the end")
+        total += 1
+        for page in pages:
+            BrowserTests.wait(self, page, "(n) => window.wsheartDemo.publications.length >= n", 15, arg=total)  # type: ignore[arg-type]
+            seqs = page.evaluate("() => window.wsheartDemo.publications.map(p => p.seq)")
+            self.assertEqual(seqs, list(range(1, total + 1)), "missed, repeated or reordered messages")
+        BrowserTests.screenshot(self, bob, "chat-two-processes.png")  # type: ignore[arg-type]
+        contexts[1].close()  # bob closes his tab: process A's tab sees him leave
+        BrowserTests.wait(self, ann, "() => document.querySelectorAll('#presence li').length === 1")  # type: ignore[arg-type]
+        self.assertEqual(ann.inner_text("#presence").split(), ["ann"])
+        unexpected = [line for line in self.console if "WebSocket connection to" not in line]
+        self.assertEqual(unexpected, [])
