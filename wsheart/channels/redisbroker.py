@@ -56,6 +56,9 @@ log = Logger()
 # What an unreachable or slow Redis is answered with; clients retry after.
 UNAVAILABLE = 503
 RETRY_AFTER_SECONDS = 2
+# How soon a process tries again to listen to a channel after a reconnect
+# whose catch-up failed.
+RELISTEN_SECONDS = 1.0
 
 
 class EngineUnavailable(ChannelError):
@@ -116,8 +119,25 @@ class RedisBroker(Broker):
         """
         self.pubsub = protocol
         for name in list(self._listening):
-            self._listening[name] = _Listening(resume=True)
-            self._listen(name).addErrback(self._log_failure, "resubscribing {channel}", name)
+            self._relisten(name, replace=True)
+
+    def _relisten(self, name: str, replace: bool = False) -> None:
+        """
+        Listen to C{name} again and catch it up; while Redis cannot answer
+        yet (its command connection may come back after pub/sub does), try
+        again every second for as long as local subscribers want it.
+        """
+        if name not in self._channels or self.pubsub is None:
+            return
+        if not replace and name in self._listening:
+            return  # a subscribe has started listening again meanwhile
+        self._listening[name] = _Listening(resume=True)
+
+        def again(failure: Any) -> None:
+            log.info("channel {channel}: catching up failed ({why}); trying again", channel=name, why=failure.getErrorMessage())
+            self.clock.callLater(RELISTEN_SECONDS, self._relisten, name)
+
+        self._listen(name).addErrback(again)
 
     def pubsub_lost(self, protocol: Any) -> None:
         if self.pubsub is protocol:
@@ -208,8 +228,9 @@ class RedisBroker(Broker):
             return
         if epoch != channel.epoch:
             # The channel's history was lost (Redis restarted or evicted
-            # it): a new epoch, from its first message on.
-            channel.epoch, channel.seq = epoch, seq - 1
+            # it): a new epoch, from its first message on (what came before
+            # this one is repaired from history below).
+            channel.epoch, channel.seq = epoch, 0
         if seq <= channel.seq:
             return  # delivered already
         if seq > channel.seq + 1:
@@ -369,13 +390,19 @@ class RedisBroker(Broker):
             channel = self._channels.get(name)
             listening.ready = True
             if channel is not None:
-                if listening.resume and read.epoch == channel.epoch and read.seq > channel.seq:
-                    # Published while pub/sub was away: deliver it from history.
-                    listening.repairing = True
-                    self._repair(name, listening, channel)
-                elif read.epoch != channel.epoch or not listening.resume:
+                if not listening.resume:
+                    # First listen: the subscribers start at the present.
                     channel.epoch = read.epoch or channel.epoch
                     channel.seq = read.seq
+                else:
+                    if read.epoch is not None and read.epoch != channel.epoch:
+                        # Redis lost the channel (restarted, evicted): a new
+                        # epoch, delivered from its first message on.
+                        channel.epoch, channel.seq = read.epoch, 0
+                    if read.seq > channel.seq:
+                        # Published while pub/sub was away: from history.
+                        listening.repairing = True
+                        self._repair(name, listening, channel)
             waiters, listening.waiters = listening.waiters or [], None
             self._drain_early(name, listening)
             for waiting in waiters:
