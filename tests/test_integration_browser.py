@@ -35,6 +35,24 @@ CHROMIUM = os.environ.get("WSHEART_CHROMIUM", "/usr/bin/chromium")
 BACKOFF = "initialDelay=200&maxDelay=3000&minDelay=50"
 
 
+def publish_to_lobby(admin_port: int, token: str, text: str) -> None:
+    """
+    POST a chat message to chat.lobby through the HTTP API of a daemon.
+    """
+    import json
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{admin_port}/publish/chat.lobby",
+        data=json.dumps({"name": "api", "text": text}).encode(),
+        headers={"Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    with opener.open(request, timeout=5) as response:
+        assert response.status == 200
+
+
 def artifacts_dir() -> str:
     path = os.path.abspath(os.environ.get("WSHEART_ARTIFACTS", "artifacts"))
     os.makedirs(path, exist_ok=True)
@@ -243,7 +261,6 @@ class BrowserTests(unittest.TestCase):
         """
         import json
         import sys
-        import urllib.request
 
         token = "chat-test-token-0123456789"
         token_file = os.path.abspath(self.mktemp())  # trial's temporary directory, not /tmp
@@ -267,17 +284,8 @@ class BrowserTests(unittest.TestCase):
             self.wait(page, "() => document.querySelectorAll('#presence li').length === 3")
         self.assertEqual(sorted(ann.inner_text("#presence").split()), ["ann", "bob", "py"])
 
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
         def publish(text: str) -> None:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{self.admin_port}/publish/chat.lobby",
-                data=json.dumps({"name": "api", "text": text}).encode(),
-                headers={"Authorization": f"Bearer {token}"},
-                method="POST",
-            )
-            with opener.open(request, timeout=5) as response:
-                assert response.status == 200
+            publish_to_lobby(self.admin_port, token, text)
 
         def say(page: Any, text: str) -> None:
             page.fill("#message", text)
@@ -374,22 +382,10 @@ class TwoProcessesBrowserTests(unittest.TestCase):
         him leave.  (Recovery on another process is
         proven with Python clients in test_integration_redis_processes.)
         """
-        import json
-        import urllib.request
-
         a_port, a_admin = self.daemon("a")
         b_port, b_admin = self.daemon("b")
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
         def publish(admin: int, text: str) -> None:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{admin}/publish/chat.lobby",
-                data=json.dumps({"name": "api", "text": text}).encode(),
-                headers={"Authorization": f"Bearer {self.token}"},
-                method="POST",
-            )
-            with opener.open(request, timeout=5) as response:
-                assert response.status == 200
+            publish_to_lobby(admin, self.token, text)
 
         contexts = [self.browser.new_context() for _ in range(2)]
         pages = []

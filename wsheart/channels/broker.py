@@ -448,9 +448,15 @@ class Broker:
         self._maybe_forget(channel)
 
     def _announce(self, channel: Channel, op: str, who: Subscriber) -> None:
-        frame = encode({"op": op, "channel": channel.name, "client": who.client()})
+        self._tell_members(channel, op, who.client())
+
+    def _tell_members(self, channel: Channel, op: str, client: dict[str, Any]) -> None:
+        """
+        Send a join or leave of C{client} to this process's other members.
+        """
+        frame = encode({"op": op, "channel": channel.name, "client": client})
         for subscriber in list(channel.subscribers.values()):
-            if subscriber.connection_id != who.connection_id:
+            if subscriber.connection_id != client.get("id"):
                 # One member's failing connection must not stop the others'
                 # announcements, nor the join or leave that caused them.
                 try:

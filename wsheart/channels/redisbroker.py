@@ -186,13 +186,8 @@ class RedisBroker(Broker):
             client = json.loads(client_json)
         except ValueError:
             return
-        frame = encode({"op": op, "channel": name, "client": client})
-        for subscriber in list(channel.subscribers.values()):
-            if subscriber.connection_id != client.get("id"):
-                try:
-                    subscriber.connection.send_text(frame)
-                except Exception:
-                    log.failure("presence {op} on {channel} could not be sent to {cid}", op=op, channel=name, cid=subscriber.connection_id)
+        if isinstance(client, dict):
+            self._tell_members(channel, op, client)
 
     def presence(self, channel_name: str) -> Any:
         if self.shared_presence is None:
