@@ -324,6 +324,23 @@ class PositionTests(SessionTestCase):
         self.message("chat", "e2", 4)
         self.assertEqual(self.listener.messages(), [("e2", 4)])
 
+    def test_gap_told_while_connected_starts_over(self) -> None:
+        """
+        A "subscribed" the server sends on its own while the connection
+        stays up (history lost, a new epoch) moves the position there and
+        tells the listener recovered=False; the messages after it count.
+        """
+        self.connect()
+        self.subscribed("chat", "e1", 0, False)
+        self.message("chat", "e1", 1)
+        self.message("chat", "e1", 2)
+        self.listener.take()
+        self.receive(op="subscribed", channel="chat", epoch="e2", seq=0, recovered=False, reason="new epoch")
+        self.assertEqual(self.listener.take(), [("subscribed", "chat", False)])
+        self.assertEqual(self.session.positions["chat"], Position("e2", 0))
+        self.message("chat", "e2", 1)
+        self.assertEqual(self.listener.messages(), [("e2", 1)])
+
     def test_already_seen_seqs_are_dropped(self) -> None:
         """
         A message at or before the position in the same epoch (a resend

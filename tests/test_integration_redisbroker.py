@@ -169,6 +169,35 @@ class RedisBrokerTests(RedisBrokerCase):
         await wait_until(self, lambda: seqs(connection) == [1, 2])
 
     @async_test
+    async def test_gap_gone_from_history_is_told(self) -> None:
+        """
+        A gap whose start history no longer holds: the subscriber is told
+        (an unsolicited "subscribed", recovered false, at the position the
+        process goes on from), then gets what history still holds, in
+        order, then live messages.
+        """
+        settings = ChannelSettings(history_size=3)
+        a, b = await self.broker(settings), await self.broker(settings)
+        connection, subscribed = await self.subscribe(a, "s")
+        for i in range(6):
+            await b.publish("news", i)
+        await wait_until(self, lambda: seqs(connection)[-1:] == [6])
+        # As if 2-6 had never arrived: history holds only 5 and 6 of them.
+        a._channels["news"].seq = 1
+        connection.sent.clear()
+        await b.publish("news", 6)
+        await wait_until(self, lambda: seqs(connection)[-1:] == [7])
+        told, *messages = connection.frames()
+        self.assertEqual(
+            told,
+            {"op": "subscribed", "channel": "news", "epoch": subscribed.position.epoch, "seq": 4, "recovered": False, "reason": "history lost"},
+        )
+        self.assertEqual([m["seq"] for m in messages], [5, 6, 7])
+        self.assertEqual(a.engine_state()["gaps_told"], 1)
+        await b.publish("news", 7)
+        await wait_until(self, lambda: seqs(connection)[-1:] == [8])
+
+    @async_test
     async def test_redis_killed_and_restarted(self) -> None:
         """
         Redis killed (SIGKILL) and started again empty: the broker's
@@ -202,7 +231,12 @@ class RedisBrokerTests(RedisBrokerCase):
         assert position is not None
         self.assertNotEqual(position.epoch, subscribed.position.epoch, "Redis lost everything: a new epoch")
         await wait_until(self, lambda: len(seqs(connection)) == 2, timeout=10)
-        last = connection.frames()[-1]
+        told, last = connection.frames()[-2:]
+        self.assertEqual(
+            told,
+            {"op": "subscribed", "channel": "news", "epoch": position.epoch, "seq": 0, "recovered": False, "reason": "new epoch"},
+            "the subscriber is told before the new epoch's first message",
+        )
         self.assertEqual((last["epoch"], last["seq"], last["data"]), (position.epoch, 1, "after"))
 
     @async_test

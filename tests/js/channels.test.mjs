@@ -137,6 +137,20 @@ test("a member list cut short says so in the subscribed event", () => {
   assert.deepEqual(subscribed.map((e) => [e.channel, e.presenceComplete, e.presenceCount]), [["stadium", false, 52311], ["small", true, 1]]);
 });
 
+test("a subscribed the server sends on its own moves the position and says why", () => {
+  const { client, socket, events } = v1Client();
+  client.subscribe("room");
+  socket().serverOpens(V1);
+  socket().serverSends(JSON.stringify({ op: "subscribed", channel: "room", epoch: "e1", seq: 0, recovered: false, presence: [] }));
+  socket().serverSends(JSON.stringify({ op: "message", channel: "room", epoch: "e1", seq: 1, data: "a" }));
+  socket().serverSends(JSON.stringify({ op: "subscribed", channel: "room", epoch: "e2", seq: 0, recovered: false, reason: "new epoch" }));
+  socket().serverSends(JSON.stringify({ op: "message", channel: "room", epoch: "e2", seq: 1, data: "b" }));
+  const subscribed = events.filter((e) => e.type === "subscribed");
+  assert.deepEqual(subscribed.map((e) => [e.epoch, e.recovered, e.reason]), [["e1", false, null], ["e2", false, "new epoch"]]);
+  assert.deepEqual(events.filter((e) => e.type === "publication").map((e) => [e.epoch, e.seq, e.data]), [["e1", 1, "a"], ["e2", 1, "b"]]);
+  assert.deepEqual(client.positions.room, { epoch: "e2", seq: 1 });
+});
+
 test("a subscribe refused with 503 is retried after retry_after, spread", () => {
   const { client, clock, socket, events } = v1Client({ random: () => 0.5 });
   client.subscribe("room");

@@ -109,6 +109,8 @@ class RedisBroker(Broker):
         self._listening: dict[str, _Listening] = {}
         # Publishes waiting until this process has delivered their seq.
         self._acks: dict[str, list[tuple[Position, "defer.Deferred[Position]"]]] = {}
+        # Gaps that could not be filled, each told to the channel's subscribers.
+        self.restarts_total = 0
 
     # -- pub/sub connection ------------------------------------------------------
 
@@ -225,7 +227,7 @@ class RedisBroker(Broker):
             # The channel's history was lost (Redis restarted or evicted
             # it): a new epoch, from its first message on (what came before
             # this one is repaired from history below).
-            channel.epoch, channel.seq = epoch, 0
+            self._restart(channel, epoch, 0, "new epoch")
         if seq <= channel.seq:
             return  # delivered already
         if seq > channel.seq + 1:
@@ -256,6 +258,33 @@ class RedisBroker(Broker):
                 if not d.called:  # a timed-out one has answered already
                     d.callback(acked)
 
+    def _restart(self, channel: Channel, epoch: str, seq: int, reason: str) -> None:
+        """
+        The gap before the next message cannot be filled (a new epoch, or
+        history trimmed past it): move the channel to C{epoch}/C{seq} and
+        tell every live local subscriber with an unsolicited "subscribed"
+        frame, C{recovered: false}, before the messages that follow - what
+        a resubscribe would answer, without a herd of subscribes reading
+        Redis at once.  Subscribers still recovering learn it from their
+        own "subscribed" answer, which reads the new position.
+        """
+        log.warn(
+            "channel {channel}: cannot deliver {old_epoch}/{old_seq}+ ({reason}); subscribers go on from {epoch}/{seq}",
+            channel=channel.name,
+            old_epoch=channel.epoch,
+            old_seq=channel.seq + 1,
+            reason=reason,
+            epoch=epoch,
+            seq=seq,
+        )
+        channel.epoch, channel.seq = epoch, seq
+        notice = encode(
+            {"op": "subscribed", "channel": channel.name, "epoch": epoch, "seq": seq, "recovered": False, "reason": reason}
+        )
+        ready = [s.connection for s in channel.subscribers.values() if getattr(s, "pending", None) is None]
+        send_to_all(ready, notice)
+        self.restarts_total += 1
+
     def _repair(self, name: str, listening: _Listening, channel: Channel) -> None:
         """
         Fill a gap from history, then go on with what waited meanwhile.
@@ -263,20 +292,19 @@ class RedisBroker(Broker):
 
         def filled(read: HistoryRead) -> None:
             if read.epoch == channel.epoch:
-                for seq, data_json in read.entries:
+                entries = [(seq, data_json) for seq, data_json in read.entries if seq > channel.seq]
+                if entries and entries[0][0] > channel.seq + 1:
+                    # History lost the start of the gap: say so, then give
+                    # what it still holds rather than skip that too.
+                    self._restart(channel, channel.epoch, entries[0][0] - 1, "history lost")
+                for seq, data_json in entries:
                     if seq == channel.seq + 1:
                         self._deliver(channel, seq, data_json)
             waiting = [seq for epoch, seq, _ in listening.early if epoch == channel.epoch]
             if waiting and min(waiting) > channel.seq + 1:
-                # History no longer holds the gap: go on after it (the
-                # subscribers see the seq jump) rather than ask again.
-                log.warn(
-                    "channel {channel}: messages {first}-{last} are gone from history; skipping them",
-                    channel=name,
-                    first=channel.seq + 1,
-                    last=min(waiting) - 1,
-                )
-                channel.seq = min(waiting) - 1
+                # History no longer holds the gap: go on after it, and say
+                # so, rather than ask again.
+                self._restart(channel, channel.epoch, min(waiting) - 1, "history lost")
             listening.repairing = False
             self._drain_early(name, listening)
 
@@ -393,7 +421,7 @@ class RedisBroker(Broker):
                     if read.epoch is not None and read.epoch != channel.epoch:
                         # Redis lost the channel (restarted, evicted): a new
                         # epoch, delivered from its first message on.
-                        channel.epoch, channel.seq = read.epoch, 0
+                        self._restart(channel, read.epoch, 0, "new epoch")
                     if read.seq > channel.seq:
                         # Published while pub/sub was away: from history.
                         listening.repairing = True
@@ -482,7 +510,7 @@ class RedisBroker(Broker):
     def engine_state(self) -> dict[str, Any]:
         # "down" while the pub/sub connection is away; /healthz stays 200
         # (a Redis blip must not empty a load balancer of every process).
-        return {"engine": "redis", "redis": "up" if self.pubsub is not None else "down"}
+        return {"engine": "redis", "redis": "up" if self.pubsub is not None else "down", "gaps_told": self.restarts_total}
 
     def expire(self) -> None:
         # Redis bounds history itself (MAXLEN, PEXPIRE); keys expire there.

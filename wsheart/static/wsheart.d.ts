@@ -83,8 +83,12 @@ export interface WsHeartEventMap {
   miss: CustomEvent<{ misses: number }>;
   overflow: CustomEvent<{ data: unknown; queued: number }>;
   /** wsheart.v1: a (re)subscription took effect; recovered: every missed message follows. */
-  /** presenceComplete is false when the channel has more members than one frame lists; presenceCount is how many. */
-  subscribed: CustomEvent<{ channel: string; recovered: boolean; epoch: string; seq: number; presence: WsHeartClient[] | null; presenceComplete: boolean; presenceCount: number }>;
+  /**
+   * presenceComplete is false when the channel has more members than one frame lists; presenceCount is how many.
+   * Also sent while connected, with recovered false, a reason ("new epoch", "history lost") and presence null,
+   * when the server could not deliver every message: refetch the channel's state.
+   */
+  subscribed: CustomEvent<{ channel: string; recovered: boolean; epoch: string; seq: number; presence: WsHeartClient[] | null; presenceComplete: boolean; presenceCount: number; reason: string | null }>;
   /** wsheart.v1: a channel message, in order, each once. */
   publication: CustomEvent<{ channel: string; data: unknown; epoch: string; seq: number }>;
   presence: CustomEvent<{ channel: string; event: "join" | "leave"; client: WsHeartClient; members: WsHeartClient[] }>;

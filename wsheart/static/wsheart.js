@@ -551,7 +551,9 @@ var WsHeart = (function () {
               channel: channel, recovered: !!frame.recovered, epoch: frame.epoch, seq: frame.seq,
               presence: frame.presence || null,
               presenceComplete: frame.presence_complete !== false,
-              presenceCount: typeof frame.presence_count === "number" ? frame.presence_count : (frame.presence ? frame.presence.length : 0)
+              presenceCount: typeof frame.presence_count === "number" ? frame.presence_count : (frame.presence ? frame.presence.length : 0),
+              // Set when the server says so while connected: messages were lost (new epoch, history lost).
+              reason: typeof frame.reason === "string" ? frame.reason : null
             });
           }
           return true;
