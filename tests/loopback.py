@@ -328,6 +328,8 @@ class RedisServer:
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning",
+                # DEBUG SLEEP plays a slow Redis (refused by default since Redis 7).
+                "--enable-debug-command", "local",
             ],
         )  # fmt: skip
         wait_for_port(self.port)

@@ -82,6 +82,11 @@ class Node:
         with opener.open(f"http://127.0.0.1:{self.admin_port}/healthz", timeout=5) as response:
             return json.loads(response.read())
 
+    def metrics(self) -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as response:
+            return response.read().decode()  # type: ignore[no-any-return]
+
     def api(self, method: str, path: str, body: Any = None) -> Any:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         data = None if body is None else json.dumps(body).encode()
@@ -135,6 +140,10 @@ class TwoProcessesTests(unittest.TestCase):
             self.assertEqual(receive(again, "message")["seq"], 5, "then live, from a publish on the other process")
         history = b.api("GET", "/channels/chat.room/history?since=3")
         self.assertEqual([m["seq"] for m in history["messages"]], [4, 5])
+        text = a.metrics()
+        self.assertIn("wsheart_channel_engine_up 1.0\n", text)
+        self.assertIn("wsheart_channel_publishes_total 3.0\n", text, "A's three API publishes")
+        self.assertRegex(text, r"wsheart_channel_engine_command_seconds_count [1-9]", "Redis latency is measured")
 
 
     def test_cli_on_one_process_sees_the_other(self) -> None:

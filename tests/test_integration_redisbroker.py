@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ from twisted.trial import unittest
 from wsheart.channels.broker import ChannelError, ChannelSettings, Position
 from wsheart.channels.redisbroker import RedisBroker, pubsub_factory
 from wsheart.channels.redisstore import RedisPresence, RedisStore
+from wsheart.metrics import ServerMetrics
 
 from .loopback import RedisServer, async_test, sleep, wait_until
 from .memory import FakeConnection
@@ -193,7 +195,7 @@ class RedisBrokerTests(RedisBrokerCase):
             {"op": "subscribed", "channel": "news", "epoch": subscribed.position.epoch, "seq": 4, "recovered": False, "reason": "history lost"},
         )
         self.assertEqual([m["seq"] for m in messages], [5, 6, 7])
-        self.assertEqual(a.engine_state()["gaps_told"], 1)
+        self.assertEqual(a.gaps_told_total, 1)
         await b.publish("news", 7)
         await wait_until(self, lambda: seqs(connection)[-1:] == [8])
 
@@ -238,6 +240,47 @@ class RedisBrokerTests(RedisBrokerCase):
             "the subscriber is told before the new epoch's first message",
         )
         self.assertEqual((last["epoch"], last["seq"], last["data"]), (position.epoch, 1, "after"))
+
+    @async_test
+    async def test_slow_redis_fails_fast_then_catches_up(self) -> None:
+        """
+        A slow Redis (DEBUG SLEEP: every command waits): a publish and a
+        new subscribe fail with 503 and a retry hint within the timeout,
+        the engine's metrics show the failures, and the live subscriber
+        then gets every message Redis took, once and in order - a timed
+        out publish may still have happened, as documented.
+        """
+        a, b = await self.broker(timeout=0.5), await self.broker(timeout=10)
+        metrics = ServerMetrics()
+        metrics.track_channels(a)
+        a.store.observe = metrics.track_engine_commands()
+        connection, _ = await self.subscribe(a, "s")
+        await a.publish("news", "before")
+        await wait_until(self, lambda: seqs(connection) == [1])
+        sleeper = await txredisapi.Connection("127.0.0.1", self.server.port, reconnect=False, convertNumbers=False)
+        self.addCleanup(sleeper.disconnect)
+        slept = sleeper.execute_command("DEBUG", "SLEEP", "2")
+        await sleep(0.1)  # Redis is asleep now
+        started = reactor.seconds()
+        with self.assertRaises(ChannelError) as e:
+            await a.publish("news", "timed out")
+        self.assertEqual((e.exception.code, e.exception.retry_after), (503, 2))
+        with self.assertRaises(ChannelError) as e:
+            await a.subscribe("s2", FakeConnection("s2"), "other")
+        self.assertEqual(e.exception.code, 503)
+        self.assertLess(reactor.seconds() - started, 1.5, "each fails after the 0.5 s timeout, not after Redis")
+        waited = b.publish("news", "waited")  # a patient process gets through once Redis answers
+        await slept
+        await waited
+        await wait_until(self, lambda: len(seqs(connection)) == 3)
+        self.assertEqual(seqs(connection), [1, 2, 3])
+        self.assertEqual(sorted(f["data"] for f in connection.frames()), ["before", "timed out", "waited"])
+        text = metrics.exposition().decode()
+        self.assertIn("wsheart_channel_engine_command_failures_total 2.0\n", text)
+        self.assertIn("wsheart_channel_engine_up 1.0\n", text, "pub/sub stayed connected: the engine is up")
+        answered = float(re.search(r"^wsheart_channel_engine_command_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        self.assertGreaterEqual(answered, 3, "the subscribe's two commands and the publish before")
+        self.assertEqual(list(a.subscriptions("s")), ["news"])
 
     @async_test
     async def test_redis_frozen_fails_fast_with_503(self) -> None:

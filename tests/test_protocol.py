@@ -550,6 +550,32 @@ class ChannelMetricsTests(unittest.TestCase):
         broker.expire()
         self.assertIn("wsheart_channel_history_bytes 0.0\n", factory.metrics.exposition().decode())
 
+    def test_publish_and_delivery_counters(self) -> None:
+        """
+        /metrics counts publishes and deliveries (one per subscriber per
+        message) and says the memory engine is up.
+        """
+        from wsheart.channels.broker import Broker, ChannelSettings
+
+        from .memory import FakeConnection
+
+        clock = Clock()
+        broker = Broker(clock, ChannelSettings())
+        factory = make_server_factory(clock, channels=broker)
+        for cid in ("a", "b", "c"):
+            broker.subscribe(cid, FakeConnection(cid), "news")
+        broker.publish("news", "one")
+        broker.publish("news", "two")
+        text = factory.metrics.exposition().decode()
+        for line in [
+            "wsheart_channel_publishes_total 2.0",
+            "wsheart_channel_deliveries_total 6.0",
+            "wsheart_channel_gaps_told_total 0.0",
+            "wsheart_channel_engine_up 1.0",
+        ]:
+            self.assertIn(line + "\n", text)
+        self.assertNotIn("wsheart_channel_engine_command_seconds", text, "no engine commands without Redis")
+
 
 class ProtocolEdgeTests(unittest.TestCase):
     """

@@ -10,10 +10,10 @@ the C{wsheart_} prefix, units in the names, C{_total} on counters.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
@@ -22,6 +22,9 @@ RTT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Time from a peer's last sign of life to its death (bounded by the
 # heartbeat settings: 60 s with the defaults).
 DETECT_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 300)
+# Commands to the channels' engine (Redis): well under a millisecond on a
+# LAN, up to the command timeout (2 s by default) when it is slow.
+ENGINE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # Reconnect delays chosen by the backoff schedule.
 DELAY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 
@@ -92,6 +95,48 @@ class _TallyCollector:
         )
 
 
+class ChannelFigures(Protocol):
+    """
+    What the channel metrics read from a broker at scrape time.
+    """
+
+    published_total: int
+    delivered_total: int
+    gaps_told_total: int
+
+    def engine_up(self) -> bool: ...
+
+
+class _ChannelCollector:
+    """
+    Expose a broker's plain counters (bumped per message per subscriber:
+    no lock on that path) in Prometheus form.
+    """
+
+    def __init__(self, channels: ChannelFigures) -> None:
+        self.channels = channels
+
+    def collect(self) -> Iterator[Metric]:
+        channels = self.channels
+        for name, documentation, value in [
+            ("wsheart_channel_publishes", "Messages published on channels through this process.", channels.published_total),
+            ("wsheart_channel_deliveries", "Channel messages written to this process's subscribers.", channels.delivered_total),
+            (
+                "wsheart_channel_gaps_told",
+                "Gaps in delivery no history could fill (a new epoch, trimmed history), told to subscribers.",
+                channels.gaps_told_total,
+            ),
+        ]:
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], value)
+            yield counter
+        up = GaugeMetricFamily(
+            "wsheart_channel_engine_up", "1 while the channels' engine (memory, or Redis with --redis) can answer, else 0."
+        )
+        up.add_metric([], 1 if channels.engine_up() else 0)
+        yield up
+
+
 class ServerMetrics:
     """
     Counters and histograms of the daemon.
@@ -148,6 +193,38 @@ class ServerMetrics:
             registry=self.registry,
         )
         gauge.set_function(size)
+
+    def track_channels(self, channels: ChannelFigures) -> None:
+        """
+        Read the channel counters and the engine's state from C{channels}
+        at scrape time.
+        """
+        self.registry.register(_ChannelCollector(channels))
+
+    def track_engine_commands(self) -> Callable[[Optional[float]], None]:
+        """
+        The engine's command latency histogram and failure counter; returns
+        what to call with each command's seconds, or None for a failure.
+        """
+        seconds = Histogram(
+            "wsheart_channel_engine_command_seconds",
+            "Time a command to the channels' engine (Redis) took to answer.",
+            buckets=ENGINE_BUCKETS,
+            registry=self.registry,
+        )
+        failures = Counter(
+            "wsheart_channel_engine_command_failures",
+            "Commands to the channels' engine that failed (timed out, connection gone, refused).",
+            registry=self.registry,
+        )
+
+        def observe(took: Optional[float]) -> None:
+            if took is None:
+                failures.inc()
+            else:
+                seconds.observe(took)
+
+        return observe
 
     def track_open_connections(self, count: Callable[[], int]) -> None:
         """

@@ -41,4 +41,8 @@ def serve(broker: Broker, hub: Hub, metrics: ServerMetrics) -> dict[str, IMessag
     """
     hub.on_removal(lambda info, cause: broker.remove_connection(info.connection_id))
     metrics.track_history_bytes(lambda: broker.history_bytes)
+    metrics.track_channels(broker)
+    store = getattr(broker, "store", None)
+    if store is not None:  # the Redis engine: its command latency
+        store.observe = metrics.track_engine_commands()
     return {SUBPROTOCOL: ChannelProtocolHandler(broker)}

@@ -522,11 +522,21 @@ class Broker:
 
     # -- housekeeping ---------------------------------------------------------
 
+    # Gaps in delivery that could not be filled and were told to the
+    # subscribers (never in memory: every message is delivered at once).
+    gaps_told_total = 0
+
     def engine_state(self) -> dict[str, Any]:
         """
         What /healthz says of the engine that holds the channels.
         """
         return {"engine": "memory"}
+
+    def engine_up(self) -> bool:
+        """
+        Whether the engine can answer now (memory: always).
+        """
+        return True
 
     def expire(self) -> None:
         """

@@ -110,7 +110,7 @@ class RedisBroker(Broker):
         # Publishes waiting until this process has delivered their seq.
         self._acks: dict[str, list[tuple[Position, "defer.Deferred[Position]"]]] = {}
         # Gaps that could not be filled, each told to the channel's subscribers.
-        self.restarts_total = 0
+        self.gaps_told_total = 0
 
     # -- pub/sub connection ------------------------------------------------------
 
@@ -283,7 +283,7 @@ class RedisBroker(Broker):
         )
         ready = [s.connection for s in channel.subscribers.values() if getattr(s, "pending", None) is None]
         send_to_all(ready, notice)
-        self.restarts_total += 1
+        self.gaps_told_total += 1
 
     def _repair(self, name: str, listening: _Listening, channel: Channel) -> None:
         """
@@ -507,10 +507,13 @@ class RedisBroker(Broker):
 
         return self.store.read(channel_name, since_seq).addCallbacks(document, lambda f: _unavailable(f))
 
+    def engine_up(self) -> bool:
+        return self.pubsub is not None
+
     def engine_state(self) -> dict[str, Any]:
         # "down" while the pub/sub connection is away; /healthz stays 200
         # (a Redis blip must not empty a load balancer of every process).
-        return {"engine": "redis", "redis": "up" if self.pubsub is not None else "down", "gaps_told": self.restarts_total}
+        return {"engine": "redis", "redis": "up" if self.pubsub is not None else "down"}
 
     def expire(self) -> None:
         # Redis bounds history itself (MAXLEN, PEXPIRE); keys expire there.
@@ -551,7 +554,8 @@ def pubsub_factory(broker: RedisBroker) -> Any:
 
 
 def _bounded(d: "defer.Deferred[Any]", store: RedisStore) -> "defer.Deferred[Any]":
-    return d.addTimeout(store.timeout, store.clock)
+    # The store's timeout and latency metric, for a pub/sub command.
+    return store._bounded(d)
 
 
 def _unavailable(failure: Any) -> Any:

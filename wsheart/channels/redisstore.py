@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -139,6 +139,9 @@ class RedisStore:
         self.settings = settings
         self.prefix = prefix
         self.timeout = timeout
+        # Told the seconds each command took, or None when it failed
+        # (timed out, connection gone): the engine's latency metric.
+        self.observe: Callable[[Optional[float]], None] = lambda seconds: None
 
     def key(self, channel: str, part: str = "") -> str:
         base = f"{self.prefix}:{{{channel}}}"
@@ -191,7 +194,17 @@ class RedisStore:
         return HistoryRead(_text(epoch) if epoch else None, int(seq), tuple(entries))
 
     def _bounded(self, d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
-        return d.addTimeout(self.timeout, self.clock)
+        started = self.clock.seconds()
+
+        def took(result: Any) -> Any:
+            self.observe(self.clock.seconds() - started)
+            return result
+
+        def failed(failure: Any) -> Any:
+            self.observe(None)
+            return failure
+
+        return d.addTimeout(self.timeout, self.clock).addCallbacks(took, failed)
 
 
 def _text(value: Any) -> str:
