@@ -88,6 +88,23 @@ class ServerIntegrationTests(unittest.TestCase):
         self.assertEqual(await threads.deferToThread(talk), "pong")
 
     @async_test
+    async def test_nagle_off_on_server_sockets(self) -> None:
+        """
+        The server's sockets have TCP_NODELAY, so a small frame is not held
+        back behind a delayed ACK (up to 40 ms on Linux loopback).
+        """
+        factory = self.make_factory()
+        port = (await listen(self, factory)).getHost().port
+        ws = await threads.deferToThread(ws_connect, port)
+        try:
+            await threads.deferToThread(lambda: (ws.send("x"), ws.recv(timeout=5)))
+            [info] = list(factory.hub)
+            handle = info.connection.transport.getHandle()
+            self.assertEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        finally:
+            await threads.deferToThread(ws.close)
+
+    @async_test
     async def test_registry_follows_connections(self) -> None:
         """
         Open connections are in the hub; a client's close removes its entry.

@@ -96,6 +96,22 @@ class _Liveness:
     _connection_gone = False
     close_timeout: float = 1.0
 
+    def _no_nagle(self) -> None:
+        """
+        Turn Nagle's algorithm off: a small frame (a message, a pong) leaves
+        at once instead of waiting for the previous segment's ACK, which a
+        peer's delayed ACK holds back for up to 40 ms.  Autobahn means to
+        do this in its connectionMade but reads C{tcpNoDelay} before it has
+        copied it from the factory, and its bare except hides the failure.
+        """
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is None:
+            return
+        try:
+            set_no_delay(True)
+        except OSError:  # not a TCP socket (a Unix socket: EINVAL, EOPNOTSUPP)
+            pass
+
     def _arm_handshake_timer(self, timeout: float) -> None:
         if timeout > 0:
             self._handshake_timer = self.clock.callLater(timeout, self._handshake_timed_out)
@@ -268,6 +284,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.clock = self.factory.clock
         self.close_timeout = self.factory.close_timeout
         super().connectionMade()
+        self._no_nagle()
         self._arm_handshake_timer(self.factory.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -635,6 +652,7 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
         self.clock = self.factory.clock
         self.close_timeout = self.factory.close_timeout
         super().connectionMade()
+        self._no_nagle()
         self._arm_handshake_timer(self.factory.handshake_timeout)
 
     def processHandshake(self) -> None:
