@@ -57,20 +57,29 @@ def cpu_ticks(pid: int) -> float:
 
 
 class Server:
+    """
+    One benchmarked server: wsheart (memory engine), wsheart-redis (the
+    Redis engine, its own redis-server), wsheart-redis-2p (two wsheart
+    processes on one reuseport port sharing that Redis: the kernel spreads
+    the subscribers), or a raw peer.  All on the server's CPU; the CPU of
+    every process here counts as the server's.
+    """
+
     def __init__(self, name: str, port: int, history: int) -> None:
         self.name = name
         venv_bin = Path(sys.executable).parent
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        # wsheart-redis: the Redis engine, with its own redis-server on the
-        # server's CPU; its CPU counts as the server's.
         self.redis: Optional[subprocess.Popen[bytes]] = None
+        commands: list[list[str]] = []
         if name.startswith("wsheart"):
+            processes = 2 if name.endswith("-2p") else 1
+            endpoint = f"reuseport:{port}:interface=127.0.0.1" if processes > 1 else f"tcp:{port}:interface=127.0.0.1"
             cmd = [str(venv_bin / "twistd"), "-n", "--pidfile=", "wsheart",
-                   "--endpoint", f"tcp:{port}:interface=127.0.0.1", "--history-size", str(history),
+                   "--endpoint", endpoint, "--history-size", str(history),
                    # Like the broadcast peers: no presence (its join events are O(N) per subscribe).
                    "--quiet-presence", "chat.bench",
                    "--max-message-size", str(1 << 20)]  # fmt: skip
-            if name == "wsheart-redis":
+            if name.startswith("wsheart-redis"):
                 redis_port = run_helpers().free_port()
                 self.redis = subprocess.Popen(
                     ["taskset", "-c", str(SERVER_CPU), "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -79,24 +88,31 @@ class Server:
                 )  # fmt: skip
                 run_helpers().wait_port(redis_port, self.redis)
                 cmd += ["--redis", f"redis://127.0.0.1:{redis_port}/0"]
+            commands = [cmd + ["--node-id", f"n{i}"] for i in range(processes)]
         elif name == "autobahn":
-            cmd = [sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port)]
+            commands = [[sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port)]]
         else:
-            cmd = [sys.executable, str(BENCH / "peers" / "websockets_broadcast.py"), "--port", str(port)]
+            commands = [[sys.executable, str(BENCH / "peers" / "websockets_broadcast.py"), "--port", str(port)]]
         logs = BENCH / "results" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log = open(logs / f"fanout-{name}.log", "ab")
-        self.process = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CPU), *cmd], cwd=str(REPO), env=env,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        run_helpers().wait_port(port, self.process)
+        self.processes = []
+        for cmd in commands:
+            process = subprocess.Popen(
+                ["taskset", "-c", str(SERVER_CPU), *cmd], cwd=str(REPO), env=env,
+                stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            self.processes.append(process)
+            run_helpers().wait_port(port, process)
+        if len(self.processes) > 1:
+            time.sleep(2.0)  # the later ones listen too before clients come
+        self.process = self.processes[0]
 
     def cpu(self) -> float:
-        return cpu_ticks(self.process.pid) + (cpu_ticks(self.redis.pid) if self.redis is not None else 0.0)
+        return sum(cpu_ticks(p.pid) for p in self.processes) + (cpu_ticks(self.redis.pid) if self.redis is not None else 0.0)
 
     def stop(self) -> None:
-        for process in (self.process, self.redis):
+        for process in (*self.processes, self.redis):
             if process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGTERM)
                 try:

@@ -18,7 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
 from wsheart.channels.broker import ChannelError, ChannelSettings, Position
-from wsheart.channels.redisbroker import RedisBroker, pubsub_factory
+from wsheart.channels.redisbroker import RedisBroker, command_factory, pubsub_factory
 from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.metrics import ServerMetrics
 
@@ -47,8 +47,10 @@ class RedisBrokerCase(unittest.TestCase):
         A broker as one process has it; with C{node}, its presence is
         shared through Redis under that node name.
         """
-        commands = await txredisapi.Connection("127.0.0.1", self.server.port, reconnect=False, convertNumbers=False)
-        self.addCleanup(commands.disconnect)
+        commands_factory = command_factory("test")
+        commands_factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
+        self.addCleanup(commands_factory.disconnect)
+        commands = commands_factory.handler
         store = RedisStore(commands, reactor, settings, prefix="t", timeout=timeout)
         presence = RedisPresence(store, node, dead_after) if node is not None else None
         broker = RedisBroker(reactor, settings, store, presence)
@@ -82,6 +84,16 @@ class RedisBrokerTests(RedisBrokerCase):
         self.assertEqual(seqs(connection), [1, 2, 3, 4, 5])
         self.assertEqual({f["epoch"] for f in connection.frames()}, {subscribed.position.epoch})
         self.assertEqual([f["data"]["n"] for f in connection.frames()], [0, 1, 2, 3, 4])
+
+    @async_test
+    async def test_one_process_publishes_in_send_order(self) -> None:
+        """
+        Publishes sent one after the other without waiting (one client's
+        frames) get seqs in the order they were sent.
+        """
+        a = await self.broker()
+        positions = await defer.gatherResults([defer.ensureDeferred(a.publish("news", i)) for i in range(200)])
+        self.assertEqual([p.seq for p in positions], list(range(1, 201)))
 
     @async_test
     async def test_recovery_on_another_process(self) -> None:

@@ -90,6 +90,7 @@ class _Liveness:
 
     # Set by _start_liveness (server) or the client factory.
     clock: IReactorTime
+    transport: Any
     heartbeat: Optional[Heartbeat] = None
     _handshake_timer: Optional[IDelayedCall] = None
     _close_timer: Optional[IDelayedCall] = None
