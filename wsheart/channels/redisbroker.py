@@ -523,48 +523,17 @@ class RedisBroker(Broker):
         log.failure(what, failure, channel=channel)
 
 
-class SameTurnReader:
-    """
-    Mixed in before a txredisapi protocol: parses everything one read
-    brought in the same reactor turn.  txredisapi hands what follows each
-    bulk reply to the next turn (C{callLater(0)}): on the pub/sub
-    connection one message per turn, so each message left in a send() of
-    its own to every local subscriber (a burst of 20 publishes: 20 sends
-    each instead of one - four to five times the CPU per delivery of the
-    memory engine); on the command connection one turn per history entry
-    (recovering 1000 missed messages took 89 ms, most of it waiting for
-    turns).  Here the rest is read in a loop rather than by recursion (one
-    read can hold thousands of replies); the work per turn stays bounded by
-    what one read returns.
-    """
-
-    line_mode: int
-    # What follows the bulk reply being read, while setLineMode's loop runs.
-    _rest: Optional[bytes] = None
-
-    def setLineMode(self, extra: bytes = b"") -> None:
-        self.line_mode = 1
-        if not extra:
-            return
-        if self._rest is not None:  # called from inside the loop below: it reads this next
-            self._rest = extra
-            return
-        self._rest = extra
-        try:
-            while self._rest:
-                rest, self._rest = self._rest, b""
-                self.dataReceived(rest)  # type: ignore[attr-defined]
-        finally:
-            self._rest = None
+# txredisapi parses replies with hiredis (the Redis project's C parser) when
+# it is installed, and wsheart depends on it: its own pure-Python parser
+# hands what follows each bulk reply to the next reactor turn and copies the
+# rest of the buffer for every line, so each pub/sub message was fanned out
+# in a turn of its own (one send() per subscriber per message: 5.5x the CPU
+# per delivery of the memory engine) and 1000 history entries took 80 ms.
+if txredisapi.hiredis is None:  # pragma: no cover - setup.cfg installs it
+    raise ImportError("wsheart's Redis engine needs hiredis (pip install hiredis)")
 
 
-class CommandProtocol(SameTurnReader, txredisapi.RedisProtocol):
-    """
-    The command connection's protocol (the scripts, history reads).
-    """
-
-
-class PubSubProtocol(SameTurnReader, txredisapi.SubscriberProtocol):
+class PubSubProtocol(txredisapi.SubscriberProtocol):
     """
     The broker's pub/sub connection: hands it to the broker when it is
     ready, and every announced message after that.
@@ -606,7 +575,6 @@ def command_factory(name: str, db: Optional[int] = None, password: Optional[str]
     pool of two, consecutive publishes could swap).
     """
     factory = txredisapi.RedisFactory(name, db, 1, isLazy=True, password=password, convertNumbers=False)
-    factory.protocol = CommandProtocol
     return factory
 
 
