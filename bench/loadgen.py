@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import os
 import random
 import resource
+import socket
 import struct
 import sys
 import threading
@@ -89,8 +91,12 @@ class Generator:
     Counters shared by every connection of this process.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, source: Optional[str] = None) -> None:
         self.port = port
+        # A loopback source address of its own (127.0.0.2, ...): each gives
+        # another 28000 ephemeral ports towards the one server port, so
+        # several load generators can hold more than 28000 connections.
+        self.local_addr = (source, 0) if source else None
         self.host_header = f"127.0.0.1:{port}".encode()
         self.open_now = 0
         self.opened = 0
@@ -259,12 +265,32 @@ class Client(asyncio.Protocol):
 ECHO_PAYLOAD = b"wsheart-bench-echo-0123456789abc"  # 32 bytes of text
 
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def connect(loop: asyncio.AbstractEventLoop, gen: Generator, opened: asyncio.Future) -> tuple:
+    if gen.local_addr is None:
+        return await loop.create_connection(lambda: Client(gen, opened), "127.0.0.1", gen.port)
+    # From a source address of its own: bind() with port 0 would search
+    # for a free port itself (slower and slower as thousands are taken);
+    # IP_BIND_ADDRESS_NO_PORT leaves the choice to connect(), as without
+    # a bind.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind(gen.local_addr)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", gen.port))
+    except BaseException:
+        sock.close()
+        raise
+    return await loop.create_connection(lambda: Client(gen, opened), sock=sock)
+
+
 async def open_one(gen: Generator, timeout: float) -> tuple[Client, float]:
     loop = asyncio.get_running_loop()
     opened = loop.create_future()
-    transport, client = await asyncio.wait_for(
-        loop.create_connection(lambda: Client(gen, opened), "127.0.0.1", gen.port), timeout
-    )
+    transport, client = await asyncio.wait_for(connect(loop, gen, opened), timeout)
     try:
         took = await asyncio.wait_for(opened, timeout)
     except BaseException:
@@ -293,7 +319,7 @@ async def open_many(gen: Generator, n: int, concurrency: int, timeout: float):
             clients.append(client)
             times.append(took)
         except Exception as e:  # counted and reported, never retried
-            kind = type(e).__name__
+            kind = type(e).__name__ + (f" {errno.errorcode.get(e.errno, e.errno)}" if isinstance(e, OSError) and e.errno else "")
             failures[kind] = failures.get(kind, 0) + 1
 
     await asyncio.gather(*(one() for _ in range(n)))
@@ -320,7 +346,7 @@ def stats(gen: Generator) -> dict:
 
 async def hold(args) -> None:
     loop = asyncio.get_running_loop()
-    gen = Generator(args.port)
+    gen = Generator(args.port, args.source)
     commands: asyncio.Queue = asyncio.Queue()
 
     def read_stdin():  # a thread: stdin lines become commands, EOF ends
@@ -361,7 +387,7 @@ async def hold(args) -> None:
 
 
 async def burst(args) -> None:
-    gen = Generator(args.port)
+    gen = Generator(args.port, args.source)
     c0 = cpu_seconds()
     t0 = time.perf_counter()
     clients, times, failures = await open_many(gen, args.connections, 0, args.timeout)
@@ -384,7 +410,7 @@ async def burst(args) -> None:
 
 
 async def echo(args) -> None:
-    gen = Generator(args.port)
+    gen = Generator(args.port, args.source)
     clients, _times, failures = await open_many(gen, args.connections, args.concurrency, args.timeout)
     emit({"event": "open", "open": len(clients), "failed": failures})
     gen.sending = True
@@ -431,6 +457,7 @@ def main() -> None:
     p.add_argument("mode", choices=("hold", "burst", "echo"))
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--source", help="loopback source address to connect from (127.0.0.2, ...)")
     p.add_argument("--concurrency", type=int, default=500, help="handshakes in flight while opening (hold, echo)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per connect and per handshake")
     p.add_argument("--max-seconds", type=float, default=300.0, help="hold: longest stay (safety bound)")
