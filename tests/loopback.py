@@ -311,9 +311,10 @@ class RedisServer:
     is skipped - or fails under WSHEART_REQUIRE_ALL=1.
     """
 
-    def __init__(self, test: unittest.TestCase) -> None:
+    def __init__(self, test: unittest.TestCase, *extra: str) -> None:
         self.binary = require_tool("redis-server", "the Redis tests need Debian's redis-server package")
         self.test = test
+        self.extra = list(extra)  # more options: --replicaof HOST PORT, ...
         self.port = free_port()
         self.directory = os.path.abspath(test.mktemp())
         os.makedirs(self.directory)
@@ -330,6 +331,7 @@ class RedisServer:
                 "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning",
                 # DEBUG SLEEP plays a slow Redis (refused by default since Redis 7).
                 "--enable-debug-command", "local",
+                *self.extra,
             ],
         )  # fmt: skip
         wait_for_port(self.port)
@@ -343,3 +345,28 @@ class RedisServer:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+
+class SentinelServer:
+    """
+    A Redis Sentinel of its own (redis-server in Sentinel mode) on a free
+    127.0.0.1 port, watching C{master} as the service C{service}; stopped
+    by its pid when the test ends.
+    """
+
+    def __init__(self, test: unittest.TestCase, master: RedisServer, service: str = "wsh") -> None:
+        binary = require_tool("redis-server", "the Redis tests need Debian's redis-server package")
+        self.port = free_port()
+        self.service = service
+        directory = os.path.abspath(test.mktemp())
+        os.makedirs(directory)
+        config = os.path.join(directory, "sentinel.conf")  # Sentinel rewrites it: its own file
+        with open(config, "w") as f:
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {directory}\nloglevel warning\n"
+                f"sentinel monitor {service} 127.0.0.1 {master.port} 1\n"
+                f"sentinel down-after-milliseconds {service} 1000\n"
+                f"sentinel failover-timeout {service} 5000\n"
+            )
+        self.process = Process(test, [binary, config, "--sentinel"], stdout=subprocess.DEVNULL)
+        wait_for_port(self.port)

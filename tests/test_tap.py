@@ -179,6 +179,14 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(connections.address, RedisAddress(host="10.0.0.5", port=6380, db=2, password="s3cret"))
         self.assertEqual(RedisAddress.parse("unix:///run/redis.sock?db=1"), RedisAddress(path="/run/redis.sock", db=1))
         self.assertTrue(RedisAddress.parse("rediss://cache.example.org").tls)
+        # Sentinel: one or more of them (26379 by default), the service, the
+        # master's password and database.
+        sentinel = RedisAddress.parse("redis+sentinel://:pw@10.0.0.1,10.0.0.2:26380,[::1]/chat/3")
+        self.assertEqual(sentinel.sentinels, (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26379)))
+        self.assertEqual((sentinel.service, sentinel.password, sentinel.db), ("chat", "pw", 3))
+        for bad in ("redis+sentinel://10.0.0.1", "redis+sentinel://10.0.0.1:x/chat", "redis+sentinel://,/chat"):
+            with self.assertRaises(ValueError, msg=bad):
+                RedisAddress.parse(bad)
         off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock())
         self.assertIsNone(off.broker)
         self.assertEqual(off.factory.subprotocols, {})

@@ -583,6 +583,10 @@ def _bounded(d: "defer.Deferred[Any]", store: RedisStore) -> "defer.Deferred[Any
     return store._bounded(d)
 
 
+# Redis's answers that mean "not now" rather than "wrong request".
+_NOT_SERVING = ("READONLY", "LOADING", "MASTERDOWN")
+
+
 def _unavailable(failure: Any) -> Any:
     """
     A ChannelError stays; a timeout or a lost connection is a 503.
@@ -591,6 +595,10 @@ def _unavailable(failure: Any) -> Any:
         raise EngineUnavailable("Redis too slow")
     if failure.check(txredisapi.ConnectionError, error.ConnectError, error.ConnectionLost, error.ConnectionDone):
         raise EngineUnavailable("Redis not reachable")
+    if failure.check(txredisapi.ResponseError) and str(failure.value).startswith(_NOT_SERVING):
+        # A replica (a failover under way: Sentinel closes such clients and
+        # they find the new master), or a Redis still loading its data.
+        raise EngineUnavailable(f"Redis not serving writes ({str(failure.value).split()[0]})")
     return failure  # a refusal (ChannelError), or a defect: let it show
 
 
@@ -598,7 +606,9 @@ def _unavailable(failure: Any) -> Any:
 class RedisAddress:
     """
     Where Redis is: C{redis://[:PASSWORD@]HOST[:PORT][/DB]},
-    C{rediss://...} (TLS) or C{unix:///PATH[?db=N]}.
+    C{rediss://...} (TLS), C{unix:///PATH[?db=N]}, or the master that
+    Sentinel names: C{redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]}
+    (Sentinel's own port is 26379 by default; the password is the master's).
     """
 
     host: str = "127.0.0.1"
@@ -607,20 +617,27 @@ class RedisAddress:
     db: Optional[int] = None
     password: Optional[str] = None
     tls: bool = False
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: Optional[str] = None
 
     @classmethod
     def parse(cls, url: str) -> "RedisAddress":
         from urllib.parse import parse_qs, unquote, urlsplit
 
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"--redis takes redis://HOST[:PORT][/DB], rediss://... or unix:///PATH, got {url!r}")
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            raise ValueError(
+                f"--redis takes redis://HOST[:PORT][/DB], rediss://..., unix:///PATH or "
+                f"redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB], got {url!r}"
+            )
         try:
             if parts.scheme == "unix":
                 if not parts.path:
                     raise ValueError("no socket path")
                 db = parse_qs(parts.query).get("db", [None])[0]
                 return cls(path=parts.path, db=int(db) if db is not None else None, password=parts.password)
+            if parts.scheme == "redis+sentinel":
+                return cls._parse_sentinel(parts.netloc, parts.path)
             db_text = parts.path.strip("/")
             return cls(
                 host=parts.hostname or "127.0.0.1",
@@ -632,15 +649,72 @@ class RedisAddress:
         except ValueError as e:
             raise ValueError(f"--redis {url!r}: {e}") from None
 
+    @classmethod
+    def _parse_sentinel(cls, netloc: str, path: str) -> "RedisAddress":
+        from urllib.parse import unquote, urlsplit
+
+        userinfo, _, hosts = netloc.rpartition("@")
+        password = unquote(userinfo.partition(":")[2]) if userinfo else None
+        sentinels = []
+        for host in hosts.split(","):
+            one = urlsplit(f"//{host}")  # brackets for IPv6, and the port checked
+            if not one.hostname:
+                raise ValueError("a Sentinel address without a host")
+            sentinels.append((one.hostname, one.port or 26379))
+        service, _, db_text = path.strip("/").partition("/")
+        if not service:
+            raise ValueError("no service name (redis+sentinel://HOST:26379/SERVICE)")
+        return cls(
+            sentinels=tuple(sentinels), service=service, password=password or None, db=int(db_text) if db_text else None
+        )
+
     def endpoint(self, reactor: Any) -> Any:
         from twisted.internet import endpoints, ssl
 
+        if self.sentinels:
+            return SentinelMasterEndpoint(reactor, self.sentinels, self.service or "")
         if self.path is not None:
             return endpoints.UNIXClientEndpoint(reactor, self.path)
         endpoint: Any = endpoints.HostnameEndpoint(reactor, self.host, self.port)
         if self.tls:
             endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(self.host), endpoint)
         return endpoint
+
+    def __str__(self) -> str:
+        if self.sentinels:
+            return f"{self.service} via Sentinel {','.join(f'{h}:{p}' for h, p in self.sentinels)}"
+        return self.path or f"{self.host}:{self.port}"
+
+
+class SentinelMasterEndpoint:
+    """
+    A client endpoint that asks Sentinel for the current master of
+    C{service} before every connection (txredisapi's Sentinel client does
+    the asking).  After a failover, Sentinel closes the clients of the old
+    master, and the engine's connections, which reconnect by themselves,
+    come here again and find the new one.
+    """
+
+    def __init__(self, reactor: Any, sentinels: tuple[tuple[str, int], ...], service: str) -> None:
+        self.reactor = reactor
+        self.service = service
+        self.sentinel = txredisapi.Sentinel(list(sentinels))
+
+    def connect(self, protocol_factory: Any) -> "defer.Deferred[Any]":
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        def found(address: tuple[str, int]) -> Any:
+            host, port = address
+            return HostnameEndpoint(self.reactor, host, port).connect(protocol_factory)
+
+        def not_found(failure: Any) -> Any:
+            failure.trap(txredisapi.MasterNotFoundError)
+            raise error.ConnectError(string=f"Sentinel knows no master for {self.service!r}")
+
+        return self.sentinel.discover_master(self.service).addCallbacks(found, not_found)
+
+    def disconnect(self) -> Any:
+        return self.sentinel.disconnect()
 
 
 class RedisConnections(Service):
@@ -657,20 +731,24 @@ class RedisConnections(Service):
         self.beat_interval = beat_interval
         self.commands: Any = None
         self.pubsub: Any = None
+        self._endpoint: Any = None
         self._beat: Optional[Any] = None
 
     def startService(self) -> None:
         super().startService()
         address = self.address
-        factory = command_factory(f"{address.path or address.host}:{address.port}", address.db, address.password)
-        factory.startConnecting(address.endpoint(self.reactor))
+        factory = command_factory(str(address), address.db, address.password)
+        # One endpoint for both connections: with Sentinel, one set of
+        # connections to the Sentinels asks for the master.
+        self._endpoint = address.endpoint(self.reactor)
+        factory.startConnecting(self._endpoint)
         self.commands = factory.handler
         self._command_factory = factory
         self.broker.store.redis = self.commands
         self.pubsub = pubsub_factory(self.broker)
         self.pubsub.password = address.password
         self.pubsub.dbid = address.db
-        self.pubsub.startConnecting(address.endpoint(self.reactor))
+        self.pubsub.startConnecting(self._endpoint)
         if self.broker.shared_presence is not None:
             # This process's presence heartbeat, and the sweep of the dead.
             from twisted.internet.task import LoopingCall
@@ -688,7 +766,7 @@ class RedisConnections(Service):
         super().stopService()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
-        return defer.gatherResults(
-            [defer.maybeDeferred(f.disconnect) for f in (self._command_factory, self.pubsub) if f is not None],
-            consumeErrors=True,
-        )
+        closing = [defer.maybeDeferred(f.disconnect) for f in (self._command_factory, self.pubsub) if f is not None]
+        if isinstance(self._endpoint, SentinelMasterEndpoint):
+            closing.append(defer.maybeDeferred(self._endpoint.disconnect))
+        return defer.gatherResults(closing, consumeErrors=True)

@@ -1,21 +1,25 @@
 """
-Unit tests of how the Redis engine reads its connections: everything one
-read brings is parsed in that read's reactor turn (txredisapi on hiredis,
-which wsheart depends on; its pure-Python parser took a turn per bulk
-string), on in-memory transports.
+Unit tests of the Redis engine's broker module without a Redis: how it
+reads its connections (everything one read brings is parsed in that read's
+reactor turn: txredisapi on hiredis, which wsheart depends on; its
+pure-Python parser took a turn per bulk string), on in-memory transports,
+and which of Redis's failures are a 503.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import error
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 import txredisapi
 
-from wsheart.channels.redisbroker import PubSubProtocol
+from wsheart.channels.broker import ChannelError
+from wsheart.channels.redisbroker import PubSubProtocol, _unavailable
 
 
 def bulk(value: bytes) -> bytes:
@@ -98,3 +102,33 @@ class ReadInOneTurnTests(unittest.TestCase):
         protocol.dataReceived(bulk(b"a") + b"*2\r\n" + bulk(b"b") + bulk(b"c") + bulk(b"d"))
         self.assertEqual(results, ["a", ["b", "c"], "d"])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class UnavailableTests(unittest.TestCase):
+    def outcome(self, exception: Exception) -> Any:
+        try:
+            result = _unavailable(Failure(exception))
+        except ChannelError as e:
+            return (e.code, e.reason, e.retry_after is not None)
+        return result
+
+    def test_not_now_is_a_503_with_a_retry_hint(self) -> None:
+        """
+        Redis gone, too slow, a replica after a failover, or still loading:
+        503 with a retry hint, and the reason says which.
+        """
+        from twisted.internet.defer import TimeoutError
+
+        self.assertEqual(self.outcome(TimeoutError()), (503, "channels unavailable: Redis too slow", True))
+        self.assertEqual(self.outcome(error.ConnectionLost()), (503, "channels unavailable: Redis not reachable", True))
+        readonly = txredisapi.ResponseError("READONLY You can't write against a read only replica.")
+        self.assertEqual(self.outcome(readonly), (503, "channels unavailable: Redis not serving writes (READONLY)", True))
+        loading = txredisapi.ResponseError("LOADING Redis is loading the dataset in memory")
+        self.assertEqual(self.outcome(loading)[0], 503)
+
+    def test_other_errors_stay_what_they_are(self) -> None:
+        """
+        A script error is a defect, not an outage: it is not hidden as 503.
+        """
+        wrong = txredisapi.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+        self.assertIsInstance(self.outcome(wrong), Failure)
