@@ -175,6 +175,51 @@ class ServerIntegrationTests(unittest.TestCase):
         self.assertEqual(len(factory.hub), 0)
 
     @async_test
+    async def test_foreign_origin_gets_403_and_no_upgrade(self) -> None:
+        """
+        A page of another site (a browser sends its Origin) gets 403 before
+        any upgrade, and the log says which Origin and which option would
+        allow it; the server's own page, an allowed origin and a program
+        without an Origin connect.
+        """
+        from twisted.logger import globalLogPublisher
+        from websockets.exceptions import InvalidStatus
+
+        from wsheart.origin import OriginPolicy
+
+        logged: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "refused a WebSocket upgrade" in event.get("log_format", ""):
+                from twisted.logger import formatEvent
+
+                logged.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        factory = self.make_factory(origin_policy=OriginPolicy(("https://*.example.com",)))
+        port = (await listen(self, factory)).getHost().port
+
+        def status(origin: Any) -> Any:
+            try:
+                with ws_connect(port, origin=origin) as ws:
+                    ws.send("x")
+                    return ws.recv(timeout=5)
+            except InvalidStatus as e:
+                return e.response.status_code
+
+        self.assertEqual(await threads.deferToThread(status, "https://evil.example.net"), 403)
+        self.assertEqual(await threads.deferToThread(status, "https://app.example.com.evil.net"), 403)
+        self.assertEqual(await threads.deferToThread(status, f"http://127.0.0.1:{port}"), "x", "the server's own page")
+        self.assertEqual(await threads.deferToThread(status, "https://app.example.com"), "x")
+        self.assertEqual(await threads.deferToThread(status, None), "x", "no Origin: not a browser")
+        self.assertEqual(len(factory.hub), 0)
+        self.assertEqual(factory.metrics.handshake_failures.labels(reason="origin")._value.get(), 2)
+        self.assertEqual(len(logged), 2)
+        self.assertIn("Origin 'https://evil.example.net' is not allowed", logged[0])
+        self.assertIn("--allowed-origin 'https://evil.example.net'", logged[0])
+
+    @async_test
     async def test_plain_http_gets_an_answer(self) -> None:
         """
         A plain HTTP request to the WebSocket port gets 426 at once, not a

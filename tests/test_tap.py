@@ -84,6 +84,9 @@ class OptionsTests(unittest.TestCase):
             (["--redis", "http://127.0.0.1:6379"], "--redis takes redis://"),
             (["--redis", "redis://127.0.0.1:6379/x"], "--redis"),
             (["--redis", "redis://127.0.0.1:6379", "--no-channels"], "drop --no-channels"),
+            (["--allowed-origin", "example.com"], "--allowed-origin takes scheme://host"),
+            (["--allowed-origin", "https://a*.example.com"], "whole first label"),
+            (["--allow-missing-origin", "maybe"], "--allow-missing-origin takes yes or no"),
             (["--redis-timeout", "0"], "--redis-timeout must be a positive"),
             (["--max-client-channels", "0"], "--max-client-channels must be at least 1"),
             (["--max-missed", "two"], "--max-missed must be a whole number"),
@@ -187,6 +190,12 @@ class MakeServiceTests(unittest.TestCase):
         for bad in ("redis+sentinel://10.0.0.1", "redis+sentinel://10.0.0.1:x/chat", "redis+sentinel://,/chat"):
             with self.assertRaises(ValueError, msg=bad):
                 RedisAddress.parse(bad)
+        origins = parse("--allowed-origin", "https://app.example.com,https://*.example.org", "--allowed-origin", "null",
+                        "--allow-missing-origin", "no")  # fmt: skip
+        policy = makeService(origins, reactor=MemoryReactorClock()).factory.origin_policy
+        self.assertEqual((policy.allowed, policy.allow_missing), (("https://app.example.com", "https://*.example.org", "null"), False))
+        self.assertTrue(policy.allows("https://a.example.org", "ws.example.net", secure=True))
+        self.assertFalse(makeService(parse(), reactor=MemoryReactorClock()).factory.origin_policy.allows("https://a.example.org", "ws.example.net", secure=True))
         off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock())
         self.assertIsNone(off.broker)
         self.assertEqual(off.factory.subprotocols, {})

@@ -22,9 +22,10 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.util import encode_truncate
+from autobahn.websocket.types import ConnectionDeny
 from autobahn.websocket import protocol as _autobahn_protocol
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,6 +36,7 @@ from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
+from wsheart.origin import OriginPolicy, suggestion
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
 from wsheart.wheel import TimerWheel
 
@@ -275,6 +277,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
 
     factory: "ServerFactory"
     connection_id: Optional[str] = None
+    # Why the handshake is refused, for the metric (None: the HTTP status).
+    _refusal: Optional[str] = None
     _dead = False
     _too_slow = False
     # The handler of this connection: the factory's, or the one of the
@@ -341,7 +345,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):  # type: ignore[no-untyped-def]
-        self.factory.metrics.handshake_failures.labels(reason=f"http_{code}").inc()
+        self.factory.metrics.handshake_failures.labels(reason=self._refusal or f"http_{code}").inc()
         result = super().failHandshake(reason, code, responseHeaders)
         self.data = b""
         self._linger_at_most(self.factory.handshake_timeout)
@@ -374,6 +378,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.factory.metrics.misses.inc()
 
     def onConnect(self, request: Any) -> Optional[str]:
+        self._check_origin(request)
         # The first subprotocol the client offers that this server has a
         # handler for (wsheart.v1 when channels are on); anything else is
         # declined (no Sec-WebSocket-Protocol in the answer).
@@ -381,6 +386,27 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             if offered in self.factory.subprotocols:
                 return str(offered)
         return None
+
+    def _check_origin(self, request: Any) -> None:
+        """
+        Refuse, with 403 before the upgrade, a browser page the Origin
+        policy does not allow (cross-site WebSocket hijacking: the browser
+        would send this site's cookies with it).
+        """
+        origin = request.headers.get("origin")
+        secure = ISSLTransport.providedBy(self.transport)
+        if self.factory.origin_policy.allows(origin, request.headers.get("host"), secure):
+            return
+        self._refusal = "origin"
+        shown = origin if origin is not None else "(none)"
+        self.logger.warn(
+            "refused a WebSocket upgrade from {peer}: Origin {origin} is not allowed; "
+            "to allow it, start wsheart with --allowed-origin {allow}",
+            peer=self.peer,
+            origin=repr(shown[:200]),
+            allow="'" + suggestion(origin) + "'" if origin is not None else "... (or --allow-missing-origin yes)",
+        )
+        raise ConnectionDeny(403, "Origin not allowed")
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -579,8 +605,11 @@ class ServerFactory(WebSocketServerFactory):
         pages_settings: Optional[dict[str, Any]] = None,
         max_send_buffer: int = 8 * 1024 * 1024,
         queued_bytes: Callable[[Any], Optional[int]] = queued_bytes,
+        origin_policy: OriginPolicy = OriginPolicy(),
     ) -> None:
         super().__init__(url=url, reactor=clock)
+        # Which web pages may open a WebSocket here (wsheart.origin).
+        self.origin_policy = origin_policy
         self.hub = hub
         # One timer wheel for every connection's heartbeat; its slack (the
         # resolution) is small against any sensible timeout.

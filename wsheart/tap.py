@@ -28,6 +28,7 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics
 from wsheart.health import LagMonitor
+from wsheart.origin import OriginPolicy
 from wsheart.protocol import ServerFactory
 from wsheart.service import WsheartService
 from wsheart.tls import ReloadableServerTLS, TLSConfigError
@@ -151,6 +152,7 @@ class Options(usage.Options):
         ["redis", None, None, "wsheart.v1: share channels, history and idempotency keys with every process on this Redis: redis://HOST[:PORT][/DB], rediss://... (TLS), unix:///PATH or redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB] (default: in this process's memory)."],
         ["redis-prefix", None, "wsh", "wsheart.v1: prefix of wsheart's Redis keys (one per deployment sharing a Redis)."],
         ["redis-timeout", None, 2.0, "wsheart.v1: seconds a Redis command may take before the publish or subscribe fails with 503.", positive_float("redis-timeout")],
+        ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
         ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
     ]
 
@@ -158,6 +160,13 @@ class Options(usage.Options):
         super().__init__()
         self["endpoint"] = []
         self["tls-endpoint"] = []
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, value: str) -> None:
+        """
+        Web pages of this origin may open WebSockets here, besides the server's own (Origin host and port equal to the request's Host): https://app.example.com, https://*.example.com (whole labels), null, or * (any page: only for sockets without cookies); repeatable or comma-separated. Upgrades from other pages get 403.
+        """
+        self["allowed-origin"].extend(v.strip() for v in value.split(",") if v.strip())
 
     def opt_endpoint(self, description: str) -> None:
         """
@@ -231,6 +240,12 @@ class Options(usage.Options):
                 )
             except ValueError as e:
                 raise usage.UsageError(str(e))
+        if self["allow-missing-origin"] not in ("yes", "no"):
+            raise usage.UsageError(f"--allow-missing-origin takes yes or no, got {self['allow-missing-origin']!r}")
+        try:
+            self["origin-policy"] = OriginPolicy(tuple(self["allowed-origin"]), self["allow-missing-origin"] == "yes")
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         self["redis-address"] = None
         if self["redis"]:
             if self["no-channels"]:
@@ -349,6 +364,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         subprotocols=subprotocols,
         metrics=metrics,
         max_send_buffer=options["max-send-buffer"],
+        origin_policy=options["origin-policy"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
