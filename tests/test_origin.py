@@ -30,46 +30,49 @@ class OriginPolicyTests(unittest.TestCase):
         page of any other host or port does not.
         """
         policy = OriginPolicy()
-        self.assertTrue(policy.allows("http://127.0.0.1:8080", "127.0.0.1:8080", secure=False))
-        self.assertTrue(policy.allows("https://chat.example.org", "chat.example.org", secure=True))
-        self.assertTrue(policy.allows("https://chat.example.org", "chat.example.org:443", secure=True))
-        self.assertTrue(policy.allows("https://CHAT.example.org", "chat.EXAMPLE.org", secure=True))
-        self.assertFalse(policy.allows("https://evil.example", "chat.example.org", secure=True))
-        self.assertFalse(policy.allows("http://127.0.0.1:9999", "127.0.0.1:8080", secure=False), "another port is another origin")
-        self.assertFalse(policy.allows("https://chat.example.org.evil.net", "chat.example.org", secure=True))
-        self.assertFalse(policy.allows("http://127.0.0.1:8080", None, secure=False), "no Host: nothing to compare")
-        self.assertFalse(policy.allows("null", "chat.example.org", secure=True))
-        self.assertFalse(policy.allows("not an origin", "chat.example.org", secure=True))
+        self.assertTrue(policy.allows("http://127.0.0.1:8080", "127.0.0.1:8080"))
+        self.assertTrue(policy.allows("https://chat.example.org", "chat.example.org"))
+        self.assertTrue(policy.allows("https://chat.example.org", "chat.example.org:443"))
+        # Behind a proxy that ends TLS: Host without a port, https page.
+        self.assertTrue(policy.allows("http://chat.example.org", "chat.example.org"))
+        self.assertFalse(policy.allows("https://chat.example.org:8443", "chat.example.org"), "not a default port")
+        self.assertTrue(policy.allows("https://CHAT.example.org", "chat.EXAMPLE.org"))
+        self.assertFalse(policy.allows("https://evil.example", "chat.example.org"))
+        self.assertFalse(policy.allows("http://127.0.0.1:9999", "127.0.0.1:8080"), "another port is another origin")
+        self.assertFalse(policy.allows("https://chat.example.org.evil.net", "chat.example.org"))
+        self.assertFalse(policy.allows("http://127.0.0.1:8080", None), "no Host: nothing to compare")
+        self.assertFalse(policy.allows("null", "chat.example.org"))
+        self.assertFalse(policy.allows("not an origin", "chat.example.org"))
 
     def test_exact_origins(self) -> None:
         policy = OriginPolicy(("https://app.example.com", "http://localhost:3000"))
-        self.assertTrue(policy.allows("https://app.example.com", "ws.example.com", secure=True))
-        self.assertTrue(policy.allows("https://app.example.com:443", "ws.example.com", secure=True))
-        self.assertTrue(policy.allows("http://localhost:3000", "ws.example.com", secure=True))
-        self.assertFalse(policy.allows("http://app.example.com", "ws.example.com", secure=True), "another scheme")
-        self.assertFalse(policy.allows("https://app.example.com:8443", "ws.example.com", secure=True), "another port")
-        self.assertFalse(policy.allows("http://localhost:3001", "ws.example.com", secure=True))
-        self.assertFalse(policy.allows("https://x.app.example.com", "ws.example.com", secure=True), "exact is exact")
+        self.assertTrue(policy.allows("https://app.example.com", "ws.example.com"))
+        self.assertTrue(policy.allows("https://app.example.com:443", "ws.example.com"))
+        self.assertTrue(policy.allows("http://localhost:3000", "ws.example.com"))
+        self.assertFalse(policy.allows("http://app.example.com", "ws.example.com"), "another scheme")
+        self.assertFalse(policy.allows("https://app.example.com:8443", "ws.example.com"), "another port")
+        self.assertFalse(policy.allows("http://localhost:3001", "ws.example.com"))
+        self.assertFalse(policy.allows("https://x.app.example.com", "ws.example.com"), "exact is exact")
 
     def test_wildcards_match_whole_labels(self) -> None:
         policy = OriginPolicy(("https://*.example.com",))
-        self.assertTrue(policy.allows("https://app.example.com", "ws.other.org", secure=True))
-        self.assertTrue(policy.allows("https://a.b.example.com", "ws.other.org", secure=True))
+        self.assertTrue(policy.allows("https://app.example.com", "ws.other.org"))
+        self.assertTrue(policy.allows("https://a.b.example.com", "ws.other.org"))
         for refused in ("https://app.example.com.evil.net", "https://example.com", "https://evilexample.com",
                         "http://app.example.com", "https://app.example.com:8443", "https://.example.com"):  # fmt: skip
-            self.assertFalse(policy.allows(refused, "ws.other.org", secure=True), refused)
+            self.assertFalse(policy.allows(refused, "ws.other.org"), refused)
 
     def test_null_and_star_are_explicit(self) -> None:
-        self.assertTrue(OriginPolicy(("null",)).allows("null", "h", secure=False))
-        self.assertFalse(OriginPolicy(("null",)).allows("https://a.com", "h", secure=False))
-        self.assertTrue(OriginPolicy(("*",)).allows("https://anything.example", "h", secure=False))
+        self.assertTrue(OriginPolicy(("null",)).allows("null", "h"))
+        self.assertFalse(OriginPolicy(("null",)).allows("https://a.com", "h"))
+        self.assertTrue(OriginPolicy(("*",)).allows("https://anything.example", "h"))
 
     def test_missing_origin_by_option(self) -> None:
         """
         No Origin header: a program, not a browser; allowed unless told.
         """
-        self.assertTrue(OriginPolicy().allows(None, "h", secure=False))
-        self.assertFalse(OriginPolicy(allow_missing=False).allows(None, "h", secure=False))
+        self.assertTrue(OriginPolicy().allows(None, "h"))
+        self.assertFalse(OriginPolicy(allow_missing=False).allows(None, "h"))
 
     def test_bad_patterns_are_refused_with_the_reason(self) -> None:
         for bad, reason in [

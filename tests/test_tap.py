@@ -194,8 +194,8 @@ class MakeServiceTests(unittest.TestCase):
                         "--allow-missing-origin", "no")  # fmt: skip
         policy = makeService(origins, reactor=MemoryReactorClock()).factory.origin_policy
         self.assertEqual((policy.allowed, policy.allow_missing), (("https://app.example.com", "https://*.example.org", "null"), False))
-        self.assertTrue(policy.allows("https://a.example.org", "ws.example.net", secure=True))
-        self.assertFalse(makeService(parse(), reactor=MemoryReactorClock()).factory.origin_policy.allows("https://a.example.org", "ws.example.net", secure=True))
+        self.assertTrue(policy.allows("https://a.example.org", "ws.example.net"))
+        self.assertFalse(makeService(parse(), reactor=MemoryReactorClock()).factory.origin_policy.allows("https://a.example.org", "ws.example.net"))
         off = makeService(parse("--no-channels", "--no-pages"), reactor=MemoryReactorClock())
         self.assertIsNone(off.broker)
         self.assertEqual(off.factory.subprotocols, {})

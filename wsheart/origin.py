@@ -137,10 +137,10 @@ class OriginPolicy:
     def __repr__(self) -> str:
         return f"OriginPolicy(allowed={self.allowed!r}, allow_missing={self.allow_missing!r})"
 
-    def allows(self, origin: Optional[str], host: Optional[str], secure: bool) -> bool:
+    def allows(self, origin: Optional[str], host: Optional[str]) -> bool:
         """
         Whether a handshake with C{Origin: origin} (None: no header), sent
-        to C{Host: host} over TLS or not, may upgrade.
+        to C{Host: host}, may upgrade.
         """
         if origin is None:
             return self.allow_missing
@@ -151,23 +151,25 @@ class OriginPolicy:
         parsed = Origin.parse(origin)
         if parsed is None:
             return False
-        if host is not None and _same_host(parsed, host, secure):
+        if host is not None and _same_host(parsed, host):
             return True
         return any(p.matches(parsed) for p in self._patterns)
 
 
-def _same_host(origin: Origin, host_header: str, secure: bool) -> bool:
+def _same_host(origin: Origin, host_header: str) -> bool:
     """
     The page is the server's own: the Origin's host and port are those the
-    request went to.  The scheme may differ (an http page on a TLS port
-    cannot happen; ws:// vs http:// naming the same socket is fine).
+    request went to.  A Host without a port names the default port of
+    whatever scheme the browser used, which the server cannot always know
+    (behind a proxy that ends TLS, https pages reach it over plain TCP):
+    then the Origin must be on its own scheme's default port.
     """
     host, port = _split_port(host_header.strip().lower())
-    if host is None:
+    if host is None or origin.host != host:
         return False
     if port is None:
-        port = 443 if secure else 80
-    return origin.host == host and origin.port == port
+        return origin.port == DEFAULT_PORTS.get(origin.scheme)
+    return origin.port == port
 
 
 def suggestion(origin: str) -> str:

@@ -25,7 +25,7 @@ from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from autobahn.websocket import protocol as _autobahn_protocol
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -394,8 +394,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         would send this site's cookies with it).
         """
         origin = request.headers.get("origin")
-        secure = ISSLTransport.providedBy(self.transport)
-        if self.factory.origin_policy.allows(origin, request.headers.get("host"), secure):
+        if self.factory.origin_policy.allows(origin, request.headers.get("host")):
             return
         self._refusal = "origin"
         shown = origin if origin is not None else "(none)"
