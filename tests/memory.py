@@ -67,7 +67,7 @@ def make_server_factory(
         from wsheart.metrics import ServerMetrics
 
         kwargs["metrics"] = metrics = kwargs.get("metrics") or ServerMetrics()
-        kwargs["subprotocols"] = serve(channels, hub, metrics)
+        kwargs["subprotocols"] = serve(channels, hub, metrics, kwargs.get("auth"))
     return ServerFactory(hub=hub, clock=clock, handler=handler, heartbeat_settings=heartbeat, **kwargs)
 
 
@@ -76,12 +76,13 @@ def connect_client(
     clock: Clock,
     greet: bool = True,
     protocols: Optional[list[str]] = None,
+    headers: Optional[dict[str, str]] = None,
 ) -> tuple[RecordingClientProtocol, Any, iosim.IOPump]:
     """
     Connect a recording client (offering C{protocols}) to a fresh server
     protocol; with C{greet}, pump until the opening handshake is done.
     """
-    client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=clock, protocols=protocols)
+    client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=clock, protocols=protocols, headers=headers)
     client_factory.protocol = RecordingClientProtocol
     client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
     server = server_factory.buildProtocol(None)
@@ -100,6 +101,7 @@ class FakeConnection:
     """
 
     max_message_size = 1024 * 1024
+    identity = None  # no --auth
 
     def __init__(self, connection_id: str) -> None:
         self.connection_id = connection_id

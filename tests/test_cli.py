@@ -167,6 +167,13 @@ class OptionsTests(unittest.TestCase):
         options.parseOptions(["connect", "ws://127.0.0.1:8080/", "--ping-interval", "15", "--max-message-size", "2048", "--channel", "news"])
         sub = options.subOptions
         self.assertEqual((sub["url"], sub["heartbeat"].interval, sub["max-message-size"], sub["channels"]), ("ws://127.0.0.1:8080/", 15.0, 2048, ["news"]))
+        self.assertIsNone(sub["headers"])
+        token_file = self.mktemp()
+        with open(token_file, "w") as f:
+            f.write("eyJ.token.sig\nignored\n")
+        options = cli.Options()
+        options.parseOptions(["connect", "ws://127.0.0.1:8080/", "--token-file", token_file])
+        self.assertEqual(options.subOptions["headers"], {"Authorization": "Bearer eyJ.token.sig"})
 
     def test_connect_usage_errors(self) -> None:
         """
@@ -178,6 +185,7 @@ class OptionsTests(unittest.TestCase):
             (["connect", "ws://x/", "--channel", "bad\n"], "--channel"),
             (["connect", "ws://x/", "--max-message-size", "0"], "max-message-size"),
             (["connect", "ws://x/", "--ping-timeout", "30"], "timeout"),
+            (["connect", "ws://x/", "--token-file", "/nonexistent/token"], "--token-file"),
         ]:
             with self.assertRaises(usage.UsageError) as e:
                 cli.Options().parseOptions(argv)

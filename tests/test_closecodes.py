@@ -33,7 +33,7 @@ class CloseCodeTests(unittest.TestCase):
         Terminal codes and handshake statuses stop a client; 1012/1013
         carry hints; everything else is retried on the schedule.
         """
-        self.assertEqual(sorted(closecodes.TERMINAL), [1003, 1007, 1008, 1009, 1010, 4401, 4403])
+        self.assertEqual(sorted(closecodes.TERMINAL), [1003, 1007, 1008, 1009, 1010, 4401, 4403, 4408])
         self.assertEqual(sorted(closecodes.TERMINAL_HTTP_STATUSES), [400, 401, 403, 404, 405, 426])
         self.assertEqual(sorted(closecodes.HINTED), [1012, 1013])
         for code in (1000, 1001, 1006, 1011, 1012, 1013, None):

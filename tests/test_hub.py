@@ -28,6 +28,7 @@ class RecordingConnection:
     """
 
     max_message_size = 1024
+    identity = None  # no --auth
 
     def __init__(self, connection_id: str, accepting: bool = True) -> None:
         self.connection_id = connection_id

@@ -166,6 +166,45 @@ class BrowserTests(unittest.TestCase):
         self.screenshot(status, "status-page.png")
         self.assert_no_page_errors()
 
+    def test_token_from_the_browser(self) -> None:
+        """
+        With --auth jwt, wsheart.js in Chromium sends the token its token
+        function returns as the wsheart.bearer subprotocol: the server takes
+        it (the private channel the token grants is subscribed) and does not
+        echo it; the same page without a token is refused that channel with
+        401, while the anonymous demo chat on chat.* goes on.
+        """
+        import time
+
+        import jwt
+
+        key = os.path.abspath(self.mktemp())
+        with open(key, "wb") as f:
+            f.write(b"browser-test-secret-0123456789abcdef")
+        self.start_daemon("--auth", "jwt", "--jwt-key", key, "--anonymous-channels", "chat.*")
+        page = self.open_page("/")
+        self.connected(page)
+        token = jwt.encode(
+            {"sub": "ann", "aud": "wsheart", "exp": int(time.time()) + 300, "wsh": {"subscribe": ["user.{sub}.*"]}},
+            b"browser-test-secret-0123456789abcdef",
+            algorithm="HS256",
+        )
+        script = """async ([url, token]) => {
+            const client = new WsHeart(url, {protocols: ["wsheart.v1"], token: token ? () => Promise.resolve(token) : undefined});
+            const outcome = await new Promise((resolve) => {
+                client.addEventListener("subscribed", (e) => resolve({subscribed: e.detail.channel, protocol: client._ws.protocol}));
+                client.addEventListener("error", (e) => resolve({error: e.detail.code}));
+                client.subscribe("user.ann.inbox");
+            });
+            client.close();
+            return outcome;
+        }"""
+        url = f"ws://127.0.0.1:{self.port}/"
+        self.assertEqual(page.evaluate(script, [url, token]), {"subscribed": "user.ann.inbox", "protocol": "wsheart.v1"})
+        self.assertEqual(page.evaluate(script, [url, None]), {"error": 401})
+        self.connected(page)
+        self.assert_no_page_errors()
+
     def test_reconnects_with_growing_jittered_delays(self) -> None:
         """
         The daemon is killed: two tabs show "reconnecting" with delays drawn

@@ -220,6 +220,42 @@ class ServerIntegrationTests(unittest.TestCase):
         self.assertIn("--allowed-origin 'https://evil.example.net'", logged[0])
 
     @async_test
+    async def test_token_on_the_handshake(self) -> None:
+        """
+        With --auth jwt, an independent client (websockets) with a valid
+        Bearer token echoes; without one, or with a forged or expired one,
+        it gets 401 and no upgrade.
+        """
+        import jwt
+        from websockets.exceptions import InvalidStatus
+
+        from wsheart.auth import AuthPolicy, TokenSettings, TokenVerifier
+
+        key = self.mktemp()
+        with open(key, "wb") as f:
+            f.write(b"k" * 40)
+        factory = self.make_factory(auth=AuthPolicy(TokenVerifier(TokenSettings(key))))
+        port = (await listen(self, factory)).getHost().port
+        now = reactor.seconds()
+
+        def attempt(token: Any) -> Any:
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            try:
+                with ws_connect(port, additional_headers=headers) as ws:
+                    ws.send("x")
+                    return ws.recv(timeout=5)
+            except InvalidStatus as e:
+                return e.response.status_code
+
+        good = jwt.encode({"sub": "ann", "aud": "wsheart", "exp": now + 60}, b"k" * 40, algorithm="HS256")
+        forged = jwt.encode({"sub": "ann", "aud": "wsheart", "exp": now + 60}, b"f" * 40, algorithm="HS256")
+        expired = jwt.encode({"sub": "ann", "aud": "wsheart", "exp": now - 120}, b"k" * 40, algorithm="HS256")
+        self.assertEqual(await threads.deferToThread(attempt, good), "x")
+        for token in (None, forged, expired):
+            self.assertEqual(await threads.deferToThread(attempt, token), 401)
+        self.assertEqual(factory.metrics.handshake_failures.labels(reason="token")._value.get(), 3)
+
+    @async_test
     async def test_plain_http_gets_an_answer(self) -> None:
         """
         A plain HTTP request to the WebSocket port gets 426 at once, not a

@@ -87,6 +87,11 @@ class OptionsTests(unittest.TestCase):
             (["--allowed-origin", "example.com"], "--allowed-origin takes scheme://host"),
             (["--allowed-origin", "https://a*.example.com"], "whole first label"),
             (["--allow-missing-origin", "maybe"], "--allow-missing-origin takes yes or no"),
+            (["--auth", "basic"], "--auth takes none or jwt"),
+            (["--auth", "jwt"], "--auth jwt needs --jwt-key FILE"),
+            (["--jwt-key", "/etc/hostname"], "--jwt-key needs --auth jwt"),
+            (["--anonymous-channels", "public.*"], "need --auth jwt"),
+            (["--auth", "jwt", "--jwt-key", "/nonexistent/key"], "--jwt-key: "),
             (["--redis-timeout", "0"], "--redis-timeout must be a positive"),
             (["--max-client-channels", "0"], "--max-client-channels must be at least 1"),
             (["--max-missed", "two"], "--max-missed must be a whole number"),
@@ -216,6 +221,31 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(factory.handler.prefix, "Echo: ")
         self.assertEqual(factory.maxMessagePayloadSize, 100)
         self.assertEqual((factory.handshake_timeout, factory.close_timeout), (2, 0.5))
+
+    def test_auth_options(self) -> None:
+        """
+        --auth jwt with its key and claims checks reaches the server and the
+        wsheart.v1 handler; a short HMAC secret is refused at start.
+        """
+        key = self.mktemp()
+        with open(key, "wb") as f:
+            f.write(b"s" * 40)
+        options = parse("--auth", "jwt", "--jwt-key", key, "--jwt-audience", "chat", "--jwt-issuer", "https://auth.example.com",
+                        "--jwt-leeway", "5", "--auth-timeout", "3", "--anonymous-channels", "public.*,news.*")  # fmt: skip
+        service = makeService(options, reactor=MemoryReactorClock())
+        auth = service.factory.auth
+        assert auth is not None
+        self.assertEqual((auth.verifier.settings.audience, auth.verifier.settings.issuer, auth.leeway, auth.timeout), ("chat", "https://auth.example.com", 5, 3))
+        self.assertEqual(auth.verifier.algorithms, ("HS256",))
+        self.assertEqual(auth.anonymous.subscribe, ("public.*", "news.*"))
+        self.assertEqual(auth.anonymous.publish, ())
+        self.assertIs(service.factory.subprotocols["wsheart.v1"].auth, auth)
+        self.assertIsNone(makeService(parse(), reactor=MemoryReactorClock()).factory.auth)
+        with open(key, "wb") as f:
+            f.write(b"short")
+        with self.assertRaises(usage.UsageError) as raised:
+            parse("--auth", "jwt", "--jwt-key", key)
+        self.assertIn("at least 32", str(raised.exception))
 
     def test_custom_handler(self) -> None:
         """

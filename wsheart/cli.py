@@ -94,6 +94,7 @@ class ConnectOptions(_GnuOptions):
         ["max-attempts", None, None, "Give up after this many failed attempts in a row (default: never)", positive_int("max-attempts")],
         ["max-message-size", None, 1024 * 1024, "Largest message, in bytes, sent or received; a longer stdin line is skipped.", positive_int("max-message-size")],
         ["name", None, None, "With --channel: the name others see in presence."],
+        ["token-file", None, None, "File whose first line is a token for a daemon with --auth jwt (sent as Authorization: Bearer; read once at start)."],
     ]
     optFlags = [["quiet", "q", "Do not report state changes on stderr."]]
 
@@ -129,6 +130,16 @@ class ConnectOptions(_GnuOptions):
             )
         except ValueError as e:
             raise usage.UsageError(str(e))
+        self["headers"] = None
+        if self["token-file"]:
+            try:
+                with open(self["token-file"], "rb") as f:
+                    token = f.readline().strip().decode("ascii")
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"--token-file: {e}")
+            if not token:
+                raise usage.UsageError(f"--token-file: {self['token-file']} holds no token on its first line")
+            self["headers"] = {"Authorization": f"Bearer {token}"}
         self["trust-root"] = None
         if self["ca"]:
             if not self["url"].startswith("wss://"):
@@ -409,6 +420,7 @@ def connect(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> 
         trust_root=options["trust-root"],
         protocols=protocols,
         max_message_size=options["max-message-size"],
+        headers=options["headers"],
     )
     stdin_closed: defer.Deferred[Any] = defer.Deferred()
     stdio.StandardIO(StdinLines(listener, client, stdin_closed), reactor=reactor)

@@ -17,8 +17,12 @@ SERVICE_RESTART = 1012
 TRY_AGAIN_LATER = 1013
 
 # Application codes in the private range, mirroring HTTP 401 and 403.
-UNAUTHORIZED = 4401
-FORBIDDEN = 4403
+UNAUTHORIZED = 4401  # no valid token (a bad one, or none where one is needed)
+FORBIDDEN = 4403  # a valid token that may not do this (another user's refresh)
+# The connection's token expired: get a new one, then reconnect.
+TOKEN_EXPIRED = 4001
+# No token within --auth-timeout of the open.
+AUTH_TIMEOUT = 4408
 
 HEARTBEAT_TIMEOUT_REASON = "heartbeat timeout"
 
@@ -33,6 +37,7 @@ TERMINAL = frozenset(
         MANDATORY_EXTENSION,
         UNAUTHORIZED,
         FORBIDDEN,
+        AUTH_TIMEOUT,
     }
 )
 
@@ -59,10 +64,10 @@ _LABELLED = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 101
 def metric_label(code: "int | None") -> str:
     """
     The C{code} label of a close in metrics: a standard code as itself,
-    wsheart's own (4401, 4403) too; any other code of the application
+    wsheart's own (4001, 4401, 4403, 4408) too; any other code of the application
     ranges as C{3xxx} or C{4xxx}, anything else as C{other}.
     """
-    if code in _LABELLED or code in (UNAUTHORIZED, FORBIDDEN):
+    if code in _LABELLED or code in (UNAUTHORIZED, FORBIDDEN, TOKEN_EXPIRED, AUTH_TIMEOUT):
         return str(code)
     if code is not None and 3000 <= code <= 3999:
         return "3xxx"

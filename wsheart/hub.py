@@ -29,6 +29,10 @@ class IConnection(Interface):
     connection_id = Attribute("Hub-assigned identifier, unique among the processes of a deployment (str).")
     peer = Attribute("Peer address as a string, e.g. 'tcp4:127.0.0.1:51234'.")
     max_message_size = Attribute("Largest message this connection sends, in bytes (int).")
+    identity = Attribute(
+        "Who the peer is with --auth jwt (wsheart.auth.Identity: sub, info, grants, expires_at; sub None: no token); "
+        "None when the daemon does not authenticate."
+    )
 
     def send_text(text: str) -> bool:
         """

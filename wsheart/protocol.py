@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsheart import closecodes
+from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
@@ -96,6 +97,9 @@ class _Liveness:
     heartbeat: Optional[Heartbeat] = None
     _handshake_timer: Optional[IDelayedCall] = None
     _close_timer: Optional[IDelayedCall] = None
+    # Server side, with --auth: closes at the token's expiry, or when no
+    # token came in time.
+    _auth_timer: Optional[IDelayedCall] = None
     _connection_gone = False
     close_timeout: float = 1.0
 
@@ -234,7 +238,7 @@ class _Liveness:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _stop_timers(self) -> None:
-        for name in ("_handshake_timer", "_close_timer"):
+        for name in ("_handshake_timer", "_close_timer", "_auth_timer"):
             call = getattr(self, name)
             if call is not None:
                 if call.active():
@@ -279,6 +283,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     connection_id: Optional[str] = None
     # Why the handshake is refused, for the metric (None: the HTTP status).
     _refusal: Optional[str] = None
+    # Who the peer is (wsheart.auth.Identity) when the daemon runs with
+    # --auth; None without.  Handlers read it; wsheart.v1's auth frame sets
+    # it through set_identity.
+    identity: Optional[Identity] = None
     _dead = False
     _too_slow = False
     # The handler of this connection: the factory's, or the one of the
@@ -381,11 +389,59 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self._check_origin(request)
         # The first subprotocol the client offers that this server has a
         # handler for (wsheart.v1 when channels are on); anything else is
-        # declined (no Sec-WebSocket-Protocol in the answer).
-        for offered in request.protocols:
-            if offered in self.factory.subprotocols:
-                return str(offered)
-        return None
+        # declined (no Sec-WebSocket-Protocol in the answer; a
+        # wsheart.bearer.TOKEN offer is never echoed).
+        chosen = next((str(p) for p in request.protocols if p in self.factory.subprotocols), None)
+        if self.factory.auth is not None:
+            self._authenticate(request, chosen)
+        return chosen
+
+    def _authenticate(self, request: Any, chosen: Optional[str]) -> None:
+        """
+        With --auth: the handshake's token makes the identity; without one,
+        a handler that authenticates in its own frames (wsheart.v1) starts
+        anonymous, anything else is refused with 401.
+        """
+        auth = self.factory.auth
+        assert auth is not None
+        token = handshake_token(request.headers, request.protocols)
+        if token is None:
+            handler = self.factory.subprotocols.get(chosen or "")
+            if getattr(handler, "authenticates_in_band", False):
+                self.identity = auth.anonymous_identity()
+                return
+            self._refusal = "token"
+            raise ConnectionDeny(401, "a token is needed: Authorization: Bearer TOKEN, or the wsheart.bearer.TOKEN subprotocol")
+        try:
+            self.identity = auth.verifier.verify(token, self.clock.seconds())
+        except TokenRejected as e:
+            self._refusal = "token"
+            self.logger.info("refused a WebSocket upgrade from {peer}: {why}", peer=self.peer, why=str(e))
+            raise ConnectionDeny(401, str(e))
+
+    def set_identity(self, identity: Identity) -> None:
+        """
+        The peer is now C{identity} (a token sent in a frame, or a refresh):
+        the connection closes with 4001 when its token expires.
+        """
+        self.identity = identity
+        self._arm_auth_timer()
+
+    def _arm_auth_timer(self) -> None:
+        auth = self.factory.auth
+        if auth is None or self.identity is None:
+            return
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+        if self.identity.anonymous:
+            if not auth.anonymous_allowed:
+                self._auth_timer = self.clock.callLater(
+                    auth.timeout, self.close, closecodes.AUTH_TIMEOUT, f"no token within {auth.timeout:g} s"
+                )
+        elif self.identity.expires_at is not None:
+            delay = max(0.0, self.identity.expires_at + auth.leeway - self.clock.seconds())
+            self._auth_timer = self.clock.callLater(delay, self.close, closecodes.TOKEN_EXPIRED, "token expired")
 
     def _check_origin(self, request: Any) -> None:
         """
@@ -417,6 +473,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             factory.random() * factory.heartbeat_settings.interval,
         )
         factory.hub.add(self.connection_id, str(self.peer), self, self.heartbeat)
+        self._arm_auth_timer()
         # The opening handshake is over: thousands of idle connections
         # should not each keep a copy of its request and response.
         self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
@@ -605,8 +662,11 @@ class ServerFactory(WebSocketServerFactory):
         max_send_buffer: int = 8 * 1024 * 1024,
         queued_bytes: Callable[[Any], Optional[int]] = queued_bytes,
         origin_policy: OriginPolicy = OriginPolicy(),
+        auth: Optional[AuthPolicy] = None,
     ) -> None:
         super().__init__(url=url, reactor=clock)
+        # Token authentication (--auth jwt); None: every peer is let in.
+        self.auth = auth
         # Which web pages may open a WebSocket here (wsheart.origin).
         self.origin_policy = origin_policy
         self.hub = hub

@@ -17,6 +17,7 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.admin import admin_site
+from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
 from wsheart.channels.api import read_token_file
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
 from wsheart.channels.redisstore import RedisPresence, RedisStore
@@ -152,6 +153,14 @@ class Options(usage.Options):
         ["redis", None, None, "wsheart.v1: share channels, history and idempotency keys with every process on this Redis: redis://HOST[:PORT][/DB], rediss://... (TLS), unix:///PATH or redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB] (default: in this process's memory)."],
         ["redis-prefix", None, "wsh", "wsheart.v1: prefix of wsheart's Redis keys (one per deployment sharing a Redis)."],
         ["redis-timeout", None, 2.0, "wsheart.v1: seconds a Redis command may take before the publish or subscribe fails with 503.", positive_float("redis-timeout")],
+        ["auth", None, "none", "none or jwt: with jwt, every connection proves who it is with a JSON Web Token (Authorization: Bearer, the wsheart.bearer.TOKEN subprotocol, or a wsheart.v1 auth frame) and may use only the channels its token grants."],
+        ["jwt-key", None, None, "--auth jwt: file with the verification key: a PEM public key (RSA, EC, Ed25519), a JWKS document, or an HMAC secret of at least 32 bytes."],
+        ["jwt-algorithms", None, "", "--auth jwt: comma-separated algorithms tokens may use (default: from the key: HS256, RS256, ES256, EdDSA, or the JWKS keys' own)."],
+        ["jwt-audience", None, "wsheart", "--auth jwt: the aud tokens must carry."],
+        ["jwt-issuer", None, None, "--auth jwt: the iss tokens must carry (default: not checked)."],
+        ["jwt-leeway", None, 30.0, "--auth jwt: seconds of clock skew allowed on exp and nbf.", non_negative_float("jwt-leeway")],
+        ["auth-timeout", None, 10.0, "--auth jwt: seconds a wsheart.v1 connection without a token may stay open (closed with 4408), unless --anonymous-channels lets it in.", positive_float("auth-timeout")],
+        ["anonymous-channels", None, "", "--auth jwt: comma-separated channel patterns connections without a token may subscribe to and recover from (never publish)."],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
         ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
     ]
@@ -167,6 +176,36 @@ class Options(usage.Options):
         Web pages of this origin may open WebSockets here, besides the server's own (Origin host and port equal to the request's Host): https://app.example.com, https://*.example.com (whole labels), null, or * (any page: only for sockets without cookies); repeatable or comma-separated. Upgrades from other pages get 403.
         """
         self["allowed-origin"].extend(v.strip() for v in value.split(",") if v.strip())
+
+    def _auth_policy(self) -> Optional[AuthPolicy]:
+        if self["auth"] not in ("none", "jwt"):
+            raise usage.UsageError(f"--auth takes none or jwt, got {self['auth']!r}")
+        if self["auth"] == "none":
+            for option in ("jwt-key", "jwt-issuer"):
+                if self[option]:
+                    raise usage.UsageError(f"--{option} needs --auth jwt")
+            if self["jwt-algorithms"] or self["anonymous-channels"]:
+                raise usage.UsageError("--jwt-algorithms and --anonymous-channels need --auth jwt")
+            return None
+        if not self["jwt-key"]:
+            raise usage.UsageError("--auth jwt needs --jwt-key FILE")
+        if self["no-channels"] and self["anonymous-channels"]:
+            raise usage.UsageError("--anonymous-channels needs channels (drop --no-channels)")
+        settings = TokenSettings(
+            key_file=self["jwt-key"],
+            algorithms=_patterns(self["jwt-algorithms"]),
+            audience=self["jwt-audience"],
+            issuer=self["jwt-issuer"],
+            leeway=self["jwt-leeway"],
+        )
+        try:
+            verifier = TokenVerifier(settings)
+        except OSError as e:
+            raise usage.UsageError(f"--jwt-key: {e}")
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        anonymous = _patterns(self["anonymous-channels"])
+        return AuthPolicy(verifier, Grants(subscribe=anonymous, history=anonymous), self["auth-timeout"])
 
     def opt_endpoint(self, description: str) -> None:
         """
@@ -246,6 +285,7 @@ class Options(usage.Options):
             self["origin-policy"] = OriginPolicy(tuple(self["allowed-origin"]), self["allow-missing-origin"] == "yes")
         except ValueError as e:
             raise usage.UsageError(str(e))
+        self["auth-policy"] = self._auth_policy()
         self["redis-address"] = None
         if self["redis"]:
             if self["no-channels"]:
@@ -348,7 +388,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         redis = RedisConnections(broker, options["redis-address"], reactor, beat_interval=beat.interval)
     elif options["channels"] is not None:
         broker = Broker(reactor, options["channels"])
-    subprotocols = serve(broker, hub, metrics) if broker is not None else {}
+    subprotocols = serve(broker, hub, metrics, options["auth-policy"]) if broker is not None else {}
     factory = ServerFactory(
         hub=hub,
         clock=reactor,
@@ -365,6 +405,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         metrics=metrics,
         max_send_buffer=options["max-send-buffer"],
         origin_policy=options["origin-policy"],
+        auth=options["auth-policy"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])

@@ -282,7 +282,7 @@ test("a hint right after open never comes back faster than the backoff", () => {
 });
 
 test("terminal close codes stop reconnecting and say why", () => {
-  for (const code of [1003, 1007, 1008, 1009, 4401, 4403]) {
+  for (const code of [1003, 1007, 1008, 1009, 4401, 4403, 4408]) {
     const { client, clock, socket } = makeClient();
     socket().serverOpens();
     socket().serverCloses(code, "no");
@@ -377,4 +377,40 @@ test("the library version matches the Python package", async () => {
   const { readFileSync } = await import("node:fs");
   const init = readFileSync(new URL("../../wsheart/__init__.py", import.meta.url), "utf8");
   assert.equal(loadWsHeart().VERSION, /__version__ = "([^"]+)"/.exec(init)[1]);
+});
+
+// -- tokens (a daemon with --auth jwt) -----------------------------------------
+
+test("a token string is offered as a wsheart.bearer subprotocol beside the others", () => {
+  const { socket } = makeClient({ protocols: ["wsheart.v1"], token: "eyJ.a.b" });
+  assert.deepEqual(socket().protocols, ["wsheart.v1", "wsheart.bearer.eyJ.a.b"]);
+});
+
+test("a token function is asked before every attempt, so a reconnect carries a fresh token", () => {
+  let n = 0;
+  const { clock, socket, events } = makeClient({ token: () => `t${++n}` });
+  assert.deepEqual(socket().protocols, ["wsheart.bearer.t1"]);
+  socket().serverOpens();
+  socket().serverCloses(4001, "token expired"); // not terminal: get a new one, come back
+  assert.equal(events.at(-1).state, "reconnecting");
+  clock.advance(events.at(-1).delay);
+  assert.deepEqual(socket().protocols, ["wsheart.bearer.t2"]);
+});
+
+test("a token Promise is awaited; a rejected one counts as a failed attempt", async () => {
+  let fail = true;
+  const { clock, WebSocket, socket, events } = makeClient({
+    token: () => (fail ? Promise.reject(new Error("auth server down")) : Promise.resolve("fresh")),
+  });
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(WebSocket.sockets.length, 0, "no socket without a token");
+  const retry = events.at(-1);
+  assert.equal(retry.state, "reconnecting");
+  assert.match(retry.reason || JSON.stringify(retry), /auth server down/);
+  fail = false;
+  clock.advance(retry.delay);
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.deepEqual(socket().protocols, ["wsheart.bearer.fresh"]);
 });

@@ -16,6 +16,9 @@ The protocol layer knows none of this; it sees handlers only.
 
 from __future__ import annotations
 
+from typing import Optional
+
+from wsheart.auth import AuthPolicy
 from wsheart.channels.broker import Broker, ChannelError, ChannelSettings, Housekeeping, Position
 from wsheart.channels.v1 import SUBPROTOCOL, ChannelProtocolHandler
 from wsheart.handler import IMessageHandler
@@ -34,7 +37,7 @@ __all__ = [
 ]
 
 
-def serve(broker: Broker, hub: Hub, metrics: ServerMetrics) -> dict[str, IMessageHandler]:
+def serve(broker: Broker, hub: Hub, metrics: ServerMetrics, auth: Optional[AuthPolicy] = None) -> dict[str, IMessageHandler]:
     """
     Put C{broker}'s channels on a daemon: returns the subprotocol handlers
     for its server factory (C{{"wsheart.v1": handler}}).
@@ -45,4 +48,4 @@ def serve(broker: Broker, hub: Hub, metrics: ServerMetrics) -> dict[str, IMessag
     store = getattr(broker, "store", None)
     if store is not None:  # the Redis engine: its command latency
         store.observe = metrics.track_engine_commands()
-    return {SUBPROTOCOL: ChannelProtocolHandler(broker)}
+    return {SUBPROTOCOL: ChannelProtocolHandler(broker, auth)}

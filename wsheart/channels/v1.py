@@ -15,6 +15,7 @@ from typing import Any, Optional
 from twisted.internet import defer
 
 from wsheart import closecodes
+from wsheart.auth import AuthPolicy, Identity, TokenRejected
 from wsheart.channels.broker import Broker, ChannelError, Position, check_channel_name, encode, utf8_length, when_done
 from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
@@ -25,7 +26,8 @@ PONG = '{"op":"pong"}'
 # Error codes of "error" frames (the HTTP API answers with the same
 # numbers as statuses).
 BAD_REQUEST = 400  # malformed JSON, a missing or invalid field
-FORBIDDEN = 403  # publishing to a channel clients may not publish to
+UNAUTHENTICATED = 401  # with --auth: no token yet, and anonymous connections may not do this
+FORBIDDEN = 403  # publishing to a channel clients may not publish to; not granted by the token
 NOT_SUBSCRIBED = 404  # unsubscribe from a channel not subscribed to
 UNKNOWN_OP = 405
 TOO_LARGE = 413
@@ -36,11 +38,18 @@ MAX_REF = 64
 
 class ChannelProtocolHandler(MessageHandler):
     """
-    Serves wsheart.v1 connections from a L{Broker}.
+    Serves wsheart.v1 connections from a L{Broker}.  With C{auth} (C{--auth
+    jwt}), a connection may send its token in an C{auth} frame, and every
+    subscribe, recovery and publish is checked against its grants.
     """
 
-    def __init__(self, broker: Broker) -> None:
+    # The server lets a wsheart.v1 connection open without a token: it may
+    # send one in an auth frame (browsers cannot set headers).
+    authenticates_in_band = True
+
+    def __init__(self, broker: Broker, auth: Optional[AuthPolicy] = None) -> None:
         self.broker = broker
+        self.auth = auth
 
     def message_received(self, connection: IConnection, message: Message) -> Any:
         if isinstance(message, bytes):
@@ -108,6 +117,10 @@ class ChannelProtocolHandler(MessageHandler):
     def _subscribe(self, connection: IConnection, frame: dict[str, Any]) -> Any:
         channel = check_channel_name(frame.get("channel"))
         since = _position(frame.get("since"))
+        self._check(connection, "subscribe", channel)
+        if since is not None:
+            # Recovery reads history: a grant lost is not bypassed by since.
+            self._check(connection, "history", channel)
         name = frame.get("name")
         answer = self.broker.subscribe(
             _id(connection), connection, channel, since=since, name=name, presence_budget=self._presence_budget(channel, frame)
@@ -164,6 +177,7 @@ class ChannelProtocolHandler(MessageHandler):
             raise ChannelError(BAD_REQUEST, "publish needs data")
         if not self.broker.settings.may_publish(channel):
             raise ChannelError(FORBIDDEN, f"clients may not publish to {channel}")
+        self._check(connection, "publish", channel)
         def published(position: Position) -> None:
             reply = {"op": "published", "channel": channel, "epoch": position.epoch, "seq": position.seq}
             connection.send_text(encode(_with_ref(reply, frame)))
@@ -172,6 +186,49 @@ class ChannelProtocolHandler(MessageHandler):
 
     def _ping(self, connection: IConnection, frame: dict[str, Any]) -> None:
         connection.send_text(PONG)
+
+    def _auth(self, connection: IConnection, frame: dict[str, Any]) -> None:
+        """
+        A token in a frame: the first one authenticates the connection, a
+        later one refreshes it (same user only), and the channels its grants
+        no longer allow are unsubscribed one by one.
+        """
+        if self.auth is None:
+            raise ChannelError(BAD_REQUEST, "this server does not authenticate (no --auth)")
+        now = self.broker.clock.seconds()
+        try:
+            identity = self.auth.verifier.verify(frame.get("token"), now)
+        except TokenRejected as e:
+            connection.close(closecodes.UNAUTHORIZED, str(e))
+            return
+        current: Optional[Identity] = getattr(connection, "identity", None)
+        if current is not None and not current.anonymous and current.sub != identity.sub:
+            connection.close(closecodes.FORBIDDEN, "a token for another user")
+            return
+        connection.set_identity(identity)  # type: ignore[attr-defined]
+        reply: dict[str, Any] = {"op": "authed", "sub": identity.sub}
+        if identity.expires_at is not None:
+            reply["expires_in"] = max(0, round(identity.expires_at - now))
+        connection.send_text(encode(_with_ref(reply, frame)))
+        for channel in self.broker.subscriptions(_id(connection)):
+            if not self.auth.allows(identity, "subscribe", channel) and self.broker.unsubscribe(_id(connection), channel):
+                lost = {"op": "unsubscribed", "channel": channel, "code": FORBIDDEN, "reason": "the new token does not grant it"}
+                connection.send_text(encode(lost))
+
+    def _check(self, connection: IConnection, action: str, channel: str) -> None:
+        """
+        With --auth, what the connection's identity does not grant is
+        refused: 401 while it has no token, 403 with one.
+        """
+        if self.auth is None:
+            return
+        identity: Optional[Identity] = getattr(connection, "identity", None)
+        if self.auth.allows(identity, action, channel):
+            return
+        verb = {"subscribe": "subscribe to", "publish": "publish to", "history": "read the history of"}[action]
+        if identity is None or identity.anonymous:
+            raise ChannelError(UNAUTHENTICATED, f"authenticate first: anonymous connections may not {verb} {channel}")
+        raise ChannelError(FORBIDDEN, f"not allowed to {verb} {channel}")
 
     # -- helpers --------------------------------------------------------------
 
@@ -199,6 +256,7 @@ _OPS = {
     "unsubscribe": ChannelProtocolHandler._unsubscribe,
     "publish": ChannelProtocolHandler._publish,
     "ping": ChannelProtocolHandler._ping,
+    "auth": ChannelProtocolHandler._auth,
 }
 
 

@@ -36,6 +36,13 @@ export interface WsHeartOptions {
   queueLimit?: number;
   /** Subprotocols offered in the handshake. */
   protocols?: string | string[];
+  /**
+   * For a daemon with --auth jwt: the token, or a function that returns one
+   * (or a Promise of one), asked before every attempt so a reconnect carries
+   * a fresh token. Offered as the subprotocol "wsheart.bearer.TOKEN", which
+   * the server never echoes. A failed or rejected function is a failed attempt.
+   */
+  token?: string | (() => string | PromiseLike<string>);
   /** Default "arraybuffer". */
   binaryType?: BinaryType;
   /** For tests and unusual hosts. */
@@ -102,7 +109,7 @@ export declare class WsHeart extends EventTarget {
   constructor(url: string | URL, options?: WsHeartOptions);
 
   static readonly VERSION: string;
-  static readonly DEFAULTS: Readonly<Required<Omit<WsHeartOptions, "WebSocket" | "clock" | "random" | "window" | "document" | "protocols">>>;
+  static readonly DEFAULTS: Readonly<Required<Omit<WsHeartOptions, "WebSocket" | "clock" | "random" | "window" | "document" | "protocols" | "token">>>;
   static readonly TERMINAL_CODES: readonly number[];
   /** The jitter window after `failures` failed attempts in a row. */
   static backoffWindow(failures: number, options?: WsHeartOptions): number;

@@ -46,6 +46,7 @@ var WsHeart = (function () {
     maxAttempts: Infinity, // failed attempts in a row before giving up
     queueLimit: 100, // messages held while not connected
     protocols: undefined, // Sec-WebSocket-Protocol offer
+    token: undefined, // for a daemon with --auth jwt: a string, or a function returning one (or a Promise of one), asked before every attempt
     binaryType: "arraybuffer",
   };
 
@@ -54,7 +55,7 @@ var WsHeart = (function () {
   var MAX_HINT = 3600000;
 
   // Close codes after which retrying would be refused again.
-  var TERMINAL = [1003, 1007, 1008, 1009, 1010, 4401, 4403];
+  var TERMINAL = [1003, 1007, 1008, 1009, 1010, 4401, 4403, 4408];
   var V1 = "wsheart.v1";
   var HINTED = [1012, 1013];
 
@@ -289,7 +290,40 @@ var WsHeart = (function () {
       this._hintedWait = false;
       this.attempt += 1;
       this._setState("connecting", {});
-      var ws = new this._WebSocket(this.url, this.options.protocols);
+      var token = this.options.token;
+      if (typeof token === "function") {
+        var attempt = this.attempt;
+        var got;
+        try {
+          got = token();
+        } catch (e) {
+          this._closed(1006, "options.token failed: " + e, false);
+          return;
+        }
+        if (got && typeof got.then === "function") {
+          got.then(
+            function (value) {
+              if (!self._stopped && self.attempt === attempt && !self._ws) self._open(value);
+            },
+            function (e) {
+              if (!self._stopped && self.attempt === attempt && !self._ws) self._closed(1006, "options.token failed: " + e, false);
+            }
+          );
+          return;
+        }
+        token = got;
+      }
+      this._open(token);
+    }
+
+    _open(token) {
+      var self = this;
+      // The token travels as a subprotocol beside the others (a browser
+      // cannot set headers; a URL would end up in logs); the server never
+      // echoes it.
+      var offered = [].concat(this.options.protocols || []);
+      if (token) offered.push("wsheart.bearer." + token);
+      var ws = new this._WebSocket(this.url, offered.length ? offered : this.options.protocols);
       try {
         ws.binaryType = this.options.binaryType;
       } catch (e) {

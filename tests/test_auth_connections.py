@@ -1,0 +1,219 @@
+"""
+Token authentication on connections (C{--auth jwt}): the handshake's token,
+wsheart.v1's auth frame, channel grants on subscribe, recovery and
+publish, refresh, expiry and the auth timeout - on a L{task.Clock}, over
+fake connections and in-memory transports.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import jwt
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from wsheart import closecodes
+from wsheart.auth import AuthPolicy, Grants, Identity, TokenSettings, TokenVerifier
+from wsheart.channels.broker import Broker, ChannelSettings
+from wsheart.channels.v1 import ChannelProtocolHandler
+
+from .memory import FakeConnection, connect_client, make_server_factory
+
+NOW = 1_800_000_000.0
+SECRET = b"0123456789abcdef0123456789abcdef-secret"
+
+
+def token(sub: str = "ann", exp: float = NOW + 600, **wsh: list[str]) -> str:
+    return jwt.encode({"sub": sub, "aud": "wsheart", "exp": exp, "wsh": wsh}, SECRET, algorithm="HS256")
+
+
+def policy(test: unittest.TestCase, anonymous: tuple[str, ...] = (), timeout: float = 10.0) -> AuthPolicy:
+    path = test.mktemp()
+    with open(path, "wb") as f:
+        f.write(SECRET)
+    verifier = TokenVerifier(TokenSettings(path, leeway=5))
+    return AuthPolicy(verifier, Grants(subscribe=anonymous, history=anonymous), timeout)
+
+
+class AuthedConnection(FakeConnection):
+    """
+    A fake connection that keeps the identity the handler gives it.
+    """
+
+    identity: Optional[Identity] = None
+
+    def set_identity(self, identity: Identity) -> None:
+        self.identity = identity
+
+
+class AuthFrameTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.broker = Broker(self.clock, ChannelSettings(max_data_bytes=4096))
+        self.auth = policy(self, anonymous=("public.*",))
+        self.handler = ChannelProtocolHandler(self.broker, self.auth)
+
+    def connection(self, cid: str = "c1") -> AuthedConnection:
+        connection = AuthedConnection(cid)
+        connection.identity = self.auth.anonymous_identity()
+        return connection
+
+    def send(self, connection: FakeConnection, frame: Any) -> list[dict[str, Any]]:
+        self.handler.message_received(connection, json.dumps(frame))
+        return connection.take()
+
+    def test_anonymous_then_authenticated(self) -> None:
+        """
+        Without a token: public channels only, to read; after an auth frame,
+        what the token grants, and nothing more.
+        """
+        c = self.connection()
+        [refused] = self.send(c, {"op": "subscribe", "channel": "chat.lobby"})
+        self.assertEqual((refused["op"], refused["code"]), ("error", 401))
+        self.assertEqual(self.send(c, {"op": "subscribe", "channel": "public.news"})[0]["op"], "subscribed")
+        [refused] = self.send(c, {"op": "publish", "channel": "public.news", "data": 1})
+        self.assertEqual(refused["code"], 403, "--client-publish (chat.*) says no first")
+        [authed] = self.send(c, {"op": "auth", "token": token(subscribe=["chat.*", "user.{sub}.*"], publish=["chat.*"]), "ref": 7})
+        self.assertEqual(authed, {"op": "authed", "sub": "ann", "expires_in": 600, "ref": 7})
+        self.assertEqual([f["op"] for f in self.send(c, {"op": "subscribe", "channel": "chat.lobby"})], ["subscribed"])
+        self.assertEqual(self.send(c, {"op": "subscribe", "channel": "user.ann.inbox"})[0]["op"], "subscribed")
+        [refused] = self.send(c, {"op": "subscribe", "channel": "user.bob.inbox"})
+        self.assertEqual((refused["code"], refused["reason"]), (403, "not allowed to subscribe to user.bob.inbox"))
+        self.assertEqual([f["op"] for f in self.send(c, {"op": "publish", "channel": "chat.lobby", "data": "hi"})], ["message", "published"])
+
+    def test_publish_needs_the_grant(self) -> None:
+        c = self.connection()
+        self.send(c, {"op": "auth", "token": token(subscribe=["chat.*"])})
+        [refused] = self.send(c, {"op": "publish", "channel": "chat.lobby", "data": "hi"})
+        self.assertEqual((refused["code"], refused["reason"]), (403, "not allowed to publish to chat.lobby"))
+        self.assertEqual(self.broker.publish("chat.lobby", "from the back end").seq, 1, "nothing was published by the refusal")
+
+    def test_recovery_needs_history(self) -> None:
+        """
+        A since on a channel the token grants only to subscribe to is
+        refused whole: recovery never bypasses the history grant.
+        """
+        writer = self.connection("w")
+        self.send(writer, {"op": "auth", "token": token(sub="w", subscribe=["chat.*"], publish=["chat.*"])})
+        [subscribed] = self.send(writer, {"op": "subscribe", "channel": "chat.room"})
+        for i in range(3):
+            self.send(writer, {"op": "publish", "channel": "chat.room", "data": i})
+        since = {"epoch": subscribed["epoch"], "seq": 0}
+        reader = self.connection("r")
+        self.send(reader, {"op": "auth", "token": token(sub="r", subscribe=["chat.*"])})
+        [refused] = self.send(reader, {"op": "subscribe", "channel": "chat.room", "since": since})
+        self.assertEqual((refused["code"], refused["reason"]), (403, "not allowed to read the history of chat.room"))
+        self.assertEqual(list(self.broker.subscriptions("r")), [])
+        self.send(reader, {"op": "auth", "token": token(sub="r", subscribe=["chat.*"], history=["chat.*"])})
+        frames = self.send(reader, {"op": "subscribe", "channel": "chat.room", "since": since})
+        self.assertEqual([f.get("seq") for f in frames], [3, 1, 2, 3])
+        self.assertTrue(frames[0]["recovered"])
+
+    def test_refresh_narrows_channel_by_channel(self) -> None:
+        c = self.connection()
+        self.send(c, {"op": "auth", "token": token(subscribe=["chat.a", "chat.b"])})
+        self.send(c, {"op": "subscribe", "channel": "chat.a"})
+        self.send(c, {"op": "subscribe", "channel": "chat.b"})
+        frames = self.send(c, {"op": "auth", "token": token(subscribe=["chat.a"], exp=NOW + 1200)})
+        self.assertEqual(frames[0], {"op": "authed", "sub": "ann", "expires_in": 1200})
+        self.assertEqual(frames[1], {"op": "unsubscribed", "channel": "chat.b", "code": 403, "reason": "the new token does not grant it"})
+        self.assertEqual(list(self.broker.subscriptions("c1")), ["chat.a"])
+        self.broker.publish("chat.b", "not for ann any more")
+        self.broker.publish("chat.a", "still for ann")
+        self.assertEqual([f["data"] for f in c.take()], ["still for ann"])
+
+    def test_bad_tokens_and_another_user_close(self) -> None:
+        c = self.connection()
+        self.send(c, {"op": "auth", "token": token(exp=NOW - 60)})
+        self.assertEqual(c.closed, (closecodes.UNAUTHORIZED, "the token has expired"))
+        c = self.connection("c2")
+        self.send(c, {"op": "auth", "token": token(sub="ann")})
+        self.send(c, {"op": "auth", "token": token(sub="bob")})
+        self.assertEqual(c.closed, (closecodes.FORBIDDEN, "a token for another user"))
+        self.assertEqual(c.identity.sub, "ann")  # type: ignore[union-attr]
+
+    def test_auth_frame_without_auth_is_an_error(self) -> None:
+        handler = ChannelProtocolHandler(self.broker)
+        c = FakeConnection("x")
+        handler.message_received(c, json.dumps({"op": "auth", "token": "t"}))
+        [error] = c.take()
+        self.assertEqual((error["code"], error["reason"]), (400, "this server does not authenticate (no --auth)"))
+
+
+class HandshakeAuthTests(unittest.TestCase):
+    """
+    The handshake's token, the auth timeout and expiry, over in-memory
+    transports on a Clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def test_plain_connection_needs_a_token(self) -> None:
+        factory = make_server_factory(self.clock, auth=policy(self))
+        client, server, pump = connect_client(factory, self.clock)
+        self.assertFalse(client.opened)
+        self.assertTrue(client.http_response_data.startswith(b"HTTP/1.1 401 "), client.http_response_data)
+        self.assertIn(b"a token is needed", client.data)
+        self.assertEqual(factory.metrics.handshake_failures.labels(reason="token")._value.get(), 1)
+
+    def test_bearer_header_and_expiry(self) -> None:
+        """
+        Authorization: Bearer opens a plain connection as its token's user;
+        the connection closes with 4001 when the token expires (plus the
+        leeway), not before.
+        """
+        factory = make_server_factory(self.clock, auth=policy(self))
+        client, server, pump = connect_client(factory, self.clock, headers={"Authorization": "Bearer " + token(exp=NOW + 60)})
+        self.assertTrue(client.opened)
+        self.assertEqual(server.identity.sub, "ann")
+        self.clock.advance(64)
+        pump.flush()
+        self.assertEqual(client.closes, [])
+        self.clock.advance(1)
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.TOKEN_EXPIRED)
+
+    def test_forged_handshake_token_gets_401(self) -> None:
+        factory = make_server_factory(self.clock, auth=policy(self))
+        forged = jwt.encode({"sub": "ann", "aud": "wsheart", "exp": NOW + 60}, b"x" * 40, algorithm="HS256")
+        client, server, pump = connect_client(factory, self.clock, headers={"Authorization": "Bearer " + forged})
+        self.assertFalse(client.opened)
+        self.assertTrue(client.http_response_data.startswith(b"HTTP/1.1 401 "), client.http_response_data)
+        self.assertIn(b"Signature verification failed", client.data)
+        self.assertIsNone(server.identity)
+
+    def test_bearer_subprotocol_is_not_echoed(self) -> None:
+        broker = Broker(self.clock, ChannelSettings())
+        factory = make_server_factory(self.clock, channels=broker, auth=policy(self))
+        client, server, pump = connect_client(factory, self.clock, protocols=["wsheart.v1", "wsheart.bearer." + token(subscribe=["chat.*"])])
+        self.assertTrue(client.opened)
+        self.assertEqual(client.websocket_protocol_in_use, "wsheart.v1")
+        self.assertEqual(server.identity.sub, "ann")
+
+    def test_no_token_on_v1_closes_after_the_auth_timeout(self) -> None:
+        broker = Broker(self.clock, ChannelSettings())
+        factory = make_server_factory(self.clock, channels=broker, auth=policy(self, timeout=10))
+        client, server, pump = connect_client(factory, self.clock, protocols=["wsheart.v1"])
+        self.assertTrue(client.opened, "it may send its token in an auth frame")
+        self.clock.advance(9.9)
+        pump.flush()
+        self.assertEqual(client.closes, [])
+        self.clock.advance(0.2)
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.AUTH_TIMEOUT)
+
+    def test_auth_frame_cancels_the_timeout(self) -> None:
+        broker = Broker(self.clock, ChannelSettings())
+        factory = make_server_factory(self.clock, channels=broker, auth=policy(self, timeout=10))
+        client, server, pump = connect_client(factory, self.clock, protocols=["wsheart.v1"])
+        client.sendMessage(json.dumps({"op": "auth", "token": token(exp=NOW + 3600)}).encode())
+        pump.flush()
+        self.assertEqual(json.loads(client.messages[-1])["op"], "authed")
+        self.clock.advance(60)
+        pump.flush()
+        self.assertEqual(client.closes, [])
