@@ -207,6 +207,30 @@ class HandshakeAuthTests(unittest.TestCase):
         pump.flush()
         self.assertEqual(client.closes[0][1], closecodes.AUTH_TIMEOUT)
 
+    def test_asked_for_a_fresh_token_before_expiry(self) -> None:
+        """
+        30 s before the token expires the server sends {"op":"refresh"}; a
+        fresh token in an auth frame keeps the connection past the old
+        token's expiry; one that never comes closes it with 4001.
+        """
+        broker = Broker(self.clock, ChannelSettings())
+        factory = make_server_factory(self.clock, channels=broker, auth=policy(self))
+        client, server, pump = connect_client(factory, self.clock, protocols=["wsheart.v1", "wsheart.bearer." + token(exp=NOW + 100)])
+        self.clock.advance(69)
+        pump.flush()
+        self.assertNotIn('{"op":"refresh","expires_in":30}', client.messages)
+        self.clock.advance(1)
+        pump.flush()
+        self.assertIn('{"op":"refresh","expires_in":30}', client.messages)
+        client.sendMessage(json.dumps({"op": "auth", "token": token(exp=NOW + 400)}).encode())
+        pump.flush()
+        self.clock.advance(200)  # past the first token's exp + leeway
+        pump.flush()
+        self.assertEqual(client.closes, [])
+        self.clock.advance(300)  # past the second's, with no refresh
+        pump.flush()
+        self.assertEqual(client.closes[0][1], closecodes.TOKEN_EXPIRED)
+
     def test_auth_frame_cancels_the_timeout(self) -> None:
         broker = Broker(self.clock, ChannelSettings())
         factory = make_server_factory(self.clock, channels=broker, auth=policy(self, timeout=10))

@@ -205,6 +205,47 @@ class BrowserTests(unittest.TestCase):
         self.connected(page)
         self.assert_no_page_errors()
 
+    def test_token_refreshed_in_the_browser(self) -> None:
+        """
+        A 4-second token: the server asks for a fresh one before it expires,
+        wsheart.js gets it from its token function and sends it on the open
+        socket, and the connection outlives the first token - one open, no
+        reconnect, an authed event.
+        """
+        import time
+
+        import jwt
+
+        secret = b"browser-test-secret-0123456789abcdef"
+        key = os.path.abspath(self.mktemp())
+        with open(key, "wb") as f:
+            f.write(secret)
+        self.start_daemon("--auth", "jwt", "--jwt-key", key, "--jwt-leeway", "1", "--anonymous-channels", "chat.*")
+        page = self.open_page("/")
+        self.connected(page)
+        now = int(time.time())
+        grants = {"subscribe": ["user.{sub}.*"]}
+        tokens = [
+            jwt.encode({"sub": "ann", "aud": "wsheart", "exp": now + 4, "wsh": grants}, secret, algorithm="HS256"),
+            jwt.encode({"sub": "ann", "aud": "wsheart", "exp": now + 120, "wsh": grants}, secret, algorithm="HS256"),
+        ]
+        script = """async ([url, tokens]) => {
+            const queue = tokens.slice();
+            const client = new WsHeart(url, {protocols: ["wsheart.v1"], token: () => Promise.resolve(queue.length > 1 ? queue.shift() : queue[0])});
+            const seen = {opens: 0, authed: [], closes: []};
+            client.addEventListener("open", () => seen.opens++);
+            client.addEventListener("authed", (e) => seen.authed.push(e.detail.sub));
+            client.addEventListener("close", (e) => seen.closes.push(e.detail.code));
+            client.subscribe("user.ann.inbox");
+            await new Promise((resolve) => setTimeout(resolve, 7000));
+            seen.state = client.state;
+            client.close();
+            return seen;
+        }"""
+        seen = page.evaluate(script, [f"ws://127.0.0.1:{self.port}/", tokens])
+        self.assertEqual(seen, {"opens": 1, "authed": ["ann"], "closes": [], "state": "open"})
+        self.assert_no_page_errors()
+
     def test_reconnects_with_growing_jittered_delays(self) -> None:
         """
         The daemon is killed: two tabs show "reconnecting" with delays drawn

@@ -123,7 +123,7 @@ export function makeClient(options = {}) {
     random: () => 0.5,
     ...options,
   });
-  for (const type of ["state", "open", "message", "close", "heartbeat", "miss", "overflow", "subscribed", "publication", "presence", "error", "published"]) {
+  for (const type of ["state", "open", "message", "close", "heartbeat", "miss", "overflow", "subscribed", "publication", "presence", "error", "published", "authed"]) {
     client.addEventListener(type, (e) => events.push({ type, ...e.detail }));
   }
   const socket = () => WebSocket.sockets[WebSocket.sockets.length - 1];

@@ -414,3 +414,17 @@ test("a token Promise is awaited; a rejected one counts as a failed attempt", as
   await Promise.resolve();
   assert.deepEqual(socket().protocols, ["wsheart.bearer.fresh"]);
 });
+
+test("asked to refresh, the client sends a fresh token from its function on the open socket", async () => {
+  let n = 0;
+  const { socket, events } = makeClient({ protocols: ["wsheart.v1"], token: () => Promise.resolve(`t${++n}`) });
+  await Promise.resolve();
+  await Promise.resolve();
+  socket().serverOpens("wsheart.v1");
+  socket().serverSends(JSON.stringify({ op: "refresh", expires_in: 30 }));
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.deepEqual(socket().sent.map((s) => JSON.parse(s)).filter((f) => f.op === "auth"), [{ op: "auth", token: "t2" }]);
+  socket().serverSends(JSON.stringify({ op: "authed", sub: "ann", expires_in: 600 }));
+  assert.deepEqual(events.filter((e) => e.type === "authed"), [{ type: "authed", sub: "ann", expiresIn: 600 }]);
+});

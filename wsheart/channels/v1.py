@@ -34,6 +34,9 @@ TOO_LARGE = 413
 TOO_MANY = 429  # subscriptions per connection, or channels
 
 MAX_REF = 64
+# With --auth jwt, a connection is asked for a fresh token this long before
+# its token expires (at most half its lifetime).
+REFRESH_MARGIN = 30.0
 
 
 class ChannelProtocolHandler(MessageHandler):
@@ -50,6 +53,11 @@ class ChannelProtocolHandler(MessageHandler):
     def __init__(self, broker: Broker, auth: Optional[AuthPolicy] = None) -> None:
         self.broker = broker
         self.auth = auth
+        # Per connection: when it is asked for a fresh token.
+        self._refresh_asks: dict[str, Any] = {}
+
+    def connection_opened(self, connection: IConnection) -> None:
+        self._ask_for_refresh_later(connection)
 
     def message_received(self, connection: IConnection, message: Message) -> Any:
         if isinstance(message, bytes):
@@ -111,6 +119,9 @@ class ChannelProtocolHandler(MessageHandler):
 
     def connection_closed(self, connection: IConnection, code: int, reason: str) -> None:
         self.broker.remove_connection(_id(connection))
+        ask = self._refresh_asks.pop(_id(connection), None)
+        if ask is not None and ask.active():
+            ask.cancel()
 
     # -- ops ------------------------------------------------------------------
 
@@ -210,10 +221,34 @@ class ChannelProtocolHandler(MessageHandler):
         if identity.expires_at is not None:
             reply["expires_in"] = max(0, round(identity.expires_at - now))
         connection.send_text(encode(_with_ref(reply, frame)))
+        self._ask_for_refresh_later(connection)
         for channel in self.broker.subscriptions(_id(connection)):
             if not self.auth.allows(identity, "subscribe", channel) and self.broker.unsubscribe(_id(connection), channel):
                 lost = {"op": "unsubscribed", "channel": channel, "code": FORBIDDEN, "reason": "the new token does not grant it"}
                 connection.send_text(encode(lost))
+
+    def _ask_for_refresh_later(self, connection: IConnection) -> None:
+        """
+        Before the connection's token expires, send {"op":"refresh"} so the
+        client sends a fresh one in time (REFRESH_MARGIN ahead, or half the
+        token's remaining life if that is shorter).
+        """
+        ask = self._refresh_asks.pop(_id(connection), None)
+        if ask is not None and ask.active():
+            ask.cancel()
+        identity: Optional[Identity] = getattr(connection, "identity", None)
+        if self.auth is None or identity is None or identity.expires_at is None:
+            return
+        clock = self.broker.clock
+        left = max(0.0, identity.expires_at - clock.seconds())
+        expires_at = identity.expires_at
+
+        def ask_now() -> None:
+            self._refresh_asks.pop(_id(connection), None)
+            remaining = max(0, round(expires_at - clock.seconds()))
+            connection.send_text(encode({"op": "refresh", "expires_in": remaining}))
+
+        self._refresh_asks[_id(connection)] = clock.callLater(left - min(REFRESH_MARGIN, left / 2), ask_now)
 
     def _check(self, connection: IConnection, action: str, channel: str) -> None:
         """

@@ -103,6 +103,8 @@ export interface WsHeartEventMap {
   /** retryAfter (seconds) comes with 503: the server's channels were unavailable; a subscribe is retried by itself after it. */
   error: CustomEvent<{ code: number; reason: string; channel: string | null; ref?: string | number; retryAfter?: number }>;
   published: CustomEvent<{ op: "published"; channel: string; epoch: string; seq: number; ref?: string | number }>;
+  /** wsheart.v1 with --auth jwt: the server took a token (sent in a refresh, when it asked for one). */
+  authed: CustomEvent<{ sub: string; expiresIn?: number }>;
 }
 
 export declare class WsHeart extends EventTarget {

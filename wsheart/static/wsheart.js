@@ -546,6 +546,27 @@ var WsHeart = (function () {
       this._ws.send(JSON.stringify(frame));
     }
 
+    _refreshToken() {
+      var self = this;
+      var ws = this._ws;
+      var send = function (token) {
+        if (self._ws === ws && self.state === "open" && token) ws.send(JSON.stringify({ op: "auth", token: String(token) }));
+      };
+      var fail = function (e) {
+        self._emit("error", { code: 0, reason: "options.token failed: " + e, channel: null, ref: undefined, retryAfter: undefined });
+      };
+      if (typeof this.options.token !== "function") return; // a fixed token cannot be refreshed: the server closes with 4001, and we reconnect
+      var got;
+      try {
+        got = this.options.token();
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      if (got && typeof got.then === "function") got.then(send, fail);
+      else send(got);
+    }
+
     /** Handle one wsheart.v1 frame; false if it is not one. */
     _v1Frame(text) {
       var frame;
@@ -614,6 +635,13 @@ var WsHeart = (function () {
         case "published":
         case "unsubscribed":
           this._emit(frame.op, frame);
+          return true;
+        case "refresh":
+          // The server asks for a fresh token before this one expires.
+          this._refreshToken();
+          return true;
+        case "authed":
+          this._emit("authed", { sub: frame.sub, expiresIn: frame.expires_in });
           return true;
         default:
           return false;
