@@ -600,6 +600,20 @@ class RobustnessTests(SessionTestCase):
         )
 
 
+class TokenRefreshTests(SessionTestCase):
+    def test_refresh_is_answered_with_a_fresh_token(self) -> None:
+        """
+        Asked to refresh, the session sends the client's token function's
+        fresh token in an auth frame; with no token function, nothing.
+        """
+        self.connect()
+        self.receive(op="refresh", expires_in=30)
+        self.assertEqual(self.client.take(), [])
+        self.client.token = lambda: "fresh"  # type: ignore[attr-defined]
+        self.receive(op="refresh", expires_in=30)
+        self.assertEqual(self.client.take(), [{"op": "auth", "token": "fresh"}])
+
+
 class RetryAfterUnavailableTests(SessionTestCase):
     """
     A subscribe refused because the server's channels were unavailable

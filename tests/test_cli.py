@@ -167,13 +167,16 @@ class OptionsTests(unittest.TestCase):
         options.parseOptions(["connect", "ws://127.0.0.1:8080/", "--ping-interval", "15", "--max-message-size", "2048", "--channel", "news"])
         sub = options.subOptions
         self.assertEqual((sub["url"], sub["heartbeat"].interval, sub["max-message-size"], sub["channels"]), ("ws://127.0.0.1:8080/", 15.0, 2048, ["news"]))
-        self.assertIsNone(sub["headers"])
+        self.assertIsNone(sub["token"])
         token_file = self.mktemp()
         with open(token_file, "w") as f:
             f.write("eyJ.token.sig\nignored\n")
         options = cli.Options()
         options.parseOptions(["connect", "ws://127.0.0.1:8080/", "--token-file", token_file])
-        self.assertEqual(options.subOptions["headers"], {"Authorization": "Bearer eyJ.token.sig"})
+        self.assertEqual(options.subOptions["token"](), "eyJ.token.sig")
+        with open(token_file, "w") as f:
+            f.write("renewed\n")
+        self.assertEqual(options.subOptions["token"](), "renewed", "read again each time")
 
     def test_connect_usage_errors(self) -> None:
         """

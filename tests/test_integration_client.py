@@ -87,6 +87,42 @@ class ClientIntegrationTests(unittest.TestCase):
         await wait_until(self, lambda: listener.messages == ["back"])
 
 
+    @async_test
+    async def test_token_function_asked_before_every_attempt(self) -> None:
+        """
+        With a token function (here returning a Deferred), each attempt
+        carries a fresh token as Authorization: Bearer; a daemon with --auth
+        jwt takes it, and after a drop the client returns as the next
+        token's user.
+        """
+        import jwt
+        from twisted.internet import defer
+
+        from wsheart.auth import AuthPolicy, TokenSettings, TokenVerifier
+
+        key = self.mktemp()
+        with open(key, "wb") as f:
+            f.write(b"k" * 40)
+        factory = ServerFactory(hub=Hub(reactor), clock=reactor, auth=AuthPolicy(TokenVerifier(TokenSettings(key))))
+        port = (await listen(self, factory)).getHost().port
+        users = iter(["ann", "ann2"])
+
+        def token() -> Any:
+            claims = {"sub": next(users), "aud": "wsheart", "exp": reactor.seconds() + 60}
+            return defer.succeed(jwt.encode(claims, b"k" * 40, algorithm="HS256"))
+
+        listener = Recorder()
+        service = self.make_client(f"ws://127.0.0.1:{port}/", listener, token=token)
+        service.startService()
+        await wait_until(self, lambda: service.state == wclient.OPEN and len(factory.hub) == 1)
+        [first] = list(factory.hub)
+        self.assertEqual(first.connection.identity.sub, "ann")  # type: ignore[attr-defined]
+        first.connection.transport.abortConnection()  # type: ignore[attr-defined]
+        await wait_until(self, lambda: listener.opened == 2 and len(factory.hub) == 1)
+        [second] = list(factory.hub)
+        self.assertEqual(second.connection.identity.sub, "ann2")  # type: ignore[attr-defined]
+
+
 class TLSIntegrationTests(unittest.TestCase):
     """
     wss:// through an ssl: endpoint string, with certificates generated here.

@@ -76,6 +76,20 @@ class _GnuOptions(usage.Options):
         super().parseOptions(flat + ["--"] + positional)
 
 
+def _read_token(path: str) -> str:
+    """
+    The token on the first line of C{path}; ValueError saying what is wrong.
+    """
+    try:
+        with open(path, "rb") as f:
+            token = f.readline().strip().decode("ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(str(e)) from None
+    if not token:
+        raise ValueError(f"{path} holds no token on its first line")
+    return token
+
+
 class ConnectOptions(_GnuOptions):
     synopsis = "URL [options]"
     longdesc = (
@@ -94,7 +108,7 @@ class ConnectOptions(_GnuOptions):
         ["max-attempts", None, None, "Give up after this many failed attempts in a row (default: never)", positive_int("max-attempts")],
         ["max-message-size", None, 1024 * 1024, "Largest message, in bytes, sent or received; a longer stdin line is skipped.", positive_int("max-message-size")],
         ["name", None, None, "With --channel: the name others see in presence."],
-        ["token-file", None, None, "File whose first line is a token for a daemon with --auth jwt (sent as Authorization: Bearer; read once at start)."],
+        ["token-file", None, None, "File whose first line is a token for a daemon with --auth jwt (sent as Authorization: Bearer; read again before every attempt and when the server asks for a refresh)."],
     ]
     optFlags = [["quiet", "q", "Do not report state changes on stderr."]]
 
@@ -130,16 +144,16 @@ class ConnectOptions(_GnuOptions):
             )
         except ValueError as e:
             raise usage.UsageError(str(e))
-        self["headers"] = None
+        self["token"] = None
         if self["token-file"]:
+            path = self["token-file"]
             try:
-                with open(self["token-file"], "rb") as f:
-                    token = f.readline().strip().decode("ascii")
-            except (OSError, UnicodeDecodeError) as e:
+                _read_token(path)  # now, so that a bad file is a usage error
+            except ValueError as e:
                 raise usage.UsageError(f"--token-file: {e}")
-            if not token:
-                raise usage.UsageError(f"--token-file: {self['token-file']} holds no token on its first line")
-            self["headers"] = {"Authorization": f"Bearer {token}"}
+            # Read again before every attempt and on every refresh: whatever
+            # renews the file (a sidecar, cron) is picked up.
+            self["token"] = lambda: _read_token(path)
         self["trust-root"] = None
         if self["ca"]:
             if not self["url"].startswith("wss://"):
@@ -420,7 +434,7 @@ def connect(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> 
         trust_root=options["trust-root"],
         protocols=protocols,
         max_message_size=options["max-message-size"],
-        headers=options["headers"],
+        token=options["token"],
     )
     stdin_closed: defer.Deferred[Any] = defer.Deferred()
     stdio.StandardIO(StdinLines(listener, client, stdin_closed), reactor=reactor)

@@ -20,7 +20,7 @@ Usable from any Twisted program::
 from __future__ import annotations
 
 import random as _random
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
@@ -212,6 +212,7 @@ class ReconnectingClientService(Service):
         random: Any = _random.random,
         metrics: Optional[ClientMetrics] = None,
         protocols: Optional[list[str]] = None,
+        token: Optional[Callable[[], Any]] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -235,6 +236,10 @@ class ReconnectingClientService(Service):
             protocols=protocols,
         )
         self.metrics = metrics
+        # For a daemon with --auth jwt: returns a token (or a Deferred of
+        # one), asked before every attempt and when the server asks for a
+        # refresh; sent as Authorization: Bearer.
+        self.token = token
         # The largest message sent or received; a larger send is refused.
         self.max_message_size = max_message_size
         self.state = IDLE
@@ -374,6 +379,21 @@ class ReconnectingClientService(Service):
         if self.metrics is not None:
             self.metrics.reconnect_attempts.inc()
         self._set_state(CONNECTING, attempt=self.attempt)
+        if self.token is None:
+            self._connect_tcp()
+            return
+        asked = defer.maybeDeferred(self.token)
+        self._connecting = asked
+        asked.addCallbacks(self._got_token, self._connect_failed)
+
+    def _got_token(self, token: Any) -> None:
+        self._connecting = None
+        if self._stopping:
+            return
+        self._factory.headers = dict(self._factory.headers or {}, Authorization=f"Bearer {token}")
+        self._connect_tcp()
+
+    def _connect_tcp(self) -> None:
         d = self._endpoint.connect(self._factory)
         self._connecting = d
         d.addCallbacks(self._tcp_connected, self._connect_failed)

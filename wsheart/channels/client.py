@@ -23,6 +23,7 @@ import json
 import random as _random
 from typing import Any, Callable, Iterable, Optional, TypeGuard
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from twisted.logger import Logger
@@ -199,6 +200,8 @@ class ChannelSession(ClientListener):
             else:
                 members.pop(who_id, None)
             self._call("channel_presence", channel, op, who)
+        elif op == "refresh":
+            self._refresh_token(client)
         elif op == "error":
             retry_after = frame.get("retry_after")
             if frame.get("code") == 503 and channel in self.positions and isinstance(retry_after, (int, float)) and retry_after >= 0:
@@ -259,6 +262,18 @@ class ChannelSession(ClientListener):
         if self.name is not None:
             frame["name"] = self.name
         self._send(frame)
+
+    def _refresh_token(self, client: Any) -> None:
+        """
+        The server asks for a fresh token before this one expires: ask the
+        client's token function and send it in an auth frame.
+        """
+        token = getattr(client, "token", None)
+        if token is None:
+            return  # a fixed token: the server closes with 4001 at expiry, and the client reconnects
+        asked = defer.maybeDeferred(token)
+        asked.addCallback(lambda fresh: self._send({"op": "auth", "token": str(fresh)}))
+        asked.addErrback(lambda f: self.log.warn("wsheart.v1: no fresh token: {why}", why=f.getErrorMessage()))
 
     def _send(self, frame: dict[str, Any]) -> bool:
         if self.client is None:
