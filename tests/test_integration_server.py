@@ -256,6 +256,45 @@ class ServerIntegrationTests(unittest.TestCase):
         self.assertEqual(factory.metrics.handshake_failures.labels(reason="token")._value.get(), 3)
 
     @async_test
+    async def test_per_address_limit_from_several_loopback_addresses(self) -> None:
+        """
+        Two connections from 127.0.0.2 fill its share; the third gets 429,
+        while 127.0.0.3 still connects; closing one makes room.
+        """
+        from websockets.exceptions import InvalidStatus
+
+        from wsheart.limits import LimitSettings
+
+        factory = self.make_factory(limits=LimitSettings(max_connections_per_address=2))
+        port = (await listen(self, factory)).getHost().port
+
+        def connect_from(source: str) -> Any:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            try:
+                return websockets.sync.client.connect(f"ws://127.0.0.1:{port}/", sock=sock, open_timeout=5, ping_interval=None)
+            except InvalidStatus as e:
+                sock.close()
+                return e.response.status_code
+
+        a1 = await threads.deferToThread(connect_from, "127.0.0.2")
+        a2 = await threads.deferToThread(connect_from, "127.0.0.2")
+        try:
+            self.assertEqual(await threads.deferToThread(connect_from, "127.0.0.2"), 429)
+            b = await threads.deferToThread(connect_from, "127.0.0.3")
+            self.assertNotIsInstance(b, int)
+            await threads.deferToThread(b.close)
+            await threads.deferToThread(a1.close)
+            await wait_until(self, lambda: factory.limits.open.get("127.0.0.2") == 1)
+            a3 = await threads.deferToThread(connect_from, "127.0.0.2")
+            self.assertNotIsInstance(a3, int)  # room again after a close
+            await threads.deferToThread(a3.close)
+        finally:
+            await threads.deferToThread(a2.close)
+        self.assertEqual(factory.metrics.limit_refusals.labels(limit="connections_per_address")._value.get(), 1)
+
+    @async_test
     async def test_plain_http_gets_an_answer(self) -> None:
         """
         A plain HTTP request to the WebSocket port gets 426 at once, not a

@@ -221,6 +221,10 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(factory.handler.prefix, "Echo: ")
         self.assertEqual(factory.maxMessagePayloadSize, 100)
         self.assertEqual((factory.handshake_timeout, factory.close_timeout), (2, 0.5))
+        limited = parse("--max-connections", "50000", "--max-connections-per-address", "64", "--max-pending-per-address", "16")
+        limits = makeService(limited, reactor=MemoryReactorClock()).factory.limits.settings
+        self.assertEqual((limits.max_connections, limits.max_connections_per_address, limits.max_pending_per_address), (50000, 64, 16))
+        self.assertEqual(makeService(parse(), reactor=MemoryReactorClock()).factory.limits.settings.max_connections, 0)
 
     def test_auth_options(self) -> None:
         """

@@ -177,6 +177,12 @@ class ServerMetrics:
             ["reason"],
             registry=r,
         )
+        self.limit_refusals = Counter(
+            "wsheart_limit_refusals",
+            "Connections refused by a connection limit (pending_per_address, connections_per_address, connections).",
+            ["limit"],
+            registry=r,
+        )
         self.drain_dropped = Counter(
             "wsheart_drain_dropped_connections",
             "Connections dropped at the end of a drain without finishing the closing handshake.",

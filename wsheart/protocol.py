@@ -37,6 +37,7 @@ from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
+from wsheart.limits import ConnectionLimits, LimitSettings, address_key
 from wsheart.origin import OriginPolicy, suggestion
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
 from wsheart.wheel import TimerWheel
@@ -273,6 +274,9 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
     )
 
 
+_limits_log = Logger(namespace="wsheart.limits")
+
+
 @implementer(IConnection)
 class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     """
@@ -283,6 +287,11 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     connection_id: Optional[str] = None
     # Why the handshake is refused, for the metric (None: the HTTP status).
     _refusal: Optional[str] = None
+    # The connection limits' view of it (wsheart.limits): its address key,
+    # and whether it is counted as a pending handshake or an open connection.
+    _limit_key: Optional[str] = None
+    _counted: Optional[str] = None
+    _refused_at_accept = False
     # Who the peer is (wsheart.auth.Identity) when the daemon runs with
     # --auth; None without.  Handlers read it; wsheart.v1's auth frame sets
     # it through set_identity.
@@ -298,9 +307,26 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.close_timeout = self.factory.close_timeout
         super().connectionMade()
         self._no_nagle()
+        limits = self.factory.limits
+        self._limit_key = address_key(getattr(self.transport.getPeer(), "host", None))
+        if not limits.connection_made(self._limit_key):
+            # Too many handshakes in progress from this address: drop it
+            # before reading anything.
+            self._refused_at_accept = True
+            self.transport.abortConnection()
+            return
+        self._counted = "pending"
         self._arm_handshake_timer(self.factory.handshake_timeout)
 
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        counted, self._counted = self._counted, None
+        if counted is not None:
+            self.factory.limits.connection_lost(self._limit_key, was_open=counted == "open", was_pending=counted == "pending")
+        super().connectionLost(reason)
+
     def dataReceived(self, data: bytes) -> None:
+        if self._refused_at_accept:
+            return
         if self.state == self.STATE_CLOSED:
             # After a page or a refused handshake nothing more is read;
             # Autobahn would keep appending it to self.data.
@@ -392,6 +418,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         # declined (no Sec-WebSocket-Protocol in the answer; a
         # wsheart.bearer.TOKEN offer is never echoed).
         chosen = next((str(p) for p in request.protocols if p in self.factory.subprotocols), None)
+        refusal = self.factory.limits.may_open(self._limit_key)
+        if refusal is not None:
+            self._refusal = "limit"
+            raise ConnectionDeny(*refusal)
         if self.factory.auth is not None:
             self._authenticate(request, chosen)
         return chosen
@@ -473,6 +503,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             factory.random() * factory.heartbeat_settings.interval,
         )
         factory.hub.add(self.connection_id, str(self.peer), self, self.heartbeat)
+        factory.limits.opened(self._limit_key)
+        self._counted = "open"
         self._arm_auth_timer()
         # The opening handshake is over: thousands of idle connections
         # should not each keep a copy of its request and response.
@@ -663,6 +695,7 @@ class ServerFactory(WebSocketServerFactory):
         queued_bytes: Callable[[Any], Optional[int]] = queued_bytes,
         origin_policy: OriginPolicy = OriginPolicy(),
         auth: Optional[AuthPolicy] = None,
+        limits: LimitSettings = LimitSettings(),
     ) -> None:
         super().__init__(url=url, reactor=clock)
         # Token authentication (--auth jwt); None: every peer is let in.
@@ -675,6 +708,12 @@ class ServerFactory(WebSocketServerFactory):
         self.timers = TimerWheel(clock, resolution=min(0.05, heartbeat_settings.timeout / 20))
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.metrics.track_open_connections(hub.__len__)
+        self.limits = ConnectionLimits(
+            limits,
+            clock,
+            refused=lambda limit: self.metrics.limit_refusals.labels(limit=limit).inc(),
+            log=_limits_log.warn,
+        )
         self.clock = clock
         self.handler = handler if handler is not None else EchoHandler()
         self.heartbeat_settings = heartbeat_settings

@@ -29,6 +29,7 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics
 from wsheart.health import LagMonitor
+from wsheart.limits import LimitSettings
 from wsheart.origin import OriginPolicy
 from wsheart.protocol import ServerFactory
 from wsheart.service import WsheartService
@@ -161,6 +162,9 @@ class Options(usage.Options):
         ["jwt-leeway", None, 30.0, "--auth jwt: seconds of clock skew allowed on exp and nbf.", non_negative_float("jwt-leeway")],
         ["auth-timeout", None, 10.0, "--auth jwt: seconds a wsheart.v1 connection without a token may stay open (closed with 4408), unless --anonymous-channels lets it in.", positive_float("auth-timeout")],
         ["anonymous-channels", None, "", "--auth jwt: comma-separated channel patterns connections without a token may subscribe to and recover from (never publish)."],
+        ["max-connections", None, 0, "Open connections in all; one more gets 503 (0: no ceiling).", non_negative_int("max-connections")],
+        ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; leave off behind a proxy, whose address every connection has).", non_negative_int("max-connections-per-address")],
+        ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
         ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
     ]
@@ -406,6 +410,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         max_send_buffer=options["max-send-buffer"],
         origin_policy=options["origin-policy"],
         auth=options["auth-policy"],
+        limits=LimitSettings(
+            max_pending_per_address=options["max-pending-per-address"],
+            max_connections_per_address=options["max-connections-per-address"],
+            max_connections=options["max-connections"],
+        ),
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
