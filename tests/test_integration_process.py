@@ -59,6 +59,25 @@ class DaemonProcessTests(unittest.TestCase):
         self.assertNotEqual(process.popen.returncode, 0)
         self.assertIn(b"Address already in use", output)
 
+    def test_open_files_limit_raised_at_start(self) -> None:
+        """
+        Started with a soft limit of 512 open files, the daemon raises it to
+        the hard limit and says how many connections that leaves room for.
+        """
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        port = free_port()
+        process = Process(
+            self,
+            twistd_command() + ["-n", "--pidfile=", "wsheart", "--endpoint", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=REPO,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(512, hard), hard)),
+        )
+        assert process.popen.stdout is not None
+        line = read_until(process.popen.stdout, b"connections", 20)
+        self.assertIn(f"open files: up to {hard} (was {min(512, hard)}): room for about {hard - 64} connections".encode(), line)
+
     def test_bad_option_is_a_usage_error(self) -> None:
         """
         A bad option stops twistd with the option's message.

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from wsheart.limits import ConnectionLimits, LimitSettings, address_key
+from wsheart.limits import ConnectionLimits, LimitSettings, address_key, raise_open_files_limit
 
 from .memory import RecordingClientProtocol, make_server_factory
 
@@ -149,3 +149,16 @@ class ServerLimitTests(unittest.TestCase):
         for server, _ in silent:
             server.connectionLost(Failure(ConnectionDone()))  # what the reactor says next
         self.assertEqual(factory.limits.pending, {})
+
+
+class OpenFilesTests(unittest.TestCase):
+    def test_soft_limit_raised_to_the_hard_limit(self) -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        low = min(256, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+        self.assertEqual(raise_open_files_limit(), (low, hard))
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (hard, hard))
+        self.assertEqual(raise_open_files_limit(), (hard, hard), "already there: nothing to do")

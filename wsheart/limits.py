@@ -20,6 +20,7 @@ Pure: counters and a clock, no I/O.
 from __future__ import annotations
 
 import ipaddress
+import resource
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -161,3 +162,24 @@ class ConnectionLimits:
             )
             self._logged_at[limit] = now
             self._unlogged[limit] = 0
+
+
+# Descriptors a process needs besides its connections: listeners, logs,
+# Redis, the admin endpoint, a few files.
+RESERVED_DESCRIPTORS = 64
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """
+    Raise this process's open-file soft limit to its hard limit (each
+    connection is a descriptor; systemd and shells often leave the soft
+    limit at 1024).  Returns the limit before and after.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft

@@ -17,6 +17,7 @@ from wsheart import __version__
 from wsheart.drain import Drainer
 from wsheart.health import Health, LagMonitor
 from wsheart.hub import Hub
+from wsheart.limits import RESERVED_DESCRIPTORS, raise_open_files_limit
 from wsheart.protocol import ServerFactory
 from wsheart.systemd import Notifier, Watchdog, watchdog_interval
 from wsheart.tls import ReloadableServerTLS
@@ -102,6 +103,8 @@ class WsheartService(MultiService):
             max_missed=settings.max_missed,
             bound=settings.death_bound,
         )
+        if self._install_signal_handlers:  # the daemon itself, not a test harness
+            self._raise_open_files_limit()
         # Listeners bind in privilegedStartService (before this), raising if
         # they cannot: once here, every endpoint listens.
         super().startService()
@@ -112,6 +115,24 @@ class WsheartService(MultiService):
         # handlers in place, so a stop right after READY drains instead of
         # killing the process.
         self._reactor.callWhenRunning(self._ready)
+
+    def _raise_open_files_limit(self) -> None:
+        before, now = raise_open_files_limit()
+        connections = max(0, now - RESERVED_DESCRIPTORS)
+        self.log.info(
+            "open files: up to {now} (was {before}): room for about {connections} connections",
+            now=now,
+            before=before,
+            connections=connections,
+        )
+        ceiling = self.factory.limits.settings.max_connections
+        if ceiling > connections:
+            self.log.warn(
+                "--max-connections {ceiling} is above what {now} open files allow; raise LimitNOFILE "
+                "(or ulimit -Hn) or lower it",
+                ceiling=ceiling,
+                now=now,
+            )
 
     def _ready(self) -> None:
         if not self.running:
