@@ -640,3 +640,19 @@ class RetryAfterUnavailableTests(SessionTestCase):
         clock.advance(10)
         self.assertEqual(self.client.take(), [])
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_subscribe_retried_after_429(self) -> None:
+        """
+        Refused for subscribing too fast (--subscribe-rate), a subscribe
+        goes again after its retry_after, spread the same way.
+        """
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        self.session = ChannelSession(self.listener, channels=["chat"], name="bot", reactor=clock, random=lambda: 0.0)
+        self.connect()
+        self.receive(op="error", code=429, reason="too many requests", channel="chat", retry_after=0.5)
+        clock.advance(0.49)
+        self.assertEqual(self.client.take(), [])
+        clock.advance(0.01)
+        self.assertEqual(self.client.take(), [{"op": "subscribe", "channel": "chat", "name": "bot"}])

@@ -398,3 +398,58 @@ class FieldEdgeTests(unittest.TestCase):
         [error] = self.send({"op": "publish", "channel": "chat.two", "data": 1})
         self.assertEqual(error["code"], 429)
         self.broker.publish("news.backend", 1)  # the back end still has room
+
+
+class RateLimitTests(unittest.TestCase):
+    """
+    --client-rate and --subscribe-rate: 429 with retry_after, the heartbeat
+    never limited, sustained abuse closed with 1013 and a hint.
+    """
+
+    def setUp(self) -> None:
+        from wsheart.channels.v1 import Rates
+
+        self.clock = Clock()
+        self.broker = Broker(self.clock, ChannelSettings(max_subscriptions=3))
+        self.handler = ChannelProtocolHandler(self.broker, rates=Rates(frames=5, subscribes=1))
+
+    def send(self, connection: FakeConnection, frame: Any) -> list[dict[str, Any]]:
+        self.handler.message_received(connection, json.dumps(frame))
+        return connection.take()
+
+    def test_frames_over_the_rate_get_429_then_room_again(self) -> None:
+        c = FakeConnection("c")
+        replies = [self.send(c, {"op": "publish", "channel": "chat.x", "data": i, "ref": i}) for i in range(11)]
+        self.assertEqual([r[0]["op"] for r in replies[:10]], ["published"] * 10, "a burst of twice the rate")
+        [refused] = replies[10]
+        self.assertEqual((refused["code"], refused["ref"]), (429, 10))
+        self.assertAlmostEqual(refused["retry_after"], 0.2)
+        self.assertEqual(self.broker.publish("chat.x", "check").seq, 11, "the refused one was not published")
+        self.assertEqual(self.send(c, {"op": "ping"}), [{"op": "pong"}], "the heartbeat is never limited")
+        self.clock.advance(0.2)
+        self.assertEqual(self.send(c, {"op": "publish", "channel": "chat.x", "data": "again"})[0]["op"], "published")
+        other = FakeConnection("other")
+        self.assertEqual(self.send(other, {"op": "publish", "channel": "chat.x", "data": 1})[0]["op"], "published", "per connection")
+
+    def test_subscribes_have_their_own_rate_and_a_resubscribe_fits(self) -> None:
+        """
+        A reconnect's resubscribe to every channel allowed (here 3, over
+        twice the rate) fits the burst; faster than that gets 429.
+        """
+        c = FakeConnection("c")
+        for name in ("a", "b", "c"):
+            self.assertEqual(self.send(c, {"op": "subscribe", "channel": name})[0]["op"], "subscribed")
+        for name in ("a", "b", "c"):
+            self.send(c, {"op": "unsubscribe", "channel": name})
+        [refused] = self.send(c, {"op": "subscribe", "channel": "d"})
+        self.assertEqual((refused["code"], refused["channel"]), (429, "d"))
+        self.assertAlmostEqual(refused["retry_after"], 1.0)
+        self.assertEqual(self.send(c, {"op": "publish", "channel": "chat.x", "data": 1})[0]["op"], "published", "other frames have their own budget")
+
+    def test_sustained_abuse_closes_with_a_hint(self) -> None:
+        c = FakeConnection("c")
+        for i in range(10 + 19):
+            self.send(c, {"op": "publish", "channel": "chat.x", "data": i})
+        self.assertIsNone(c.closed)
+        self.send(c, {"op": "publish", "channel": "chat.x", "data": "one too many"})
+        self.assertEqual(c.closed, (1013, '{"retry_after": 30, "jitter": 30}'))

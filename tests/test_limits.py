@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from wsheart.limits import ConnectionLimits, LimitSettings, address_key, raise_open_files_limit
+from wsheart.limits import ConnectionLimits, LimitSettings, TokenBucket, address_key, raise_open_files_limit
 
 from .memory import RecordingClientProtocol, make_server_factory
 
@@ -162,3 +162,22 @@ class OpenFilesTests(unittest.TestCase):
         self.assertEqual(raise_open_files_limit(), (low, hard))
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE), (hard, hard))
         self.assertEqual(raise_open_files_limit(), (hard, hard), "already there: nothing to do")
+
+
+class TokenBucketTests(unittest.TestCase):
+    def test_burst_then_rate(self) -> None:
+        clock = Clock()
+        bucket = TokenBucket(rate=10, burst=20, clock=clock)
+        self.assertEqual([bucket.take() for _ in range(20)], [0.0] * 20)
+        self.assertAlmostEqual(bucket.take(), 0.1)
+        clock.advance(0.1)
+        self.assertEqual(bucket.take(), 0.0)
+        self.assertGreater(bucket.take(), 0)
+        clock.advance(100)
+        self.assertEqual(sum(1 for _ in range(25) if bucket.take() == 0.0), 20, "never more than the burst")
+
+    def test_bad_settings(self) -> None:
+        with self.assertRaises(ValueError):
+            TokenBucket(0, 1, Clock())
+        with self.assertRaises(ValueError):
+            TokenBucket(1, 0.5, Clock())

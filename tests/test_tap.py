@@ -225,6 +225,8 @@ class MakeServiceTests(unittest.TestCase):
         limits = makeService(limited, reactor=MemoryReactorClock()).factory.limits.settings
         self.assertEqual((limits.max_connections, limits.max_connections_per_address, limits.max_pending_per_address), (50000, 64, 16))
         self.assertEqual(makeService(parse(), reactor=MemoryReactorClock()).factory.limits.settings.max_connections, 0)
+        rated = makeService(parse("--client-rate", "50", "--subscribe-rate", "20"), reactor=MemoryReactorClock())
+        self.assertEqual((rated.factory.subprotocols["wsheart.v1"].rates.frames, rated.factory.subprotocols["wsheart.v1"].rates.subscribes), (50, 20))
 
     def test_auth_options(self) -> None:
         """

@@ -183,3 +183,32 @@ def raise_open_files_limit() -> tuple[int, int]:
             return soft, soft
         return soft, hard
     return soft, soft
+
+
+class TokenBucket:
+    """
+    C{rate} actions a second, bursts of C{burst}: L{take} says whether one
+    more may happen now, on the injected clock.
+    """
+
+    def __init__(self, rate: float, burst: float, clock: IReactorTime) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs a positive rate and a burst of at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = float(burst)
+        self._at = clock.seconds()
+
+    def take(self) -> float:
+        """
+        0 if the action may happen now (a token is used), else the seconds
+        until one may.
+        """
+        now = self.clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate

@@ -22,6 +22,7 @@ from wsheart.channels.api import read_token_file
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
 from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
+from wsheart.channels.v1 import Rates
 from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
@@ -162,6 +163,8 @@ class Options(usage.Options):
         ["jwt-leeway", None, 30.0, "--auth jwt: seconds of clock skew allowed on exp and nbf.", non_negative_float("jwt-leeway")],
         ["auth-timeout", None, 10.0, "--auth jwt: seconds a wsheart.v1 connection without a token may stay open (closed with 4408), unless --anonymous-channels lets it in.", positive_float("auth-timeout")],
         ["anonymous-channels", None, "", "--auth jwt: comma-separated channel patterns connections without a token may subscribe to and recover from (never publish)."],
+        ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_float("client-rate")],
+        ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
         ["max-connections", None, 0, "Open connections in all; one more gets 503 (0: no ceiling).", non_negative_int("max-connections")],
         ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; leave off behind a proxy, whose address every connection has).", non_negative_int("max-connections-per-address")],
         ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
@@ -392,7 +395,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         redis = RedisConnections(broker, options["redis-address"], reactor, beat_interval=beat.interval)
     elif options["channels"] is not None:
         broker = Broker(reactor, options["channels"])
-    subprotocols = serve(broker, hub, metrics, options["auth-policy"]) if broker is not None else {}
+    rates = Rates(frames=options["client-rate"], subscribes=options["subscribe-rate"])
+    subprotocols = serve(broker, hub, metrics, options["auth-policy"], rates) if broker is not None else {}
     factory = ServerFactory(
         hub=hub,
         clock=reactor,

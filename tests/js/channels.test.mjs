@@ -166,3 +166,16 @@ test("a subscribe refused with 503 is retried after retry_after, spread", () => 
   clock.advance(10000);
   assert.equal(frames(socket()).length, 1, "other refusals are not retried");
 });
+
+test("a subscribe refused with 429 (too fast) is retried after retry_after too", () => {
+  const { client, clock, socket } = v1Client({ random: () => 0 });
+  client.subscribe("room");
+  socket().serverOpens(V1);
+  socket().sent.length = 0;
+  socket().serverSends(JSON.stringify({ op: "error", code: 429, reason: "too many requests", channel: "room", retry_after: 0.5 }));
+  const subscribes = () => frames(socket()).filter((f) => f.op === "subscribe");
+  clock.advance(499);
+  assert.deepEqual(subscribes(), []);
+  clock.advance(1);
+  assert.deepEqual(subscribes(), [{ op: "subscribe", channel: "room" }]);
+});

@@ -20,7 +20,7 @@ from typing import Optional
 
 from wsheart.auth import AuthPolicy
 from wsheart.channels.broker import Broker, ChannelError, ChannelSettings, Housekeeping, Position
-from wsheart.channels.v1 import SUBPROTOCOL, ChannelProtocolHandler
+from wsheart.channels.v1 import SUBPROTOCOL, ChannelProtocolHandler, Rates
 from wsheart.handler import IMessageHandler
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics
@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 
-def serve(broker: Broker, hub: Hub, metrics: ServerMetrics, auth: Optional[AuthPolicy] = None) -> dict[str, IMessageHandler]:
+def serve(
+    broker: Broker, hub: Hub, metrics: ServerMetrics, auth: Optional[AuthPolicy] = None, rates: Optional[Rates] = None
+) -> dict[str, IMessageHandler]:
     """
     Put C{broker}'s channels on a daemon: returns the subprotocol handlers
     for its server factory (C{{"wsheart.v1": handler}}).
@@ -48,4 +50,4 @@ def serve(broker: Broker, hub: Hub, metrics: ServerMetrics, auth: Optional[AuthP
     store = getattr(broker, "store", None)
     if store is not None:  # the Redis engine: its command latency
         store.observe = metrics.track_engine_commands()
-    return {SUBPROTOCOL: ChannelProtocolHandler(broker, auth)}
+    return {SUBPROTOCOL: ChannelProtocolHandler(broker, auth, rates)}

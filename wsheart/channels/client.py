@@ -204,7 +204,7 @@ class ChannelSession(ClientListener):
             self._refresh_token(client)
         elif op == "error":
             retry_after = frame.get("retry_after")
-            if frame.get("code") == 503 and channel in self.positions and isinstance(retry_after, (int, float)) and retry_after >= 0:
+            if frame.get("code") in (429, 503) and channel in self.positions and isinstance(retry_after, (int, float)) and retry_after >= 0:
                 # The server's channels were unavailable (its Redis): ask
                 # again when it says, spread so that clients do not return
                 # together; a resubscribe recovers what was missed.

@@ -10,6 +10,7 @@ channel state lives in a L{wsheart.channels.Broker}.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -19,6 +20,7 @@ from wsheart.auth import AuthPolicy, Identity, TokenRejected
 from wsheart.channels.broker import Broker, ChannelError, Position, check_channel_name, encode, utf8_length, when_done
 from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
+from wsheart.limits import TokenBucket
 
 SUBPROTOCOL = "wsheart.v1"
 PONG = '{"op":"pong"}'
@@ -34,6 +36,12 @@ TOO_LARGE = 413
 TOO_MANY = 429  # subscriptions per connection, or channels
 
 MAX_REF = 64
+# Refusals for going too fast that end a connection (1013, come back later):
+# this many within ABUSE_WINDOW seconds.
+ABUSE_REFUSALS = 20
+ABUSE_WINDOW = 5.0
+ABUSE_HINT = '{"retry_after": 30, "jitter": 30}'
+
 # With --auth jwt, a connection is asked for a fresh token this long before
 # its token expires (at most half its lifetime).
 REFRESH_MARGIN = 30.0
@@ -50,9 +58,14 @@ class ChannelProtocolHandler(MessageHandler):
     # send one in an auth frame (browsers cannot set headers).
     authenticates_in_band = True
 
-    def __init__(self, broker: Broker, auth: Optional[AuthPolicy] = None) -> None:
+    def __init__(self, broker: Broker, auth: Optional[AuthPolicy] = None, rates: "Rates | None" = None) -> None:
         self.broker = broker
         self.auth = auth
+        # Per connection: its frames' and subscribes' token buckets, and
+        # when it was last refused for going too fast.
+        self.rates = rates or Rates()
+        self._buckets: dict[str, tuple[Optional[TokenBucket], Optional[TokenBucket]]] = {}
+        self._refusals: dict[str, list[float]] = {}
         # Per connection: when it is asked for a fresh token.
         self._refresh_asks: dict[str, Any] = {}
 
@@ -101,6 +114,11 @@ class ChannelProtocolHandler(MessageHandler):
             return
         channel = frame.get("channel")
         channel_name = channel if isinstance(channel, str) else None
+        if op != "ping":  # the heartbeat is never limited
+            wait = self._rate(connection, str(op))
+            if wait:
+                self._too_fast(connection, str(op), wait, channel_name, ref)
+                return None
         try:
             result = method(self, connection, frame)
         except ChannelError as e:
@@ -119,6 +137,8 @@ class ChannelProtocolHandler(MessageHandler):
 
     def connection_closed(self, connection: IConnection, code: int, reason: str) -> None:
         self.broker.remove_connection(_id(connection))
+        self._buckets.pop(_id(connection), None)
+        self._refusals.pop(_id(connection), None)
         ask = self._refresh_asks.pop(_id(connection), None)
         if ask is not None and ask.active():
             ask.cancel()
@@ -227,6 +247,41 @@ class ChannelProtocolHandler(MessageHandler):
                 lost = {"op": "unsubscribed", "channel": channel, "code": FORBIDDEN, "reason": "the new token does not grant it"}
                 connection.send_text(encode(lost))
 
+    def _rate(self, connection: IConnection, op: str) -> float:
+        """
+        0 if this frame may be served now, else the seconds until one may
+        (--subscribe-rate for subscribes, --client-rate for every other
+        frame but ping).
+        """
+        cid = _id(connection)
+        buckets = self._buckets.get(cid)
+        if buckets is None:
+            clock = self.broker.clock
+            frames = TokenBucket(self.rates.frames, self.rates.frames * 2, clock) if self.rates.frames else None
+            # A client that reconnects resubscribes to all its channels at
+            # once: that always fits the burst.
+            burst = max(self.rates.subscribes * 2, self.broker.settings.max_subscriptions)
+            subscribes = TokenBucket(self.rates.subscribes, burst, clock) if self.rates.subscribes else None
+            buckets = self._buckets[cid] = (frames, subscribes)
+        frames, subscribes = buckets
+        if op == "subscribe":
+            return subscribes.take() if subscribes is not None else 0.0
+        return frames.take() if frames is not None else 0.0
+
+    def _too_fast(self, connection: IConnection, op: str, wait: float, channel: Optional[str], ref: Any) -> None:
+        """
+        Refuse with 429 and when to try again; a connection refused
+        ABUSE_REFUSALS times within ABUSE_WINDOW seconds is closed with 1013
+        and a reconnect hint.
+        """
+        now = self.broker.clock.seconds()
+        recent = [t for t in self._refusals.get(_id(connection), []) if now - t < ABUSE_WINDOW] + [now]
+        self._refusals[_id(connection)] = recent
+        if len(recent) >= ABUSE_REFUSALS:
+            connection.close(closecodes.TRY_AGAIN_LATER, ABUSE_HINT)
+            return
+        self._error(connection, TOO_MANY, f"too many requests: {op} again in {wait:.2f} s", channel=channel, ref=ref, retry_after=round(wait, 3))
+
     def _ask_for_refresh_later(self, connection: IConnection) -> None:
         """
         Before the connection's token expires, send {"op":"refresh"} so the
@@ -293,6 +348,18 @@ _OPS = {
     "ping": ChannelProtocolHandler._ping,
     "auth": ChannelProtocolHandler._auth,
 }
+
+
+@dataclass(frozen=True)
+class Rates:
+    """
+    Per connection: subscribes, and other frames (all but ping), a second,
+    with bursts of twice that (subscribes: at least --max-subscriptions, so
+    a reconnect's resubscribes fit); 0: unlimited.
+    """
+
+    frames: float = 0.0
+    subscribes: float = 0.0
 
 
 def _id(connection: IConnection) -> str:

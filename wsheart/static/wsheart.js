@@ -622,7 +622,7 @@ var WsHeart = (function () {
           }
           return true;
         case "error":
-          if (frame.code === 503 && channel in this.positions && isFiniteNumber(frame.retry_after) && frame.retry_after >= 0) {
+          if ((frame.code === 503 || frame.code === 429) && channel in this.positions && isFiniteNumber(frame.retry_after) && frame.retry_after >= 0) {
             // The server's channels were unavailable (its Redis): subscribe
             // again when it says, spread so that clients do not return together.
             var self = this;
