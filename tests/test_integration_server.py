@@ -295,6 +295,48 @@ class ServerIntegrationTests(unittest.TestCase):
         self.assertEqual(factory.metrics.limit_refusals.labels(limit="connections_per_address")._value.get(), 1)
 
     @async_test
+    async def test_real_client_address_through_the_proxy_protocol(self) -> None:
+        """
+        Behind a proxy that speaks the PROXY protocol (Twisted's haproxy:
+        endpoint, e.g. --endpoint haproxy:tcp:8080), the peer is the client
+        the proxy names, and the per-address limit counts that address, not
+        the proxy's.
+        """
+        from wsheart.limits import LimitSettings
+
+        factory = self.make_factory(limits=LimitSettings(max_connections_per_address=1))
+        port = (await listen(self, factory, "haproxy:tcp:0:interface=127.0.0.1")).getHost().port
+        key = base64.b64encode(os.urandom(16))
+
+        def open_as(client: str) -> tuple[socket.socket, bytes]:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(
+                f"PROXY TCP4 {client} 127.0.0.1 51000 443\r\n".encode()
+                + b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            return sock, answer
+
+        first, answer = await threads.deferToThread(open_as, "203.0.113.7")
+        self.addCleanup(first.close)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101"), answer)
+        await wait_until(self, lambda: len(factory.hub) == 1)
+        [info] = list(factory.hub)
+        self.assertIn("203.0.113.7", info.peer)
+        second, answer = await threads.deferToThread(open_as, "198.51.100.9")
+        self.addCleanup(second.close)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101"), "another client behind the same proxy")
+        third, answer = await threads.deferToThread(open_as, "203.0.113.7")
+        self.addCleanup(third.close)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 429"), answer)
+
+    @async_test
     async def test_plain_http_gets_an_answer(self) -> None:
         """
         A plain HTTP request to the WebSocket port gets 426 at once, not a

@@ -70,6 +70,13 @@ class CountingTests(unittest.TestCase):
         self.assertEqual(self.refused, ["connections_per_address", "connections"])
         self.assertEqual(self.limits.pending, {"d": 1})
 
+    def test_a_pending_handshake_moves_to_the_address_a_proxy_names(self) -> None:
+        self.limits.connection_made("proxy")
+        self.limits.moved("proxy", "203.0.113.7")
+        self.assertEqual(self.limits.pending, {"203.0.113.7": 1})
+        self.limits.opened("203.0.113.7")
+        self.assertEqual((self.limits.pending, self.limits.open), ({}, {"203.0.113.7": 1}))
+
     def test_log_lines_are_throttled_with_a_count(self) -> None:
         self.limits.connection_made("a")
         self.limits.connection_made("a")

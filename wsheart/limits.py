@@ -103,6 +103,15 @@ class ConnectionLimits:
         self.pending[key] = self.pending.get(key, 0) + 1
         return True
 
+    def moved(self, old: Optional[str], new: Optional[str]) -> None:
+        """
+        A pending handshake turned out to come from C{new}, not C{old} (a
+        PROXY protocol header named the client behind the proxy).
+        """
+        self._handshake_over(old)
+        if new is not None:
+            self.pending[new] = self.pending.get(new, 0) + 1
+
     def may_open(self, key: Optional[str]) -> Optional[tuple[int, str]]:
         """
         The handshake from C{key} is complete: None if it may open, else

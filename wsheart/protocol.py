@@ -21,6 +21,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.twisted.util import peer2str
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from autobahn.websocket import protocol as _autobahn_protocol
@@ -412,6 +413,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.factory.metrics.misses.inc()
 
     def onConnect(self, request: Any) -> Optional[str]:
+        self._find_real_peer()
         self._check_origin(request)
         # The first subprotocol the client offers that this server has a
         # handler for (wsheart.v1 when channels are on); anything else is
@@ -472,6 +474,20 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         elif self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at + auth.leeway - self.clock.seconds())
             self._auth_timer = self.clock.callLater(delay, self.close, closecodes.TOKEN_EXPIRED, "token expired")
+
+    def _find_real_peer(self) -> None:
+        """
+        Behind the PROXY protocol (an haproxy: endpoint) the client's address
+        is known only once its header is read, after connectionMade: name the
+        peer by it and count it, not the proxy, against the limits.
+        """
+        address = self.transport.getPeer()
+        key = address_key(getattr(address, "host", None))
+        if key != self._limit_key:
+            if self._counted == "pending":
+                self.factory.limits.moved(self._limit_key, key)
+            self._limit_key = key
+            self.peer = peer2str(self.transport)
 
     def _check_origin(self, request: Any) -> None:
         """
