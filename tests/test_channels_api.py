@@ -337,3 +337,30 @@ class APIEdgeTests(APITestCase):
         early = self.request("POST", "/publish/news", body=b"1", auth=None)
         self.assertEqual((early.status, early.headers[b"www-authenticate"]), (401, b'Bearer realm="wsheart"'))
         self.assertEqual(self.request("GET", "/channels/news/presence").status, 200)
+
+
+class DisconnectTests(APITestCase):
+    """
+    POST /disconnect closes a user's connections on this process.
+    """
+
+    def make_site(self, token: Optional[bytes]) -> Any:
+        self.hub = Hub(self.clock)
+        health = Health(LagMonitor(self.clock))
+        return admin_site(self.hub, health, ServerMetrics(), self.clock, broker=self.broker, api_token=token)
+
+    def test_a_users_connections_are_closed_and_no_others(self) -> None:
+        from wsheart.auth import Identity
+
+        connections = {}
+        for cid, sub in [("c1", "ann"), ("c2", "ann"), ("c3", "bob"), ("c4", None)]:
+            connection = FakeConnection(cid)
+            connection.identity = Identity(sub=sub) if sub is not None else None  # type: ignore[assignment]
+            self.hub.add(cid, "tcp4:127.0.0.1:1", connection)
+            connections[cid] = connection
+        answer = self.request("POST", "/disconnect", body=json.dumps({"sub": "ann", "reason": "banned"}).encode())
+        self.assertEqual((answer.status, answer.json()), (200, {"sub": "ann", "disconnected": 2}))
+        self.assertEqual([connections[c].closed for c in ("c1", "c2", "c3", "c4")], [(4403, "banned"), (4403, "banned"), None, None])
+        self.assertEqual(self.request("POST", "/disconnect", body=b'{"sub": ""}').status, 400)
+        self.assertEqual(self.request("POST", "/disconnect", body=b"not json").status, 400)
+        self.assertEqual(self.request("POST", "/disconnect", body=b'{"sub": "ann"}', auth=b"Bearer wrong-token-1234567").status, 401)

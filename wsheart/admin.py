@@ -150,7 +150,7 @@ def admin_site(
     root = Resource()
     body_policy = BodyPolicy()
     if broker is not None:
-        body_policy = install_api(root, broker, api_token)
+        body_policy = install_api(root, broker, api_token, hub)
     root.putChild(b"healthz", HealthResource(health, hub, broker))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"connections", ConnectionsResource(hub, clock))

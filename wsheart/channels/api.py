@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from wsheart import closecodes
 from wsheart.channels.broker import Broker, ChannelError, check_channel_name, when_done
 
 log = Logger()
@@ -280,6 +281,42 @@ class ChannelResource(_Guarded):
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
 
 
+class DisconnectResource(_Guarded):
+    """
+    C{POST /disconnect} with C{{"sub": "42"}}: close this process's
+    connections of that user (with C{--auth jwt}) with 4403, so that a
+    banned or logged-out user does not stay connected until the token
+    expires.  Each process answers for its own connections.
+    """
+
+    isLeaf = True
+
+    def __init__(self, broker: Broker, token: Optional[bytes], hub: Any) -> None:
+        super().__init__(broker, token)
+        self.hub = hub
+
+    def api_POST(self, request: Request) -> bytes:
+        assert request.content is not None
+        try:
+            body = json.loads(request.content.read(4096).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ChannelError(400, f'the body must be JSON: {{"sub": "..."}} ({e})') from None
+        sub = body.get("sub") if isinstance(body, dict) else None
+        if not isinstance(sub, str) or not sub:
+            raise ChannelError(400, 'the body must name the user: {"sub": "..."}')
+        reason = body.get("reason", "disconnected by the server")
+        if not isinstance(reason, str):
+            raise ChannelError(400, "reason must be a string")
+        closed = 0
+        for info in list(self.hub):
+            identity = getattr(info.connection, "identity", None)
+            if identity is not None and identity.sub == sub:
+                info.connection.close(closecodes.FORBIDDEN, reason)  # type: ignore[attr-defined]
+                closed += 1
+        log.info("disconnected {count} connection(s) of {sub} through the API", count=closed, sub=sub)
+        return json_response(request, 200, {"sub": sub, "disconnected": closed})
+
+
 def _refused(request: Request, refusal: ChannelError) -> bytes:
     if refusal.retry_after is not None:
         request.setHeader(b"retry-after", b"%d" % max(1, round(refusal.retry_after)))
@@ -297,11 +334,13 @@ def _raw_json(request: Request, text: str) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-def install_api(root: Resource, broker: Broker, token: Optional[bytes]) -> BodyPolicy:
+def install_api(root: Resource, broker: Broker, token: Optional[bytes], hub: Any = None) -> BodyPolicy:
     """
     Put the API under C{root}; returns the L{BodyPolicy} its site must
     give its L{BoundedRequest}s.
     """
     root.putChild(b"publish", PublishResource(broker, token))
     root.putChild(b"channels", ChannelsResource(broker, token))
+    if hub is not None:
+        root.putChild(b"disconnect", DisconnectResource(broker, token, hub))
     return BodyPolicy(token, broker.settings.max_data_bytes)
