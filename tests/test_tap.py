@@ -225,6 +225,12 @@ class MakeServiceTests(unittest.TestCase):
         limits = makeService(limited, reactor=MemoryReactorClock()).factory.limits.settings
         self.assertEqual((limits.max_connections, limits.max_connections_per_address, limits.max_pending_per_address), (50000, 64, 16))
         self.assertEqual(makeService(parse(), reactor=MemoryReactorClock()).factory.limits.settings.max_connections, 0)
+        admission = makeService(parse("--accept-rate", "500", "--accept-ramp", "30"), reactor=MemoryReactorClock()).factory.admission
+        self.assertEqual((admission.settings.accept_rate, admission.settings.ramp), (500, 30))
+        self.assertFalse(makeService(parse(), reactor=MemoryReactorClock()).factory.admission.settings.enabled, "off by default")
+        for bad in (["--accept-rate", "-1"], ["--accept-ramp", "soon"], ["--accept-rate", "inf"]):
+            with self.assertRaises(usage.UsageError):
+                parse(*bad)
         rated = makeService(parse("--client-rate", "50", "--subscribe-rate", "20"), reactor=MemoryReactorClock())
         self.assertEqual((rated.factory.subprotocols["wsheart.v1"].rates.frames, rated.factory.subprotocols["wsheart.v1"].rates.subscribes), (50, 20))
 

@@ -183,6 +183,14 @@ class ServerMetrics:
             ["limit"],
             registry=r,
         )
+        self.admission_refusals = Counter(
+            "wsheart_admission_refusals",
+            "Handshakes refused by admission control, by reason (rate: over --accept-rate; full: at "
+            "--max-connections) and answer (hint: accepted and closed 1013 with a retry window; 503: HTTP 503 "
+            "with Retry-After; drop: closed at accept, before TLS).",
+            ["reason", "answer"],
+            registry=r,
+        )
         self.drain_dropped = Counter(
             "wsheart_drain_dropped_connections",
             "Connections dropped at the end of a drain without finishing the closing handshake.",
@@ -231,6 +239,22 @@ class ServerMetrics:
                 seconds.observe(took)
 
         return observe
+
+    def track_admission(self, rate: Callable[[], float], queue: Callable[[], float]) -> None:
+        """
+        Read the admitted rate and the length of the queue of promised
+        slots (L{wsheart.admission}) at scrape time.
+        """
+        Gauge(
+            "wsheart_admission_rate",
+            "Opening handshakes admitted per second now (--accept-rate, ramping after a start; 0: no limit).",
+            registry=self.registry,
+        ).set_function(rate)
+        Gauge(
+            "wsheart_admission_queue_seconds",
+            "How far ahead the retry slots promised to refused clients reach.",
+            registry=self.registry,
+        ).set_function(queue)
 
     def track_open_connections(self, count: Callable[[], int]) -> None:
         """

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsheart import closecodes
+from wsheart.admission import HINTS_SUBPROTOCOL, Admission, AdmissionSettings, Refusal, reads_hints
 from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
@@ -276,6 +277,7 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
 
 
 _limits_log = Logger(namespace="wsheart.limits")
+_admission_log = Logger(namespace="wsheart.admission")
 
 
 @implementer(IConnection)
@@ -293,6 +295,11 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     _limit_key: Optional[str] = None
     _counted: Optional[str] = None
     _refused_at_accept = False
+    # Admission control turned this handshake away (wsheart.admission): it
+    # opens only to be closed with 1013 and this retry window.
+    _admission_refusal: Optional[Refusal] = None
+    # Retry-After of a refused handshake's HTTP answer.
+    _retry_after: Optional[str] = None
     # Who the peer is (wsheart.auth.Identity) when the daemon runs with
     # --auth; None without.  Handlers read it; wsheart.v1's auth frame sets
     # it through set_identity.
@@ -308,6 +315,12 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.close_timeout = self.factory.close_timeout
         super().connectionMade()
         self._no_nagle()
+        if not self.factory.admission.arrived():
+            # Handshakes arrive far faster than they are admitted: refuse
+            # before TLS and before reading a byte (a hint costs a handshake).
+            self._refused_at_accept = True
+            self.transport.abortConnection()
+            return
         limits = self.factory.limits
         self._limit_key = address_key(getattr(self.transport.getPeer(), "host", None))
         if not limits.connection_made(self._limit_key):
@@ -381,6 +394,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):  # type: ignore[no-untyped-def]
         self.factory.metrics.handshake_failures.labels(reason=self._refusal or f"http_{code}").inc()
+        if self._retry_after is not None:
+            responseHeaders = list(responseHeaders or ()) + [("Retry-After", self._retry_after)]
         result = super().failHandshake(reason, code, responseHeaders)
         self.data = b""
         self._linger_at_most(self.factory.handshake_timeout)
@@ -420,13 +435,49 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         # declined (no Sec-WebSocket-Protocol in the answer; a
         # wsheart.bearer.TOKEN offer is never echoed).
         chosen = next((str(p) for p in request.protocols if p in self.factory.subprotocols), None)
-        refusal = self.factory.limits.may_open(self._limit_key)
-        if refusal is not None:
-            self._refusal = "limit"
-            raise ConnectionDeny(*refusal)
+        if chosen is None and HINTS_SUBPROTOCOL in request.protocols:
+            # A plain connection from wsheart.js, which offers wsheart.hints
+            # to say it reads a 1013's retry window; selected, because a
+            # browser fails a handshake that selects none of its offers.
+            chosen = HINTS_SUBPROTOCOL
+        if self._admit(request) is not None:
+            # Opens only to be closed with its retry window: no token check
+            # (it costs more than the refusal), no handler.
+            return chosen
         if self.factory.auth is not None:
             self._authenticate(request, chosen)
         return chosen
+
+    def _admit(self, request: Any) -> Optional[Refusal]:
+        """
+        The connection limits and admission control: a refusal a wsheart
+        client reads in-band (returned: the connection opens, then closes
+        with 1013 and the retry window), or ConnectionDeny with
+        C{Retry-After} for everyone else.
+        """
+        factory = self.factory
+        in_band = reads_hints(request.protocols)
+        refusal: Optional[Refusal] = None
+        limited = factory.limits.may_open(self._limit_key)
+        if limited is not None:
+            status, text = limited
+            self._refusal = "limit"
+            if status != 503:
+                # Too many from one address: that address's own doing, not
+                # the server's load; its clients wait on their backoff.
+                raise ConnectionDeny(status, text)
+            refusal = factory.admission.full(in_band)
+        else:
+            refusal = factory.admission.admit(in_band)
+            if refusal is None:
+                return None
+            self._refusal = "admission"
+            text = "too many new connections at once, try again later"
+        if in_band:
+            self._admission_refusal = refusal
+            return refusal
+        self._retry_after = refusal.retry_after_header(factory.random)
+        raise ConnectionDeny(503, text)
 
     def _authenticate(self, request: Any, chosen: Optional[str]) -> None:
         """
@@ -511,6 +562,17 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
 
     def onOpen(self) -> None:
         factory = self.factory
+        refusal = self._admission_refusal
+        if refusal is not None:
+            # Admission control said not now: tell a wsheart client when to
+            # come back, in the close frame it can read.
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+                self._handshake_timer = None
+            self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
+            self.close(closecodes.TRY_AGAIN_LATER, refusal.close_reason())
+            self.transport.loseConnection()
+            return
         self.handler = factory.subprotocols.get(self.websocket_protocol_in_use or "", factory.handler)
         factory.metrics.connections_opened.inc()
         self.connection_id = factory.hub.new_id()
@@ -536,7 +598,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         if not isBinary:
             # The text ping is for plain connections: a subprotocol has its
             # own (wsheart.v1: {"op":"ping"}).
-            if factory.app_ping is not None and payload == factory.app_ping and not self.websocket_protocol_in_use:
+            if factory.app_ping is not None and payload == factory.app_ping and self.handler is factory.handler:
                 if self._may_send(len(factory.app_pong)):
                     self.sendMessage(factory.app_pong, False)
                 return
@@ -712,6 +774,7 @@ class ServerFactory(WebSocketServerFactory):
         origin_policy: OriginPolicy = OriginPolicy(),
         auth: Optional[AuthPolicy] = None,
         limits: LimitSettings = LimitSettings(),
+        admission: AdmissionSettings = AdmissionSettings(),
     ) -> None:
         super().__init__(url=url, reactor=clock)
         # Token authentication (--auth jwt); None: every peer is let in.
@@ -730,6 +793,14 @@ class ServerFactory(WebSocketServerFactory):
             refused=lambda limit: self.metrics.limit_refusals.labels(limit=limit).inc(),
             log=_limits_log.warn,
         )
+        # How fast new connections are taken (wsheart.admission).
+        self.admission = Admission(
+            admission,
+            clock,
+            refused=lambda reason, answer: self.metrics.admission_refusals.labels(reason=reason, answer=answer).inc(),
+            log=_admission_log.warn,
+        )
+        self.metrics.track_admission(self.admission.rate, self.admission.queue_seconds)
         self.clock = clock
         self.handler = handler if handler is not None else EchoHandler()
         self.heartbeat_settings = heartbeat_settings
@@ -767,6 +838,13 @@ class ServerFactory(WebSocketServerFactory):
             webStatus=False,
             **_autobahn_options(max_message_size),
         )
+
+
+    def startFactory(self) -> None:
+        # The first listener starts: admission control's ramp starts now,
+        # not when the daemon was composed.
+        super().startFactory()
+        self.admission.restart()
 
 
 class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]

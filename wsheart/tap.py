@@ -17,6 +17,7 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.admin import admin_site
+from wsheart.admission import AdmissionSettings
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
 from wsheart.channels.api import read_token_file
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
@@ -165,7 +166,9 @@ class Options(usage.Options):
         ["anonymous-channels", None, "", "--auth jwt: comma-separated channel patterns connections without a token may subscribe to and recover from (never publish)."],
         ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_float("client-rate")],
         ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
-        ["max-connections", None, 0, "Open connections in all; one more gets 503 (0: no ceiling).", non_negative_int("max-connections")],
+        ["max-connections", None, 0, "Open connections in all; one more is told to come back later (0: no ceiling).", non_negative_int("max-connections")],
+        ["accept-rate", None, 0.0, "Opening handshakes admitted per second; the rest are told when to come back (wsheart clients: close 1013 with a retry window; others: 503 with Retry-After) and, past 4 times the rate, dropped at accept (0: no limit).", non_negative_float("accept-rate")],
+        ["accept-ramp", None, 10.0, "Seconds after a start over which --accept-rate grows from a tenth to all of it.", non_negative_float("accept-ramp")],
         ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; leave off behind a proxy, whose address every connection has).", non_negative_int("max-connections-per-address")],
         ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
@@ -293,6 +296,10 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["auth-policy"] = self._auth_policy()
+        try:
+            self["admission"] = AdmissionSettings(accept_rate=self["accept-rate"], ramp=self["accept-ramp"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         self["redis-address"] = None
         if self["redis"]:
             if self["no-channels"]:
@@ -419,6 +426,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
             max_connections_per_address=options["max-connections-per-address"],
             max_connections=options["max-connections"],
         ),
+        admission=options["admission"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])

@@ -379,6 +379,28 @@ test("the library version matches the Python package", async () => {
   assert.equal(loadWsHeart().VERSION, /__version__ = "([^"]+)"/.exec(init)[1]);
 });
 
+// -- admission control: telling the server this client reads hints ----------------
+
+test("a plain client offers wsheart.hints, so a busy server can say in-band when to come back", () => {
+  assert.deepEqual(makeClient({}).socket().protocols, ["wsheart.hints"]);
+  assert.deepEqual(makeClient({ protocols: ["chat"] }).socket().protocols, ["chat", "wsheart.hints"]);
+  assert.deepEqual(makeClient({ protocols: ["wsheart.v1"] }).socket().protocols, ["wsheart.v1"], "wsheart.v1 says it already");
+  assert.deepEqual(makeClient({ token: "t" }).socket().protocols, ["wsheart.bearer.t", "wsheart.hints"], "a lone bearer token is never selected: hints is");
+  assert.equal(makeClient({ hints: false }).socket().protocols, undefined, "hints: false offers nothing");
+});
+
+test("refused by admission control (1013 right after the open), the client waits out the hint and no less than its backoff", () => {
+  const { clock, socket, events } = makeClient({ random: () => 0.5 });
+  socket().serverOpens();
+  socket().serverCloses(1013, '{"retry_after":7.25,"jitter":1}');
+  const state = events.at(-1);
+  assert.equal(state.state, "reconnecting");
+  assert.equal(state.hinted, true);
+  assert.equal(state.delay, 100 + 7250 + 500);
+  clock.advance(state.delay - 1);
+  assert.equal(events.at(-1).state, "reconnecting", "not a millisecond early");
+});
+
 // -- tokens (a daemon with --auth jwt) -----------------------------------------
 
 test("a token string is offered as a wsheart.bearer subprotocol beside the others", () => {
@@ -389,12 +411,12 @@ test("a token string is offered as a wsheart.bearer subprotocol beside the other
 test("a token function is asked before every attempt, so a reconnect carries a fresh token", () => {
   let n = 0;
   const { clock, socket, events } = makeClient({ token: () => `t${++n}` });
-  assert.deepEqual(socket().protocols, ["wsheart.bearer.t1"]);
+  assert.deepEqual(socket().protocols, ["wsheart.bearer.t1", "wsheart.hints"]);
   socket().serverOpens();
   socket().serverCloses(4001, "token expired"); // not terminal: get a new one, come back
   assert.equal(events.at(-1).state, "reconnecting");
   clock.advance(events.at(-1).delay);
-  assert.deepEqual(socket().protocols, ["wsheart.bearer.t2"]);
+  assert.deepEqual(socket().protocols, ["wsheart.bearer.t2", "wsheart.hints"]);
 });
 
 test("a token Promise is awaited; a rejected one counts as a failed attempt", async () => {
@@ -412,7 +434,7 @@ test("a token Promise is awaited; a rejected one counts as a failed attempt", as
   clock.advance(retry.delay);
   await Promise.resolve();
   await Promise.resolve();
-  assert.deepEqual(socket().protocols, ["wsheart.bearer.fresh"]);
+  assert.deepEqual(socket().protocols, ["wsheart.bearer.fresh", "wsheart.hints"]);
 });
 
 test("asked to refresh, the client sends a fresh token from its function on the open socket", async () => {

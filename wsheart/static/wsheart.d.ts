@@ -36,6 +36,8 @@ export interface WsHeartOptions {
   queueLimit?: number;
   /** Subprotocols offered in the handshake. */
   protocols?: string | string[];
+  /** Offer "wsheart.hints" (unless "wsheart.v1" is offered), so a busy server can say in a 1013 close when to come back (default true). */
+  hints?: boolean;
   /**
    * For a daemon with --auth jwt: the token, or a function that returns one
    * (or a Promise of one), asked before every attempt so a reconnect carries

@@ -46,6 +46,7 @@ var WsHeart = (function () {
     maxAttempts: Infinity, // failed attempts in a row before giving up
     queueLimit: 100, // messages held while not connected
     protocols: undefined, // Sec-WebSocket-Protocol offer
+    hints: true, // offer wsheart.hints (unless wsheart.v1 is offered): a busy server may then say when to come back in a 1013 close
     token: undefined, // for a daemon with --auth jwt: a string, or a function returning one (or a Promise of one), asked before every attempt
     binaryType: "arraybuffer",
   };
@@ -57,6 +58,7 @@ var WsHeart = (function () {
   // Close codes after which retrying would be refused again.
   var TERMINAL = [1003, 1007, 1008, 1009, 1010, 4401, 4403, 4408];
   var V1 = "wsheart.v1";
+  var HINTS = "wsheart.hints";
   var HINTED = [1012, 1013];
 
   /** The jitter window after `failures` failed attempts in a row. */
@@ -323,6 +325,16 @@ var WsHeart = (function () {
       // echoes it.
       var offered = [].concat(this.options.protocols || []);
       if (token) offered.push("wsheart.bearer." + token);
+      // wsheart.hints tells the server this client reads the retry window
+      // of a 1013 close: when it is too busy to take the connection now,
+      // it opens it only to say when to come back (a browser cannot read
+      // a 503's Retry-After).  The server selects it when it selects
+      // nothing else - a browser fails a handshake whose offers were all
+      // declined, such as a lone wsheart.bearer token - and wsheart.v1
+      // says as much by itself.
+      if (this.options.hints && offered.indexOf(V1) < 0 && offered.indexOf(HINTS) < 0) {
+        offered.push(HINTS);
+      }
       var ws = new this._WebSocket(this.url, offered.length ? offered : this.options.protocols);
       try {
         ws.binaryType = this.options.binaryType;

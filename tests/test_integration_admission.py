@@ -1,0 +1,120 @@
+"""
+Integration test of admission control over real loopback sockets: a fleet
+of wsheart client services arriving at once at a server that admits 20
+handshakes a second is told when to come back - in-band (1013) or by
+Retry-After (503) - waits as told, and is all in soon after the rate
+allows; an independent client (the websockets library) sees the 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import websockets.exceptions
+import websockets.sync.client
+from twisted.internet import reactor, threads
+from twisted.trial import unittest
+
+from wsheart import client as wclient
+from wsheart.admission import AdmissionSettings
+from wsheart.heartbeat import HeartbeatSettings
+from wsheart.hub import Hub
+from wsheart.protocol import ServerFactory
+
+from .loopback import async_test, free_port, listen, wait_until
+
+
+class Recorder(wclient.ClientListener):
+    def __init__(self) -> None:
+        self.waits: list[tuple[float, dict[str, Any]]] = []
+        self.attempts: list[float] = []
+        self.opened_at: list[float] = []
+
+    def client_state(self, client: Any, state: str, detail: dict[str, Any]) -> None:
+        if state == "waiting":
+            self.waits.append((reactor.seconds(), detail))
+        elif state == "connecting":
+            self.attempts.append(reactor.seconds())
+
+    def client_opened(self, client: Any) -> None:
+        self.opened_at.append(reactor.seconds())
+
+
+class AdmissionIntegrationTests(unittest.TestCase):
+    timeout = 40
+
+    @async_test
+    async def test_a_fleet_arriving_at_once_is_admitted_at_the_rate(self) -> None:
+        """
+        40 clients start together against --accept-rate 20: the first are
+        admitted, every other one is told when to come back (half in-band,
+        half with 503 and Retry-After), none tries again before it was told
+        to, and all are in within 6 s (the rate needs 2).
+        """
+        factory = ServerFactory(
+            hub=Hub(reactor),
+            clock=reactor,
+            heartbeat_settings=HeartbeatSettings(5, 2, 2),
+            admission=AdmissionSettings(accept_rate=20, ramp=0),
+        )
+        port_number = free_port()
+        await listen(self, factory, f"tcp:{port_number}:interface=127.0.0.1")
+        url = f"ws://127.0.0.1:{port_number}/"
+        recorders = []
+        start = reactor.seconds()
+        for i in range(40):
+            recorder = Recorder()
+            service = wclient.ReconnectingClientService(
+                url,
+                recorder,
+                reactor=reactor,
+                heartbeat=HeartbeatSettings(5, 2, 2),
+                protocols=["wsheart.hints"] if i % 2 else None,
+            )
+            self.addCleanup(lambda s=service: s.running and s.stopService())
+            service.startService()
+            recorders.append(recorder)
+        await wait_until(self, lambda: all(r.opened_at for r in recorders), timeout=15)
+        took = max(r.opened_at[0] for r in recorders) - start
+        self.assertLess(took, 6.0)
+        self.assertEqual(len(factory.hub), 40)
+
+        refusals = factory.metrics.admission_refusals
+        in_band = refusals.labels(reason="rate", answer="hint")._value.get()
+        http = refusals.labels(reason="rate", answer="503")._value.get()
+        self.assertGreater(in_band, 10, "hint-reading clients were told in-band")
+        self.assertGreater(http, 10, "the others got 503")
+        self.assertEqual(refusals.labels(reason="rate", answer="drop")._value.get(), 0)
+        reasons = [detail["reason"] for r in recorders for _, detail in r.waits]
+        self.assertTrue(any("server asked to wait" in reason for reason in reasons), reasons[:5])
+        self.assertTrue(any("Retry-After" in reason for reason in reasons), reasons[:5])
+        for recorder in recorders:
+            # Each attempt after a wait comes no sooner than the wait said.
+            for (told_at, detail), attempt_at in zip(recorder.waits, recorder.attempts[1:]):
+                self.assertGreaterEqual(attempt_at - told_at, detail["delay"] - 0.01)
+
+    @async_test
+    async def test_an_independent_client_sees_503_with_retry_after(self) -> None:
+        """
+        The websockets library, offering no wsheart subprotocol, is refused
+        with HTTP 503 and a Retry-After in whole seconds once the rate's
+        burst is used.
+        """
+        factory = ServerFactory(hub=Hub(reactor), clock=reactor, admission=AdmissionSettings(accept_rate=1, ramp=0))
+        port_number = free_port()
+        await listen(self, factory, f"tcp:{port_number}:interface=127.0.0.1")
+
+        def connect_twice() -> Any:
+            url = f"ws://127.0.0.1:{port_number}/"
+            with websockets.sync.client.connect(url, proxy=None, open_timeout=5):
+                try:
+                    with websockets.sync.client.connect(url, proxy=None, open_timeout=5):
+                        return None
+                except websockets.exceptions.InvalidStatus as e:
+                    return e.response
+
+        response = await threads.deferToThread(connect_twice)
+        self.assertIsNotNone(response, "the second connection should have been refused")
+        self.assertEqual(response.status_code, 503)
+        self.assertTrue(response.headers["Retry-After"].isdigit())
+        self.assertGreaterEqual(int(response.headers["Retry-After"]), 1)

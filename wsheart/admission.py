@@ -1,0 +1,277 @@
+"""
+Admission control: how fast a process takes new connections, and how it
+tells those it cannot take yet when to come back.
+
+A restarted daemon meets its whole fleet at once.  Serving every handshake
+as it comes (TLS, the upgrade, a token check, the heartbeat's first round)
+can take the reactor longer than the clients' handshake timeout, so they
+all fail, retry, and fail again.  wsheart instead admits at most
+C{--accept-rate} opening handshakes a second (ramping up from a tenth of
+it over C{--accept-ramp} seconds after the start, while caches, Redis
+presence and the first heartbeats settle) and gives every handshake it
+refuses a place in a queue of future admissions:
+
+- the first refused gets a slot one admission interval (1 / rate) from
+  now, the next one the interval after that, and so on; its hint is the
+  wait until its slot, plus a little jitter.  A fleet told this comes back
+  spread at about the rate the process admits, whatever its size, instead
+  of all at once again;
+- a wsheart client that can read the hint in-band (one that offers a
+  C{wsheart.*} subprotocol: wsheart.js, wsheart.v1 clients) is accepted
+  and closed at once with 1013 and C{{"retry_after": R, "jitter": J}}; any
+  other client gets HTTP 503 with C{Retry-After: R} (whole seconds, its
+  own slot's, so foreign clients that honour it are spread too);
+- handshakes arriving at more than C{DROP_FACTOR} times the full rate
+  (with a burst of one second's worth) are dropped at accept, before TLS
+  and before anything is read: a hint costs a handshake, and past that
+  rate hints would cost more than the clients they steer.  Those clients
+  retry on their own backoff.
+
+A full process (C{--max-connections}) answers the same way, with a fixed
+hint (L{FULL_HINT}): when room frees up depends on the clients, not on a
+rate.
+
+Pure: a clock and counters, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+
+# Handshakes arriving faster than this many times the admitted rate are
+# dropped at accept (no hint: the hint itself costs a handshake).
+DROP_FACTOR = 4.0
+# The admitted rate starts at this fraction of --accept-rate after a start
+# and grows linearly to all of it over --accept-ramp seconds.
+RAMP_FROM = 0.1
+# Admissions the rate may bunch together: a tenth of a second's worth, so
+# the busiest second admits at most 1.1 times the rate.
+BURST_SECONDS = 0.1
+# The queue of promised slots reaches at most this far ahead: a client
+# refused when it is longer waits this long (spread over the jitter).
+MAX_WAIT = 600.0
+# A slot's jitter: a client comes back up to this long after it (at least
+# one admission interval, so neighbours do not land on one instant).
+SLOT_JITTER = 1.0
+# The hint for a full process (--max-connections): room comes back as
+# clients leave, at no rate the server knows; spread the returns over 30 s.
+FULL_HINT = (5.0, 25.0)
+# Refusals are logged at most once per this many seconds, with a count.
+LOG_EVERY = 10.0
+
+HINT_SUBPROTOCOL_PREFIX = "wsheart."
+# What wsheart.js offers on a plain connection to say it reads hints; the
+# server selects it when it selects nothing else (browsers fail a handshake
+# that offered subprotocols and got none), and it changes nothing else.
+HINTS_SUBPROTOCOL = "wsheart.hints"
+
+
+def reads_hints(offered: Iterable[Any]) -> bool:
+    """
+    Whether a handshake comes from a wsheart client that reads an in-band
+    hint (a close 1013 with a JSON retry window): it offers a
+    C{wsheart.*} subprotocol (C{wsheart.v1}, C{wsheart.hints},
+    C{wsheart.bearer.TOKEN}).  Others cannot be relied on to read a close
+    reason, and get HTTP 503 with C{Retry-After}.
+    """
+    return any(isinstance(p, str) and p.startswith(HINT_SUBPROTOCOL_PREFIX) for p in offered or ())
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """
+    @ivar accept_rate: opening handshakes admitted per second (0: no
+        limit).
+    @ivar ramp: seconds after the start over which the admitted rate grows
+        from a tenth of C{accept_rate} to all of it (0: full at once).
+    """
+
+    accept_rate: float = 0.0
+    ramp: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.accept_rate >= 0 or math.isinf(self.accept_rate):
+            raise ValueError(f"--accept-rate must be 0 (off) or a positive number, got {self.accept_rate}")
+        if not self.ramp >= 0 or math.isinf(self.ramp):
+            raise ValueError(f"--accept-ramp must be 0 or more seconds, got {self.ramp}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.accept_rate > 0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """
+    Come back in C{retry_after + uniform(0, jitter)} seconds; C{reason} is
+    C{"rate"} or C{"full"}.
+    """
+
+    retry_after: float
+    jitter: float
+    reason: str
+
+    def close_reason(self) -> str:
+        """
+        The reason text of the 1013 close frame: wsheart clients read it.
+        """
+        return f'{{"retry_after":{self.retry_after:.3f},"jitter":{self.jitter:.3f}}}'
+
+    def retry_after_header(self, random: Callable[[], float]) -> str:
+        """
+        C{Retry-After} for a client that reads only that: whole seconds,
+        with this refusal's jitter drawn by the server (a client told the
+        same number as its neighbours would come back with them).
+        """
+        return str(max(1, math.ceil(self.retry_after + random() * self.jitter)))
+
+
+class Admission:
+    """
+    The accept rate, its ramp and the queue of promised slots, on an
+    injected clock.  The server protocol asks L{arrived} when a TCP
+    connection is accepted and L{admit} when its handshake asks to open.
+    """
+
+    def __init__(
+        self,
+        settings: AdmissionSettings,
+        clock: IReactorTime,
+        refused: Callable[[str, str], Any] = lambda reason, answer: None,
+        log: Callable[..., Any] = lambda *a, **k: None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._refused_metric = refused
+        self._log = log
+        self.started_at = clock.seconds()
+        self._tokens = 0.0
+        self._arrival_tokens = 0.0
+        self._at = self.started_at
+        self._next_slot = self.started_at
+        self._unlogged: dict[str, int] = {}
+        self._logged_at: Optional[float] = None
+        self.restart()
+
+    def restart(self) -> None:
+        """
+        The process starts listening now: the ramp starts over (and the
+        buckets start with one burst's worth).
+        """
+        now = self.clock.seconds()
+        self.started_at = self._at = self._next_slot = now
+        self._tokens = self._burst(self.rate(now))
+        self._arrival_tokens = max(1.0, self.settings.accept_rate * DROP_FACTOR)
+
+    def rate(self, now: Optional[float] = None) -> float:
+        """
+        Handshakes admitted per second at C{now} (0: no limit).
+        """
+        full = self.settings.accept_rate
+        if full <= 0:
+            return 0.0
+        ramp = self.settings.ramp
+        if now is None:
+            now = self.clock.seconds()
+        elapsed = now - self.started_at
+        if ramp <= 0 or elapsed >= ramp:
+            return full
+        return full * (RAMP_FROM + (1 - RAMP_FROM) * max(0.0, elapsed) / ramp)
+
+    @staticmethod
+    def _burst(rate: float) -> float:
+        return max(1.0, rate * BURST_SECONDS)
+
+    def _refill(self, now: float) -> float:
+        rate = self.rate(now)
+        elapsed = max(0.0, now - self._at)
+        self._at = now
+        burst = self._burst(rate)
+        self._tokens = min(burst, self._tokens + elapsed * rate)
+        # The drop threshold follows the full rate, not the ramp: while the
+        # rate ramps up, the fleet is told when to come back rather than
+        # sent to its backoff.
+        full = self.settings.accept_rate * DROP_FACTOR
+        self._arrival_tokens = min(max(1.0, full), self._arrival_tokens + elapsed * full)
+        return rate
+
+    # -- what the protocol asks ---------------------------------------------
+
+    def arrived(self) -> bool:
+        """
+        A TCP connection was accepted: False if it must be dropped at once,
+        before TLS and before anything is read (handshakes arrive at more
+        than L{DROP_FACTOR} times the admitted rate).
+        """
+        if not self.settings.enabled:
+            return True
+        self._refill(self.clock.seconds())
+        if self._arrival_tokens >= 1:
+            self._arrival_tokens -= 1
+            return True
+        self._refuse("rate", "drop")
+        return False
+
+    def admit(self, reads_hints: bool) -> Optional[Refusal]:
+        """
+        A handshake asks to open: None if it may, else when it should come
+        back (and its slot in the queue is taken).
+        """
+        if not self.settings.enabled:
+            return None
+        now = self.clock.seconds()
+        rate = self._refill(now)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        # Slots are spaced at the rate of their own time: during the ramp
+        # a later slot comes round faster.
+        base = max(self._next_slot, now)
+        interval = 1.0 / self.rate(base)
+        slot = base + interval
+        if slot - now > MAX_WAIT:
+            # The queue is as long as it may get: no slot, the longest wait
+            # spread over as long again.
+            refusal = Refusal(MAX_WAIT, MAX_WAIT, "rate")
+        else:
+            self._next_slot = slot
+            refusal = Refusal(slot - now, max(SLOT_JITTER, interval), "rate")
+        self._refuse("rate", "hint" if reads_hints else "503")
+        return refusal
+
+    def full(self, reads_hints: bool) -> Refusal:
+        """
+        The process holds --max-connections: when to come back.
+        """
+        self._refuse("full", "hint" if reads_hints else "503")
+        return Refusal(FULL_HINT[0], FULL_HINT[1], "full")
+
+    def queue_seconds(self) -> float:
+        """
+        How far ahead the promised slots reach (0: no queue).
+        """
+        return max(0.0, self._next_slot - self.clock.seconds())
+
+    # -- refusals ------------------------------------------------------------
+
+    def _refuse(self, reason: str, answer: str) -> None:
+        self._refused_metric(reason, answer)
+        key = f"{reason}/{answer}"
+        self._unlogged[key] = self._unlogged.get(key, 0) + 1
+        now = self.clock.seconds()
+        if self._logged_at is None or now - self._logged_at >= LOG_EVERY:
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(self._unlogged.items()))
+            self._log(
+                "admission control: refused {counts} (reason/answer) in the last {window:.0f} s; "
+                "admitting {rate:.0f}/s, queue {queue:.1f} s",
+                counts=counts,
+                window=LOG_EVERY if self._logged_at is not None else 0,
+                rate=self.rate(now) or float("inf"),
+                queue=self.queue_seconds(),
+            )
+            self._logged_at = now
+            self._unlogged = {}
