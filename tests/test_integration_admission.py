@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import socket
+import ssl as stdlib_ssl
+import os
+
 import websockets.exceptions
 import websockets.sync.client
 from twisted.internet import reactor, threads
@@ -21,7 +25,7 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory
 
-from .loopback import async_test, free_port, listen, wait_until
+from .loopback import async_test, free_port, listen, make_ca, make_server_cert, wait_until
 
 
 class Recorder(wclient.ClientListener):
@@ -118,3 +122,40 @@ class AdmissionIntegrationTests(unittest.TestCase):
         self.assertEqual(response.status_code, 503)
         self.assertTrue(response.headers["Retry-After"].isdigit())
         self.assertGreaterEqual(int(response.headers["Retry-After"]), 1)
+
+    @async_test
+    async def test_far_over_the_rate_no_tls_handshake_is_done(self) -> None:
+        """
+        Past four times the rate (a second's worth at once) a connection to
+        an ssl: endpoint is closed before the TLS handshake: the client's
+        ClientHello gets no ServerHello, only the end of the connection,
+        while the ones before it get TLS as usual.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        ca_key, ca_cert, ca_path = make_ca(directory)
+        key, cert = make_server_cert(directory, ca_key, ca_cert, "127.0.0.1")
+        factory = ServerFactory(hub=Hub(reactor), clock=reactor, admission=AdmissionSettings(accept_rate=1, ramp=0))
+        port = await listen(self, factory, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+        number = port.getHost().port
+
+        def handshakes() -> list[str]:
+            context = stdlib_ssl.create_default_context(cafile=ca_path)
+            outcomes = []
+            held = []
+            for _ in range(5):
+                raw = socket.create_connection(("127.0.0.1", number), timeout=5)
+                try:
+                    held.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+                    outcomes.append("tls")
+                except (stdlib_ssl.SSLError, ConnectionError, OSError) as e:
+                    raw.close()
+                    outcomes.append(type(e).__name__)
+            for s in held:
+                s.close()
+            return outcomes
+
+        outcomes = await threads.deferToThread(handshakes)
+        self.assertEqual(outcomes[:4], ["tls"] * 4)
+        self.assertNotEqual(outcomes[4], "tls")
+        self.assertEqual(factory.metrics.admission_refusals.labels(reason="rate", answer="drop")._value.get(), 1)
