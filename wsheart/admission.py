@@ -265,12 +265,12 @@ class Admission:
         now = self.clock.seconds()
         if self._logged_at is None or now - self._logged_at >= LOG_EVERY:
             counts = ", ".join(f"{n} {k}" for k, n in sorted(self._unlogged.items()))
+            rate = self.rate(now)
             self._log(
-                "admission control: refused {counts} (reason/answer) in the last {window:.0f} s; "
-                "admitting {rate:.0f}/s, queue {queue:.1f} s",
+                "admission control refused {counts} (reason/answer) since its last line; "
+                "admitting {admitting}, promised slots reach {queue:.1f} s ahead",
                 counts=counts,
-                window=LOG_EVERY if self._logged_at is not None else 0,
-                rate=self.rate(now) or float("inf"),
+                admitting=f"{rate:.0f}/s" if rate else "at any rate",
                 queue=self.queue_seconds(),
             )
             self._logged_at = now
