@@ -33,6 +33,7 @@ from wsheart.health import LagMonitor
 from wsheart.limits import LimitSettings
 from wsheart.origin import OriginPolicy
 from wsheart.protocol import ServerFactory
+from wsheart.proxies import TrustedProxies
 from wsheart.service import WsheartService
 from wsheart.tls import ReloadableServerTLS, TLSConfigError
 
@@ -166,7 +167,7 @@ class Options(usage.Options):
         ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_float("client-rate")],
         ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
         ["max-connections", None, 0, "Open connections in all; one more gets 503 (0: no ceiling).", non_negative_int("max-connections")],
-        ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; leave off behind a proxy, whose address every connection has).", non_negative_int("max-connections-per-address")],
+        ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; behind a proxy every connection has its address, unless --trusted-proxy or an haproxy: endpoint names the clients).", non_negative_int("max-connections-per-address")],
         ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
         ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
@@ -177,12 +178,19 @@ class Options(usage.Options):
         self["endpoint"] = []
         self["tls-endpoint"] = []
         self["allowed-origin"] = []
+        self["trusted-proxy"] = []
 
     def opt_allowed_origin(self, value: str) -> None:
         """
         Web pages of this origin may open WebSockets here, besides the server's own (Origin host and port equal to the request's Host): https://app.example.com, https://*.example.com (whole labels), null, or * (any page: only for sockets without cookies); repeatable or comma-separated. Upgrades from other pages get 403.
         """
         self["allowed-origin"].extend(v.strip() for v in value.split(",") if v.strip())
+
+    def opt_trusted_proxy(self, value: str) -> None:
+        """
+        Reverse proxies in this CIDR range (127.0.0.1/32, 10.0.0.0/8, ::1/128) are trusted to name the client in X-Forwarded-For: a connection from one is the right-most address there that is not itself a trusted proxy, in logs, /connections and the per-address limits; repeatable or comma-separated (default: none, the header is never read).
+        """
+        self["trusted-proxy"].append(value)
 
     def _auth_policy(self) -> Optional[AuthPolicy]:
         if self["auth"] not in ("none", "jwt"):
@@ -293,6 +301,10 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["auth-policy"] = self._auth_policy()
+        try:
+            self["trusted-proxies"] = TrustedProxies.parse(self["trusted-proxy"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
         self["redis-address"] = None
         if self["redis"]:
             if self["no-channels"]:
@@ -419,6 +431,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
             max_connections_per_address=options["max-connections-per-address"],
             max_connections=options["max-connections"],
         ),
+        trusted_proxies=options["trusted-proxies"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
