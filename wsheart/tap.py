@@ -18,7 +18,7 @@ from twisted.python import usage
 from wsheart import __version__
 from wsheart.admin import admin_site
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
-from wsheart.channels.api import read_token_file
+from wsheart.channels.api import ApiTokens
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
 from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
@@ -170,7 +170,7 @@ class Options(usage.Options):
         ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; behind a proxy every connection has its address, unless --trusted-proxy or an haproxy: endpoint names the clients).", non_negative_int("max-connections-per-address")],
         ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
-        ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
+        ["api-token-file", None, None, "File of the bearer tokens of the channel HTTP API on --admin-endpoint, one a line (at least 16 characters; blank lines and # comments ignored; any of them is let in, so a token is rotated by adding the new one first); SIGHUP re-reads it (default: API off)."],
     ]
 
     def __init__(self) -> None:
@@ -313,14 +313,14 @@ class Options(usage.Options):
                 self["redis-address"] = RedisAddress.parse(self["redis"])
             except ValueError as e:
                 raise usage.UsageError(str(e))
-        self["api-token"] = None
+        self["api-tokens"] = None
         if self["api-token-file"]:
             if not self["admin-endpoint"]:
                 raise usage.UsageError("--api-token-file needs --admin-endpoint (the API is served there)")
             if self["no-channels"]:
                 raise usage.UsageError("--api-token-file: the channel API needs channels (drop --no-channels)")
             try:
-                self["api-token"] = read_token_file(self["api-token-file"])
+                self["api-tokens"] = ApiTokens.from_file(self["api-token-file"])
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--api-token-file: {e}")
         self["handler-factory"] = None
@@ -444,6 +444,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         drainer,
         lag,
         tls=tls,
+        api_tokens=options["api-tokens"],
     )
     service.broker = broker
     if broker is not None:
@@ -461,6 +462,6 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         for description in options["tls-endpoint"]:
             service.add_listener(strports.service(description, tls_factory, reactor=reactor))
     if options["admin-endpoint"]:
-        site = admin_site(hub, service.health, factory.metrics, reactor, broker=broker, api_token=options["api-token"])
+        site = admin_site(hub, service.health, factory.metrics, reactor, broker=broker, api_tokens=options["api-tokens"])
         service.set_admin(strports.service(options["admin-endpoint"], site, reactor=reactor))
     return service
