@@ -8,7 +8,7 @@ the client's.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -179,8 +179,8 @@ class ForwardedForServerTests(unittest.TestCase):
         client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=self.clock, headers=headers)
         client_factory.protocol = RecordingClientProtocol
         client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
-        server = factory.buildProtocol(None)
-        client = client_factory.buildProtocol(None)
+        server: Any = factory.buildProtocol(None)
+        client = cast(RecordingClientProtocol, client_factory.buildProtocol(None))
         address = IPv6Address("TCP", peer, 40000) if ":" in peer else IPv4Address("TCP", peer, 40000)
         server_io = iosim.FakeTransport(server, isServer=True, peerAddress=address)
         iosim.connect(server, server_io, client, iosim.makeFakeClient(client), clock=self.clock)
@@ -297,7 +297,7 @@ class ForwardedForServerTests(unittest.TestCase):
         )
         transports = []
         for host in ["127.0.0.1", "127.0.0.1", "192.0.2.50", "192.0.2.50"]:
-            server = factory.buildProtocol(None)
+            server: Any = factory.buildProtocol(None)
             transport = iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 40000))
             server.makeConnection(transport)
             transports.append(transport)

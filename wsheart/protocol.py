@@ -503,7 +503,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             try:
                 client = trusted.client_address(host, [forwarded])
             except ForwardedForError as e:
-                self.factory.forwarded_for_ignored(peer or self.peer, str(e))
+                self.factory.forwarded_for_ignored(peer or str(self.peer), str(e))
             else:
                 if client is not None:
                     key = address_key(str(client))
