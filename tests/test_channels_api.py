@@ -15,6 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from wsheart.admin import admin_site
+from wsheart.channels.api import ApiTokens, parse_tokens, read_token_file
 from wsheart.channels.broker import Broker, ChannelSettings
 from wsheart.health import Health, LagMonitor
 from wsheart.hub import Hub
@@ -23,6 +24,10 @@ from wsheart.metrics import ServerMetrics
 from .memory import FakeConnection
 
 TOKEN = b"t0ken-for-the-api-tests"
+
+
+def tokens_of(token: Optional[bytes]) -> Optional[ApiTokens]:
+    return None if token is None else ApiTokens([token])
 
 
 class Answer:
@@ -64,7 +69,7 @@ class APITestCase(unittest.TestCase):
     def make_site(self, token: Optional[bytes]) -> Any:
         hub = Hub(self.clock)
         health = Health(LagMonitor(self.clock))
-        return admin_site(hub, health, ServerMetrics(), self.clock, broker=self.broker, api_token=token)
+        return admin_site(hub, health, ServerMetrics(), self.clock, broker=self.broker, api_tokens=tokens_of(token))
 
     def send(self, raw: bytes, site: Any = None) -> Answer:
         """
@@ -299,19 +304,46 @@ class APIEdgeTests(APITestCase):
 
     def test_token_file(self) -> None:
         """
-        The token is the first line of its file, at least 16 characters.
+        A token file holds one token a line, each at least 16 characters;
+        blank lines and # comments are skipped; a short token, a token with
+        a space (an inline comment) or no token at all is refused, naming
+        the line but never its text.
         """
-        from wsheart.channels.api import read_token_file
-
+        text = b"# old, remove after the move\n" + b"x" * 16 + b"\n\n  # new\r\n" + b"y" * 40 + b"  \r\n" + b"x" * 16 + b"\n"
+        self.assertEqual(parse_tokens(text, "f"), (b"x" * 16, b"y" * 40), "duplicates once")
+        for bad, why in [
+            (b"x" * 15 + b"\n", "f, line 1: a token must have at least 16"),
+            (b"# ok\n" + b"x" * 20 + b" # inline\n", "f, line 2: a token has no spaces"),
+            (b"\n# only comments\n\n", "f holds no token"),
+            (b"", "f holds no token"),
+        ]:
+            with self.assertRaises(ValueError) as e:
+                parse_tokens(bad, "f")
+            self.assertIn(why, str(e.exception))
+            self.assertNotIn("xxxx", str(e.exception), "the token is never shown")
         path = self.mktemp()
-        for text, ok in [("x" * 16 + "\nsecond line\n", True), ("x" * 15 + "\n", False), ("\nlater\n", False)]:
-            with open(path, "w") as f:
-                f.write(text)
-            if ok:
-                self.assertEqual(read_token_file(path), b"x" * 16)
-            else:
-                with self.assertRaises(ValueError):
-                    read_token_file(path)
+        with open(path, "wb") as f:
+            f.write(text)
+        self.assertEqual(read_token_file(path), (b"x" * 16, b"y" * 40))
+        with self.assertRaises(OSError):
+            read_token_file(path + ".missing")
+
+    def test_several_tokens_each_let_in(self) -> None:
+        """
+        With two tokens both are let in (a rotation in progress), to the
+        early body check too; anything else is not.
+        """
+        first, second = b"first-token-0123456789", b"second-token-0123456789"
+        site = admin_site(
+            Hub(self.clock), Health(LagMonitor(self.clock)), ServerMetrics(), self.clock,
+            broker=self.broker, api_tokens=ApiTokens([first, second]),
+        )  # fmt: skip
+        for token in (first, second):
+            self.assertEqual(self.request("GET", "/channels", auth=b"Bearer " + token, site=site).status, 200)
+            self.assertEqual(self.request("POST", "/publish/news", body=b"1", auth=b"Bearer " + token, site=site).status, 200)
+        for wrong in [b"third-token-0123456789", first + second, first[:-1], b""]:
+            self.assertEqual(self.request("GET", "/channels", auth=b"Bearer " + wrong, site=site).status, 401, wrong)
+            self.assertEqual(self.request("POST", "/publish/news", body=b"1", auth=b"Bearer " + wrong, site=site).status, 401, wrong)
 
     def test_key_length_and_since_edges(self) -> None:
         """
@@ -347,7 +379,7 @@ class DisconnectTests(APITestCase):
     def make_site(self, token: Optional[bytes]) -> Any:
         self.hub = Hub(self.clock)
         health = Health(LagMonitor(self.clock))
-        return admin_site(self.hub, health, ServerMetrics(), self.clock, broker=self.broker, api_token=token)
+        return admin_site(self.hub, health, ServerMetrics(), self.clock, broker=self.broker, api_tokens=tokens_of(token))
 
     def test_a_users_connections_are_closed_and_no_others(self) -> None:
         from wsheart.auth import Identity
@@ -364,3 +396,85 @@ class DisconnectTests(APITestCase):
         self.assertEqual(self.request("POST", "/disconnect", body=b'{"sub": ""}').status, 400)
         self.assertEqual(self.request("POST", "/disconnect", body=b"not json").status, 400)
         self.assertEqual(self.request("POST", "/disconnect", body=b'{"sub": "ann"}', auth=b"Bearer wrong-token-1234567").status, 401)
+
+
+class TokenReloadTests(APITestCase):
+    """
+    SIGHUP re-reads --api-token-file: the daemon as makeService builds it,
+    its reload method called directly (what the signal handler does).
+    """
+
+    OLD = b"old-token-0123456789"
+    NEW = b"new-token-0123456789"
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from wsheart.tap import Options, makeService
+
+        super().setUp()
+        self.path = self.mktemp()
+        self.write(b"# the back ends' token\n" + self.OLD + b"\n")
+        options = Options()
+        options.parseOptions(["--admin-endpoint", "tcp:0:interface=127.0.0.1", "--api-token-file", self.path])
+        self.service = makeService(options, reactor=MemoryReactorClock())
+        self.daemon_site = self.service.admin.factory  # type: ignore[union-attr]
+
+    def write(self, text: bytes) -> None:
+        with open(self.path, "wb") as f:
+            f.write(text)
+
+    def statuses(self) -> tuple[int, int]:
+        return tuple(  # type: ignore[return-value]
+            self.request("GET", "/channels", auth=b"Bearer " + token, site=self.daemon_site).status
+            for token in (self.OLD, self.NEW)
+        )
+
+    def test_rotation(self) -> None:
+        """
+        Adding a token lets it in at once beside the old one; removing the
+        old one shuts it out; the log says how many were loaded, never the
+        tokens.
+        """
+        from twisted.logger import capturedLogs
+
+        self.assertEqual(self.statuses(), (200, 401))
+        self.write(self.OLD + b"\n" + self.NEW + b"\n")
+        with capturedLogs() as events:
+            self.service.reload()
+        self.assertEqual(self.statuses(), (200, 200), "both during the move")
+        self.assertIn(2, [e.get("count") for e in events])
+        self.write(b"# rotated\n" + self.NEW + b"\n")
+        with capturedLogs() as more:
+            self.service.reload()
+        self.assertEqual(self.statuses(), (401, 200), "the old one is out")
+        self.assertIn(1, [e.get("count") for e in more])
+        for event in list(events) + list(more):
+            text = repr(event)
+            self.assertNotIn("token-0123456789", text, "a token was logged")
+
+    def test_broken_file_keeps_the_tokens_in_use(self) -> None:
+        """
+        A file that is gone, empty, all comments or holds a bad token on
+        reload keeps the current tokens (never locks everyone out, never
+        opens the API) and logs an error; a good file later is taken.
+        """
+        import os
+
+        from twisted.logger import LogLevel, capturedLogs
+
+        for breakage in ("missing", b"", b"# nothing yet\n\n", b"short\n", self.NEW + b" # comment\n"):
+            if breakage == "missing":
+                os.remove(self.path)
+            else:
+                self.write(breakage)  # type: ignore[arg-type]
+            with capturedLogs() as events:
+                self.service.reload()
+            self.assertEqual(self.statuses(), (200, 401), breakage)
+            errors = [e for e in events if e["log_level"] == LogLevel.error]
+            self.assertEqual(len(errors), 1, breakage)
+            self.assertIn("keeping the 1 current token", errors[0]["log_format"].format(**errors[0]))
+        self.assertEqual(self.request("POST", "/publish/news", body=b"1", auth=b"Bearer nobody-0123456789", site=self.daemon_site).status, 401)
+        self.write(self.NEW + b"\n")
+        self.service.reload()
+        self.assertEqual(self.statuses(), (401, 200))

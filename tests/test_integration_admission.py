@@ -53,7 +53,8 @@ class AdmissionIntegrationTests(unittest.TestCase):
         40 clients start together against --accept-rate 20: the first are
         admitted, every other one is told when to come back (half in-band,
         half with 503 and Retry-After), none tries again before it was told
-        to, and all are in within 6 s (the rate needs 2).
+        to, and all are in within 12 s (the rate needs 2, the clients'
+        backoff adds to it).
         """
         factory = ServerFactory(
             hub=Hub(reactor),
@@ -80,7 +81,10 @@ class AdmissionIntegrationTests(unittest.TestCase):
             recorders.append(recorder)
         await wait_until(self, lambda: all(r.opened_at for r in recorders), timeout=15)
         took = max(r.opened_at[0] for r in recorders) - start
-        self.assertLess(took, 6.0)
+        # The rate needs 2 s; a client refused again after its slot (the
+        # slots' jitter bunches some arrivals) waits its backoff too, whose
+        # window doubles per refusal: a few reach 4-8 s.
+        self.assertLess(took, 12.0)
         self.assertEqual(len(factory.hub), 40)
 
         refusals = factory.metrics.admission_refusals

@@ -21,6 +21,7 @@ from twisted.trial import unittest
 
 from wsheart.admin import admin_site
 from wsheart.backoff import BackoffSettings
+from wsheart.channels.api import ApiTokens
 from wsheart.channels.client import ChannelListener, ChannelSession
 from wsheart.channels import Broker, ChannelSettings, serve
 from wsheart.client import OPEN, ReconnectingClientService
@@ -78,7 +79,7 @@ class ChannelServer:
             heartbeat_settings=HeartbeatSettings(1, 0.5, 2),
         )
         health = Health(LagMonitor(reactor))
-        self.site = admin_site(self.hub, health, self.factory.metrics, reactor, broker=self.broker, api_token=TOKEN.encode())
+        self.site = admin_site(self.hub, health, self.factory.metrics, reactor, broker=self.broker, api_tokens=ApiTokens([TOKEN.encode()]))
 
     async def start(self) -> None:
         port = await listen(self.test, self.factory)

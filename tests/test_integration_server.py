@@ -337,6 +337,52 @@ class ServerIntegrationTests(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 429"), answer)
 
     @async_test
+    async def test_real_client_address_from_a_trusted_proxys_x_forwarded_for(self) -> None:
+        """
+        Over loopback from a --trusted-proxy address, the client is the one
+        X-Forwarded-For names: two clients behind it each get their place
+        under the per-address limit, a second from the first's address gets
+        429.
+        """
+        from wsheart.limits import LimitSettings
+        from wsheart.proxies import TrustedProxies
+
+        factory = self.make_factory(
+            limits=LimitSettings(max_connections_per_address=1),
+            trusted_proxies=TrustedProxies.parse(["127.0.0.1/32"]),
+        )
+        port = (await listen(self, factory, "tcp:0:interface=127.0.0.1")).getHost().port
+        key = base64.b64encode(os.urandom(16))
+
+        def open_for(client: str) -> tuple[socket.socket, bytes]:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + b"X-Forwarded-For: " + client.encode() + b"\r\n"
+                + b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            return sock, answer
+
+        first, answer = await threads.deferToThread(open_for, "203.0.113.7")
+        self.addCleanup(first.close)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101"), answer)
+        await wait_until(self, lambda: len(factory.hub) == 1)
+        [info] = list(factory.hub)
+        self.assertEqual(info.peer, "tcp4:203.0.113.7")
+        second, answer = await threads.deferToThread(open_for, "198.51.100.9")
+        self.addCleanup(second.close)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 101"), "another client behind the same proxy")
+        third, answer = await threads.deferToThread(open_for, "203.0.113.7")
+        self.addCleanup(third.close)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 429"), answer)
+
+    @async_test
     async def test_plain_http_gets_an_answer(self) -> None:
         """
         A plain HTTP request to the WebSocket port gets 426 at once, not a

@@ -258,6 +258,24 @@ class ServiceWatchdogTests(unittest.TestCase):
         self.assertEqual(len(notifier.sent), sent, "nothing sent after the stop")
         self.assertEqual(reactor.getDelayedCalls(), [])
 
+    def test_reload_rereads_the_api_tokens_between_reloading_and_ready(self) -> None:
+        """
+        SIGHUP's reload (here without TLS, with API tokens) tells systemd
+        RELOADING=1, re-reads the token file, then READY=1.
+        """
+        from wsheart.channels.api import ApiTokens
+
+        service, notifier, reactor = self.make_service()
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"first-token-0123456789\n")
+        service.api_tokens = ApiTokens.from_file(path)
+        with open(path, "wb") as f:
+            f.write(b"second-token-0123456789\n")
+        service.reload()
+        self.assertEqual([fields for _, fields in notifier.sent], [{"RELOADING": 1}, {"READY": 1}])
+        self.assertEqual(service.api_tokens.tokens, (b"second-token-0123456789",))
+
     def test_watchdog_only_once_ready(self) -> None:
         """
         Nothing goes to the watchdog between startService and the reactor

@@ -115,6 +115,9 @@ class OptionsTests(unittest.TestCase):
             (["--api-token-file", "/nonexistent"], "--api-token-file needs --admin-endpoint"),
             (["--admin-endpoint", "tcp:0", "--api-token-file", "/nonexistent/token"], "--api-token-file: "),
             (["--admin-endpoint", "tcp:0", "--api-token-file", "/dev/null"], "holds no token"),
+            (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy takes CIDR ranges"),
+            (["--trusted-proxy", "127.0.0.1/32,proxy.example.com"], "'proxy.example.com'"),
+            (["--trusted-proxy", "10.0.0.1/8"], "has host bits set"),
         ]
         for argv, text in cases:
             with self.assertRaises(usage.UsageError, msg=argv) as e:
@@ -233,6 +236,16 @@ class MakeServiceTests(unittest.TestCase):
                 parse(*bad)
         rated = makeService(parse("--client-rate", "50", "--subscribe-rate", "20"), reactor=MemoryReactorClock())
         self.assertEqual((rated.factory.subprotocols["wsheart.v1"].rates.frames, rated.factory.subprotocols["wsheart.v1"].rates.subscribes), (50, 20))
+
+    def test_trusted_proxies(self) -> None:
+        """
+        --trusted-proxy is repeatable and comma-separated and reaches the
+        server factory; by default no proxy is trusted.
+        """
+        options = parse("--trusted-proxy", "127.0.0.1/32,10.0.0.0/8", "--trusted-proxy", "::1/128")
+        trusted = makeService(options, reactor=MemoryReactorClock()).factory.trusted_proxies
+        self.assertEqual([str(n) for n in trusted.networks], ["127.0.0.1/32", "10.0.0.0/8", "::1/128"])
+        self.assertFalse(makeService(parse(), reactor=MemoryReactorClock()).factory.trusted_proxies)
 
     def test_auth_options(self) -> None:
         """

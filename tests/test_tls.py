@@ -309,3 +309,44 @@ class ReloadableServerTLSTests(TLSTestCase):
         self.assertTrue(tls.reload())
         client, _, _ = self.handshake(tls)
         self.assertEqual(ssl.Certificate(client.getPeerCertificate()).digest(), read_certificate(new_cert).digest())
+
+
+class ServiceReloadTests(TLSTestCase):
+    """
+    SIGHUP's reload (L{WsheartService.reload}) re-reads the certificate and
+    the API tokens together, and one broken does not stop the other.
+    """
+
+    def test_certificate_and_tokens_in_one_reload(self) -> None:
+        """
+        A renewed certificate is served after the reload even when the
+        token file has become unreadable (whose tokens are kept); a new
+        token file is taken even when the certificate files are broken.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from wsheart.tap import Options, makeService
+
+        tokens_path = os.path.join(self.directory, "tokens")
+        with open(tokens_path, "wb") as f:
+            f.write(b"a-token-of-sixteen-or-more\n")
+        options = Options()
+        options.parseOptions([
+            "--tls-endpoint", "tcp:0:interface=127.0.0.1", "--tls-key", self.key_path, "--tls-cert", self.cert_path,
+            "--admin-endpoint", "tcp:0:interface=127.0.0.1", "--api-token-file", tokens_path,
+        ])  # fmt: skip
+        service = makeService(options, reactor=MemoryReactorClock())
+        assert service.tls is not None and service.api_tokens is not None
+        self.install(*self.other_pair("localhost", "renewed"))
+        renewed = read_certificate(self.cert_path)
+        os.remove(tokens_path)
+        service.reload()
+        self.assertEqual(service.tls.certificate.digest(), renewed.digest())
+        self.assertEqual(service.api_tokens.tokens, (b"a-token-of-sixteen-or-more",))
+        with open(self.key_path, "w") as f:
+            f.write("not a key")
+        with open(tokens_path, "wb") as f:
+            f.write(b"another-token-0123456789\n")
+        service.reload()
+        self.assertEqual(service.tls.certificate.digest(), renewed.digest(), "the broken pair is not taken")
+        self.assertEqual(service.api_tokens.tokens, (b"another-token-0123456789",))

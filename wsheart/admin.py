@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsheart import __version__
-from wsheart.channels.api import BodyPolicy, BoundedRequest, install_api, json_response
+from wsheart.channels.api import ApiTokens, BodyPolicy, BoundedRequest, install_api, json_response
 from wsheart.channels.broker import Broker
 from wsheart.health import Health
 from wsheart.hub import Hub
@@ -141,16 +141,17 @@ def admin_site(
     metrics: ServerMetrics,
     clock: IReactorTime,
     broker: Optional[Broker] = None,
-    api_token: Optional[bytes] = None,
+    api_tokens: Optional[ApiTokens] = None,
 ) -> Site:
     """
     The admin endpoint's site; with a C{broker}, also the channel API
-    (L{wsheart.channels.api}), which answers only with C{api_token}.
+    (L{wsheart.channels.api}), which answers only callers with one of
+    C{api_tokens} (L{None}: the API is off).
     """
     root = Resource()
     body_policy = BodyPolicy()
     if broker is not None:
-        body_policy = install_api(root, broker, api_token, hub)
+        body_policy = install_api(root, broker, api_tokens, hub)
     root.putChild(b"healthz", HealthResource(health, hub, broker))
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"connections", ConnectionsResource(hub, clock))

@@ -50,10 +50,10 @@ def address_key(host: Optional[str]) -> Optional[str]:
 
 @dataclass(frozen=True)
 class LimitSettings:
-    # 0: off.  Off by default: behind a reverse proxy on the same host every
-    # connection comes from the proxy's address, and a per-address limit
-    # would cap the whole site (wsheart does not read the PROXY protocol or
-    # X-Forwarded-For yet).  Set them where clients connect directly.
+    # 0: off.  Off by default: behind a reverse proxy every connection comes
+    # from the proxy's address, and a per-address limit would cap the whole
+    # site, unless the proxy names the clients (the PROXY protocol on an
+    # haproxy: endpoint, or X-Forwarded-For from a --trusted-proxy).
     max_pending_per_address: int = 0
     max_connections_per_address: int = 0
     max_connections: int = 0

@@ -191,6 +191,11 @@ class ServerMetrics:
             ["reason", "answer"],
             registry=r,
         )
+        self.forwarded_for_ignored = Counter(
+            "wsheart_forwarded_for_ignored",
+            "X-Forwarded-For headers from a trusted proxy ignored as malformed (the TCP peer was kept).",
+            registry=r,
+        )
         self.drain_dropped = Counter(
             "wsheart_drain_dropped_connections",
             "Connections dropped at the end of a drain without finishing the closing handshake.",

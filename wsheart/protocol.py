@@ -39,8 +39,9 @@ from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
-from wsheart.limits import ConnectionLimits, LimitSettings, address_key
+from wsheart.limits import LOG_EVERY, ConnectionLimits, LimitSettings, address_key
 from wsheart.origin import OriginPolicy, suggestion
+from wsheart.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
 from wsheart.wheel import TimerWheel
 
@@ -278,6 +279,7 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
 
 _limits_log = Logger(namespace="wsheart.limits")
 _admission_log = Logger(namespace="wsheart.admission")
+_proxies_log = Logger(namespace="wsheart.proxies")
 
 
 @implementer(IConnection)
@@ -322,7 +324,13 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             self.transport.abortConnection()
             return
         limits = self.factory.limits
-        self._limit_key = address_key(getattr(self.transport.getPeer(), "host", None))
+        host = getattr(self.transport.getPeer(), "host", None)
+        self._limit_key = address_key(host)
+        trusted = self.factory.trusted_proxies
+        if trusted and trusted.trusts(parse_address(host or "")):
+            # A trusted proxy carries the handshakes of many clients: each
+            # is counted once its X-Forwarded-For names it (onConnect).
+            self._limit_key = None
         if not limits.connection_made(self._limit_key):
             # Too many handshakes in progress from this address: drop it
             # before reading anything.
@@ -428,7 +436,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.factory.metrics.misses.inc()
 
     def onConnect(self, request: Any) -> Optional[str]:
-        self._find_real_peer()
+        self._find_real_peer(request)
         self._check_origin(request)
         # The first subprotocol the client offers that this server has a
         # handler for (wsheart.v1 when channels are on); anything else is
@@ -526,19 +534,37 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             delay = max(0.0, self.identity.expires_at + auth.leeway - self.clock.seconds())
             self._auth_timer = self.clock.callLater(delay, self.close, closecodes.TOKEN_EXPIRED, "token expired")
 
-    def _find_real_peer(self) -> None:
+    def _find_real_peer(self, request: Any) -> None:
         """
-        Behind the PROXY protocol (an haproxy: endpoint) the client's address
-        is known only once its header is read, after connectionMade: name the
-        peer by it and count it, not the proxy, against the limits.
+        Name the peer by the client, not a proxy in front of it, and count
+        that client against the limits: behind the PROXY protocol (an
+        haproxy: endpoint) its address is known only once its header is
+        read, after connectionMade; behind an HTTP proxy that
+        C{--trusted-proxy} trusts, it is the one its C{X-Forwarded-For}
+        names (L{wsheart.proxies}).
         """
         address = self.transport.getPeer()
-        key = address_key(getattr(address, "host", None))
+        host = getattr(address, "host", None)
+        key = address_key(host)
+        peer = peer2str(self.transport) if key != self._limit_key else None
+        trusted = self.factory.trusted_proxies
+        forwarded = request.headers.get("x-forwarded-for") if trusted else None
+        if forwarded is not None:
+            # Autobahn joins repeated header lines with ", ", in order.
+            try:
+                client = trusted.client_address(host, [forwarded])
+            except ForwardedForError as e:
+                self.factory.forwarded_for_ignored(peer or str(self.peer), str(e))
+            else:
+                if client is not None:
+                    key = address_key(str(client))
+                    peer = peer_name(client)
         if key != self._limit_key:
             if self._counted == "pending":
                 self.factory.limits.moved(self._limit_key, key)
             self._limit_key = key
-            self.peer = peer2str(self.transport)
+        if peer is not None:
+            self.peer = peer
 
     def _check_origin(self, request: Any) -> None:
         """
@@ -775,8 +801,14 @@ class ServerFactory(WebSocketServerFactory):
         auth: Optional[AuthPolicy] = None,
         limits: LimitSettings = LimitSettings(),
         admission: AdmissionSettings = AdmissionSettings(),
+        trusted_proxies: TrustedProxies = TrustedProxies(),
     ) -> None:
         super().__init__(url=url, reactor=clock)
+        # Proxies whose X-Forwarded-For names the client (--trusted-proxy);
+        # none: the header is never read.
+        self.trusted_proxies = trusted_proxies
+        self._forwarded_for_logged_at: Optional[float] = None
+        self._forwarded_for_unlogged = 0
         # Token authentication (--auth jwt); None: every peer is let in.
         self.auth = auth
         # Which web pages may open a WebSocket here (wsheart.origin).
@@ -838,6 +870,28 @@ class ServerFactory(WebSocketServerFactory):
             webStatus=False,
             **_autobahn_options(max_message_size),
         )
+
+    def forwarded_for_ignored(self, peer: str, why: str) -> None:
+        """
+        A trusted proxy sent an X-Forwarded-For that names no client: the
+        connection keeps the proxy's address.  Counted, and logged at most
+        once every L{LOG_EVERY} seconds (a misconfigured proxy would send
+        it with every connection).
+        """
+        self.metrics.forwarded_for_ignored.inc()
+        self._forwarded_for_unlogged += 1
+        now = self.clock.seconds()
+        last = self._forwarded_for_logged_at
+        if last is None or now - last >= LOG_EVERY:
+            _proxies_log.warn(
+                "ignored X-Forwarded-For from trusted proxy {peer}: {why}; the connection keeps the proxy's "
+                "address ({count} such header(s) since the last line, this one included)",
+                peer=peer,
+                why=why,
+                count=self._forwarded_for_unlogged,
+            )
+            self._forwarded_for_logged_at = now
+            self._forwarded_for_unlogged = 0
 
 
     def startFactory(self) -> None:

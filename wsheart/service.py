@@ -1,7 +1,7 @@
 """
 The daemon's life cycle: listen, tell systemd it is ready, feed the
-watchdog, reload certificates on SIGHUP, and on shutdown stop accepting
-and drain every connection with a reconnect hint.
+watchdog, reload certificates and API tokens on SIGHUP, and on shutdown
+stop accepting and drain every connection with a reconnect hint.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from wsheart import __version__
+from wsheart.channels.api import ApiTokens
 from wsheart.drain import Drainer
 from wsheart.health import Health, LagMonitor
 from wsheart.hub import Hub
@@ -46,6 +47,7 @@ class WsheartService(MultiService):
         notifier: Optional[Notifier] = None,
         tls: Optional[ReloadableServerTLS] = None,
         install_signal_handlers: bool = True,
+        api_tokens: Optional[ApiTokens] = None,
     ) -> None:
         super().__init__()
         self._reactor = reactor
@@ -64,6 +66,8 @@ class WsheartService(MultiService):
             status=self.status,
         )
         self.tls = tls
+        # The channel API's tokens (--api-token-file), re-read on SIGHUP.
+        self.api_tokens = api_tokens
         self._install_signal_handlers = install_signal_handlers
         self._previous_sighup: Any = None
         self._previous_sigterm: Any = None
@@ -109,7 +113,7 @@ class WsheartService(MultiService):
         # they cannot: once here, every endpoint listens.
         super().startService()
         self.lag.start()
-        if self.tls is not None and self._install_signal_handlers:
+        if (self.tls is not None or self.api_tokens is not None) and self._install_signal_handlers:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         # Ready once the reactor runs: only then are twistd's SIGTERM
         # handlers in place, so a stop right after READY drains instead of
@@ -151,11 +155,32 @@ class WsheartService(MultiService):
 
     def _sighup(self, signum: int, frame: Any) -> None:
         # Signal context: do the work from the reactor.
-        self._reactor.callFromThread(self.reload_tls)
+        self._reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        What SIGHUP does: re-read the TLS key and certificate, and the API
+        tokens.  Each keeps what it has when its new files are broken, and
+        one failing does not stop the other.
+        """
+        self.notifier.notify(RELOADING=1)
+        try:
+            if self.tls is not None:
+                try:
+                    self.tls.reload()
+                except Exception:
+                    self.log.failure("TLS reload failed")
+            if self.api_tokens is not None:
+                try:
+                    self.api_tokens.reload()
+                except Exception:
+                    self.log.failure("API token reload failed")
+        finally:
+            self.notifier.notify(READY=1)
 
     def reload_tls(self) -> bool:
         """
-        Re-read the TLS key and certificate (what SIGHUP does).
+        Re-read the TLS key and certificate (SIGHUP does it in L{reload}).
         """
         if self.tls is None:
             return False

@@ -19,7 +19,7 @@ from wsheart import __version__
 from wsheart.admin import admin_site
 from wsheart.admission import AdmissionSettings
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
-from wsheart.channels.api import read_token_file
+from wsheart.channels.api import ApiTokens
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
 from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
@@ -34,6 +34,7 @@ from wsheart.health import LagMonitor
 from wsheart.limits import LimitSettings
 from wsheart.origin import OriginPolicy
 from wsheart.protocol import ServerFactory
+from wsheart.proxies import TrustedProxies
 from wsheart.service import WsheartService
 from wsheart.tls import ReloadableServerTLS, TLSConfigError
 
@@ -169,10 +170,10 @@ class Options(usage.Options):
         ["max-connections", None, 0, "Open connections in all; one more is told to come back later (0: no ceiling).", non_negative_int("max-connections")],
         ["accept-rate", None, 0.0, "Opening handshakes admitted per second; the rest are told when to come back (wsheart clients: close 1013 with a retry window; others: 503 with Retry-After) and, past 4 times the rate, dropped at accept (0: no limit).", non_negative_float("accept-rate")],
         ["accept-ramp", None, 10.0, "Seconds after a start over which --accept-rate grows from a tenth to all of it.", non_negative_float("accept-ramp")],
-        ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; leave off behind a proxy, whose address every connection has).", non_negative_int("max-connections-per-address")],
+        ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; behind a proxy every connection has its address, unless --trusted-proxy or an haproxy: endpoint names the clients).", non_negative_int("max-connections-per-address")],
         ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
-        ["api-token-file", None, None, "File whose first line is the bearer token of the channel HTTP API on --admin-endpoint (default: API off)."],
+        ["api-token-file", None, None, "File of the bearer tokens of the channel HTTP API on --admin-endpoint, one a line (at least 16 characters; blank lines and # comments ignored; any of them is let in, so a token is rotated by adding the new one first); SIGHUP re-reads it (default: API off)."],
     ]
 
     def __init__(self) -> None:
@@ -180,12 +181,19 @@ class Options(usage.Options):
         self["endpoint"] = []
         self["tls-endpoint"] = []
         self["allowed-origin"] = []
+        self["trusted-proxy"] = []
 
     def opt_allowed_origin(self, value: str) -> None:
         """
         Web pages of this origin may open WebSockets here, besides the server's own (Origin host and port equal to the request's Host): https://app.example.com, https://*.example.com (whole labels), null, or * (any page: only for sockets without cookies); repeatable or comma-separated. Upgrades from other pages get 403.
         """
         self["allowed-origin"].extend(v.strip() for v in value.split(",") if v.strip())
+
+    def opt_trusted_proxy(self, value: str) -> None:
+        """
+        Reverse proxies in this CIDR range (127.0.0.1/32, 10.0.0.0/8, ::1/128) are trusted to name the client in X-Forwarded-For: a connection from one is the right-most address there that is not itself a trusted proxy, in logs, /connections and the per-address limits; repeatable or comma-separated (default: none, the header is never read).
+        """
+        self["trusted-proxy"].append(value)
 
     def _auth_policy(self) -> Optional[AuthPolicy]:
         if self["auth"] not in ("none", "jwt"):
@@ -298,6 +306,7 @@ class Options(usage.Options):
         self["auth-policy"] = self._auth_policy()
         try:
             self["admission"] = AdmissionSettings(accept_rate=self["accept-rate"], ramp=self["accept-ramp"])
+            self["trusted-proxies"] = TrustedProxies.parse(self["trusted-proxy"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["redis-address"] = None
@@ -308,14 +317,14 @@ class Options(usage.Options):
                 self["redis-address"] = RedisAddress.parse(self["redis"])
             except ValueError as e:
                 raise usage.UsageError(str(e))
-        self["api-token"] = None
+        self["api-tokens"] = None
         if self["api-token-file"]:
             if not self["admin-endpoint"]:
                 raise usage.UsageError("--api-token-file needs --admin-endpoint (the API is served there)")
             if self["no-channels"]:
                 raise usage.UsageError("--api-token-file: the channel API needs channels (drop --no-channels)")
             try:
-                self["api-token"] = read_token_file(self["api-token-file"])
+                self["api-tokens"] = ApiTokens.from_file(self["api-token-file"])
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--api-token-file: {e}")
         self["handler-factory"] = None
@@ -427,6 +436,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
             max_connections=options["max-connections"],
         ),
         admission=options["admission"],
+        trusted_proxies=options["trusted-proxies"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
@@ -439,6 +449,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         drainer,
         lag,
         tls=tls,
+        api_tokens=options["api-tokens"],
     )
     service.broker = broker
     if broker is not None:
@@ -456,6 +467,6 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         for description in options["tls-endpoint"]:
             service.add_listener(strports.service(description, tls_factory, reactor=reactor))
     if options["admin-endpoint"]:
-        site = admin_site(hub, service.health, factory.metrics, reactor, broker=broker, api_token=options["api-token"])
+        site = admin_site(hub, service.health, factory.metrics, reactor, broker=broker, api_tokens=options["api-tokens"])
         service.set_admin(strports.service(options["admin-endpoint"], site, reactor=reactor))
     return service

@@ -8,8 +8,9 @@ The channel HTTP API on the admin endpoint, for back ends that publish:
   GET  /channels/{channel}/history?since=N
                                           -> {"channel", "epoch", "seq", "complete", "messages": [{"seq", "data"}]}
 
-Every request needs C{Authorization: Bearer TOKEN} with the token of
-C{--api-token-file}: 401 otherwise.  Without that option the API is off
+Every request needs C{Authorization: Bearer TOKEN} with one of the tokens of
+C{--api-token-file} (one a line, so that they can be rotated; re-read on
+SIGHUP, L{ApiTokens}): 401 otherwise.  Without that option the API is off
 (404; 413 for a request with a body, which is then not read).  A request body is read only from a caller with the token, and only
 up to the size a message may have: 401 or 413 come as soon as the headers
 are in, before any of the body is stored (L{BoundedRequest}).  Errors are JSON C{{"error": reason}} with the status the wsheart.v1
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -38,18 +39,97 @@ log = Logger()
 MAX_IDEMPOTENCY_KEY = 128
 
 
-def read_token_file(path: str) -> bytes:
+MIN_TOKEN_LENGTH = 16
+
+
+def parse_tokens(text: bytes, source: str) -> tuple[bytes, ...]:
     """
-    The API token: the file's first line, which must not be empty.
-    Raises L{ValueError} with the reason.
+    The API tokens in a token file's C{text}: one a line, blank lines and
+    C{#} comments ignored, each at least L{MIN_TOKEN_LENGTH} characters and
+    without spaces.  Raises L{ValueError} saying which line is wrong (never
+    what it holds: it may be a secret).
+    """
+    tokens: list[bytes] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        token = line.strip()
+        if not token or token.startswith(b"#"):
+            continue
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"{source}, line {number}: a token must have at least {MIN_TOKEN_LENGTH} characters")
+        if any(c in token for c in b" \t\v\f\r"):
+            raise ValueError(f"{source}, line {number}: a token has no spaces (a comment goes on a line of its own)")
+        if token not in tokens:
+            tokens.append(token)
+    if not tokens:
+        raise ValueError(f"{source} holds no token (only blank lines and # comments)")
+    return tuple(tokens)
+
+
+def read_token_file(path: str) -> tuple[bytes, ...]:
+    """
+    The API tokens in the file at C{path} (L{parse_tokens}).  Raises
+    L{OSError} or L{ValueError} with the reason.
     """
     with open(path, "rb") as f:
-        token = f.readline().strip()
-    if not token:
-        raise ValueError(f"{path} holds no token (the first line is empty)")
-    if len(token) < 16:
-        raise ValueError(f"{path}: the token is shorter than 16 characters")
-    return token
+        return parse_tokens(f.read(), path)
+
+
+class ApiTokens:
+    """
+    The bearer tokens the channel API accepts: any of them lets a caller
+    in, so an operator rotates by adding the new token, moving the back
+    ends to it, then removing the old one.  L{reload} (SIGHUP) re-reads the
+    file; a file that has become unreadable or holds no valid token keeps
+    the tokens in use, so a reload never locks every back end out and
+    never opens the API.
+    """
+
+    def __init__(self, tokens: Sequence[bytes], path: Optional[str] = None) -> None:
+        if not tokens:
+            raise ValueError("the API needs at least one token")
+        self.tokens = tuple(tokens)
+        self.path = path
+
+    @classmethod
+    def from_file(cls, path: str) -> "ApiTokens":
+        """
+        The tokens of C{--api-token-file}; raises L{OSError} or
+        L{ValueError} with the reason.
+        """
+        tokens = cls(read_token_file(path), path)
+        log.info("API tokens: {count} loaded from {path}", count=len(tokens.tokens), path=path)
+        return tokens
+
+    def matches(self, credential: bytes) -> bool:
+        """
+        Whether C{credential} is one of the tokens, compared in constant
+        time against every one (the time does not say which matched).
+        """
+        found = False
+        for token in self.tokens:
+            found |= hmac.compare_digest(credential, token)
+        return found
+
+    def reload(self) -> bool:
+        """
+        Re-read the file (what SIGHUP does): whether the tokens it holds
+        now are in use.  On failure the current ones stay, and the error is
+        logged.
+        """
+        if self.path is None:
+            return False
+        try:
+            tokens = read_token_file(self.path)
+        except (OSError, ValueError) as e:
+            log.error(
+                "API token reload failed, keeping the {count} current token(s): {error}",
+                count=len(self.tokens),
+                error=str(e),
+            )
+            return False
+        self.tokens = tokens
+        log.info("API tokens reloaded: {count} from {path}", count=len(tokens), path=self.path)
+        return True
 
 
 def json_response(request: Request, status: int, body: Any) -> bytes:
@@ -62,15 +142,15 @@ def json_response(request: Request, status: int, body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
 
 
-def has_token(authorization: Optional[bytes], token: Optional[bytes]) -> bool:
+def has_token(authorization: Optional[bytes], tokens: Optional[ApiTokens]) -> bool:
     """
-    Whether an C{Authorization} header value is C{Bearer TOKEN} with the
-    API's token (compared in constant time).
+    Whether an C{Authorization} header value is C{Bearer TOKEN} with one
+    of the API's tokens (compared in constant time).
     """
-    if token is None or not authorization:
+    if tokens is None or not authorization:
         return False
     scheme, _, credential = authorization.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), token)
+    return scheme.lower() == b"bearer" and tokens.matches(credential.strip())
 
 
 @dataclass(frozen=True)
@@ -81,7 +161,7 @@ class BodyPolicy:
     there takes a body.
     """
 
-    token: Optional[bytes] = None
+    tokens: Optional[ApiTokens] = None
     max_body: int = 0
 
     def refusal(self, authorization: Optional[bytes], length: Optional[int]) -> Optional[tuple[int, str]]:
@@ -92,9 +172,9 @@ class BodyPolicy:
         """
         if length == 0:
             return None
-        if self.token is None:
+        if self.tokens is None:
             return 413, "no request body is read here: the channel API is off"
-        if not has_token(authorization, self.token):
+        if not has_token(authorization, self.tokens):
             return 401, "missing or wrong bearer token"
         if length is not None and length > self.max_body:
             return 413, f"the request body is larger than {self.max_body} bytes"
@@ -168,15 +248,15 @@ class _Guarded(Resource):
     Base of the API resources: the bearer token check and JSON errors.
     """
 
-    def __init__(self, broker: Broker, token: Optional[bytes]) -> None:
+    def __init__(self, broker: Broker, tokens: Optional[ApiTokens]) -> None:
         super().__init__()
         self.broker = broker
-        self.token = token
+        self.tokens = tokens
 
     def render(self, request: Request) -> Any:
-        if self.token is None:
+        if self.tokens is None:
             return json_response(request, 404, {"error": "the channel API is off: start wsheart with --api-token-file"})
-        if not has_token(request.getHeader(b"authorization"), self.token):
+        if not has_token(request.getHeader(b"authorization"), self.tokens):
             request.setHeader(b"www-authenticate", b'Bearer realm="wsheart"')
             return json_response(request, 401, {"error": "missing or wrong bearer token"})
         method = request.method.decode("ascii", "replace")
@@ -211,7 +291,7 @@ class _Guarded(Resource):
 
 class PublishResource(_Guarded):
     def getChild(self, path: bytes, request: Request) -> Resource:
-        return PublishChannel(self.broker, self.token, path.decode("utf-8", "replace"))
+        return PublishChannel(self.broker, self.tokens, path.decode("utf-8", "replace"))
 
     def api_POST(self, request: Request) -> bytes:
         raise ChannelError(400, "POST /publish/{channel}")
@@ -220,8 +300,8 @@ class PublishResource(_Guarded):
 class PublishChannel(_Guarded):
     isLeaf = True
 
-    def __init__(self, broker: Broker, token: Optional[bytes], channel: str) -> None:
-        super().__init__(broker, token)
+    def __init__(self, broker: Broker, tokens: Optional[ApiTokens], channel: str) -> None:
+        super().__init__(broker, tokens)
         self.channel = channel
 
     def api_POST(self, request: Request) -> bytes:
@@ -252,7 +332,7 @@ class ChannelsResource(_Guarded):
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path:
             return self
-        return ChannelResource(self.broker, self.token, path.decode("utf-8", "replace"))
+        return ChannelResource(self.broker, self.tokens, path.decode("utf-8", "replace"))
 
     def api_GET(self, request: Request) -> bytes:
         return when_done(self.broker.channels(), lambda rows: json_response(request, 200, rows))
@@ -261,8 +341,8 @@ class ChannelsResource(_Guarded):
 class ChannelResource(_Guarded):
     isLeaf = True
 
-    def __init__(self, broker: Broker, token: Optional[bytes], channel: str) -> None:
-        super().__init__(broker, token)
+    def __init__(self, broker: Broker, tokens: Optional[ApiTokens], channel: str) -> None:
+        super().__init__(broker, tokens)
         self.channel = channel
 
     def api_GET(self, request: Request) -> bytes:
@@ -291,8 +371,8 @@ class DisconnectResource(_Guarded):
 
     isLeaf = True
 
-    def __init__(self, broker: Broker, token: Optional[bytes], hub: Any) -> None:
-        super().__init__(broker, token)
+    def __init__(self, broker: Broker, tokens: Optional[ApiTokens], hub: Any) -> None:
+        super().__init__(broker, tokens)
         self.hub = hub
 
     def api_POST(self, request: Request) -> bytes:
@@ -334,13 +414,14 @@ def _raw_json(request: Request, text: str) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-def install_api(root: Resource, broker: Broker, token: Optional[bytes], hub: Any = None) -> BodyPolicy:
+def install_api(root: Resource, broker: Broker, tokens: Optional[ApiTokens], hub: Any = None) -> BodyPolicy:
     """
-    Put the API under C{root}; returns the L{BodyPolicy} its site must
-    give its L{BoundedRequest}s.
+    Put the API under C{root}, answering callers with one of C{tokens}
+    (L{None}: the API is off); returns the L{BodyPolicy} its site must give
+    its L{BoundedRequest}s.
     """
-    root.putChild(b"publish", PublishResource(broker, token))
-    root.putChild(b"channels", ChannelsResource(broker, token))
+    root.putChild(b"publish", PublishResource(broker, tokens))
+    root.putChild(b"channels", ChannelsResource(broker, tokens))
     if hub is not None:
-        root.putChild(b"disconnect", DisconnectResource(broker, token, hub))
-    return BodyPolicy(token, broker.settings.max_data_bytes)
+        root.putChild(b"disconnect", DisconnectResource(broker, tokens, hub))
+    return BodyPolicy(tokens, broker.settings.max_data_bytes)
