@@ -122,3 +122,9 @@ class OutOfDescriptorsTests(unittest.TestCase):
         fresh.send("back")
         self.assertEqual(fresh.recv(timeout=5), "back")
         self.assertIsNone(daemon.popen.poll())
+        # Twisted's spare descriptor handled it: wsheart.accepts (for when
+        # there is no spare) had no cause to pause.
+        with open(log_path, "rb") as f:
+            logged = f.read()
+        self.assertIn(b"EMFILE recovery: Closed socket", logged)
+        self.assertNotIn(b"pausing accepts", logged)

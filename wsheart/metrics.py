@@ -183,6 +183,11 @@ class ServerMetrics:
             ["limit"],
             registry=r,
         )
+        self.accept_paused = Counter(
+            "wsheart_accept_paused",
+            "Times the listeners stopped accepting for a while: out of file descriptors (or memory) with none in reserve.",
+            registry=r,
+        )
         self.drain_dropped = Counter(
             "wsheart_drain_dropped_connections",
             "Connections dropped at the end of a drain without finishing the closing handshake.",
