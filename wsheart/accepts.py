@@ -4,9 +4,9 @@ Listening while out of file descriptors: pause accepting instead of spinning.
 Twisted's TCP C{Port} keeps one spare descriptor (C{/dev/null}): on C{EMFILE}
 it closes it, accepts and at once closes each waiting connection (the
 client gets an immediate close, not a SYN-queue timeout) and reopens it.
-That needs no help.  But when the spare is gone (reopening it failed once:
-Twisted only retries on the next C{EMFILE} recovery that starts with it
-open, so never), or the system is out of files (C{ENFILE}) or memory
+That needs no help.  But when the spare is gone (reopening it failed once,
+say because a thread took the slot: Twisted tries again only when a port
+starts listening), or the system is out of files (C{ENFILE}) or memory
 (C{ENOBUFS}, C{ENOMEM}), the Port logs "Could not accept new connection" and
 returns with the connection still waiting: the epoll reactor reports the
 listening socket readable again at once, and the process spins at 100% of
