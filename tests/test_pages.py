@@ -14,7 +14,7 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from wsheart import __version__
-from wsheart.pages import Pages, RequestHead, library_module, parse_request_head, static_text
+from wsheart.pages import Pages, RequestHead, library_module, parse_request_head, static_text, url_origin
 
 from .memory import connect_client, make_server_factory
 
@@ -120,6 +120,21 @@ class PagesTests(unittest.TestCase):
         self.assertIn(f'src="/wsheart-{__version__}.js"', html)
         for src in re.findall(r'(?:src|href)="([^"]+)"', html):
             self.assertTrue(src.startswith("/") or src.startswith("data:"), src)
+
+    def test_token_url_in_config_and_csp(self) -> None:
+        """
+        With a token URL (--demo-token-url) the demo page gets it in its
+        config and may fetch from that origin, and only from it; without
+        one its CSP connects to this origin and WebSockets only.
+        """
+        self.assertIn("connect-src 'self' ws: wss:;", get(self.pages, "/")[1]["content-security-policy"])
+        pages = Pages(dict(CONFIG, tokenUrl="http://127.0.0.1:8081/token?app=chat"))
+        status, headers, body = get(pages, "/")
+        self.assertIn("connect-src 'self' http://127.0.0.1:8081 ws: wss:;", headers["content-security-policy"])
+        self.assertIn('"tokenUrl": "http://127.0.0.1:8081/token?app=chat"', body.decode("utf-8"))
+        for bad in ["ftp://127.0.0.1/token", "/token", "http://127.0.0.1:8081/token#x", "http://a;b/token", "http://u@127.0.0.1/"]:
+            with self.assertRaises(ValueError, msg=bad):
+                url_origin(bad)
 
     def test_config_cannot_break_out_of_its_script(self) -> None:
         pages = Pages(dict(CONFIG, pingText="</script><script>alert(1)</script>"))

@@ -17,6 +17,8 @@ from wsheart.handler import EchoHandler, MessageHandler
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.tap import DEFAULT_BACKLOG, Options, makeService, with_backlog
 
+from .test_pages import get as get_page
+
 
 class CustomHandler(MessageHandler):
     """
@@ -91,6 +93,7 @@ class OptionsTests(unittest.TestCase):
             (["--auth", "jwt"], "--auth jwt needs --jwt-key FILE"),
             (["--jwt-key", "/etc/hostname"], "--jwt-key needs --auth jwt"),
             (["--anonymous-channels", "public.*"], "need --auth jwt"),
+            (["--demo-token-url", "http://127.0.0.1:8081/token"], "--demo-token-url need --auth jwt"),
             (["--auth", "jwt", "--jwt-key", "/nonexistent/key"], "--jwt-key: "),
             (["--redis-timeout", "0"], "--redis-timeout must be a positive"),
             (["--max-client-channels", "0"], "--max-client-channels must be at least 1"),
@@ -271,6 +274,31 @@ class MakeServiceTests(unittest.TestCase):
         with self.assertRaises(usage.UsageError) as raised:
             parse("--auth", "jwt", "--jwt-key", key)
         self.assertIn("at least 32", str(raised.exception))
+
+    def test_demo_token_url(self) -> None:
+        """
+        --demo-token-url reaches the demo page's config (and so its CSP);
+        it must be an http(s) URL, and needs the demo chat.
+        """
+        key = self.mktemp()
+        with open(key, "wb") as f:
+            f.write(b"s" * 40)
+        auth = ("--auth", "jwt", "--jwt-key", key)
+        pages = makeService(parse(*auth, "--demo-token-url", "http://127.0.0.1:8081/token"), reactor=MemoryReactorClock()).factory.pages
+        assert pages is not None
+        _, headers, body = get_page(pages, "/")
+        self.assertIn('"tokenUrl": "http://127.0.0.1:8081/token"', body.decode())
+        self.assertIn("http://127.0.0.1:8081", headers["content-security-policy"])
+        plain = makeService(parse(*auth), reactor=MemoryReactorClock()).factory.pages
+        assert plain is not None
+        self.assertNotIn("tokenUrl", get_page(plain, "/")[2].decode())
+        for extra, message in [
+            (("--demo-token-url", "127.0.0.1:8081/token"), "--demo-token-url: an http:// or https:// URL"),
+            (("--demo-token-url", "http://127.0.0.1:8081/token", "--no-pages"), "drop --no-pages"),
+        ]:
+            with self.assertRaises(usage.UsageError) as raised:
+                parse(*auth, *extra)
+            self.assertIn(message, str(raised.exception))
 
     def test_custom_handler(self) -> None:
         """

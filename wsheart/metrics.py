@@ -196,6 +196,11 @@ class ServerMetrics:
             "X-Forwarded-For headers from a trusted proxy ignored as malformed (the TCP peer was kept).",
             registry=r,
         )
+        self.accept_paused = Counter(
+            "wsheart_accept_paused",
+            "Times the listeners stopped accepting for a while: out of file descriptors (or memory) with none in reserve.",
+            registry=r,
+        )
         self.drain_dropped = Counter(
             "wsheart_drain_dropped_connections",
             "Connections dropped at the end of a drain without finishing the closing handshake.",

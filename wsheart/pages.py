@@ -22,23 +22,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Mapping, Optional
+from urllib.parse import urlsplit
 
 from wsheart import __version__
 
 _PHRASES = {200: "OK", 304: "Not Modified", 405: "Method Not Allowed"}
 
-# The pages load nothing from elsewhere: scripts, styles and the WebSocket
-# are all this origin's.
-HTML_SECURITY_HEADERS = (
-    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
-     "img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; "
-     "frame-ancestors 'none'"),
-    ("Referrer-Policy", "no-referrer"),
-    ("X-Frame-Options", "DENY"),
-)  # fmt: skip
+
+def html_security_headers(connect: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """
+    The headers of an HTML page: it loads nothing from elsewhere (scripts,
+    styles and the WebSocket are all this origin's) and may fetch from
+    nowhere else than the origins in C{connect}.
+    """
+    sources = " ".join(("'self'", *connect, "ws:", "wss:"))
+    return (
+        ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; "
+         f"img-src 'self' data:; connect-src {sources}; "
+         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+    )  # fmt: skip
+
+
+HTML_SECURITY_HEADERS = html_security_headers()
+
+
+def url_origin(url: str) -> str:
+    """
+    The origin (scheme://host[:port]) of an absolute http(s) URL; ValueError
+    for anything else.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or parts.username:
+        raise ValueError(f"an http:// or https:// URL without user or fragment, got {url!r}")
+    parts.port  # raises ValueError for a bad port
+    if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", parts.netloc):  # it goes into a CSP header as is
+        raise ValueError(f"a host name or address and a port, got {parts.netloc!r}")
+    return f"{parts.scheme}://{parts.netloc}"
 
 JS = "text/javascript; charset=utf-8"
 HTML = "text/html; charset=utf-8"
@@ -108,14 +133,14 @@ class _File:
     extra_headers: tuple[tuple[str, str], ...] = ()
 
 
-def _file(body: str, content_type: str, immutable: bool = False, html: bool = False) -> _File:
+def _file(body: str, content_type: str, immutable: bool = False, html: tuple[tuple[str, str], ...] = ()) -> _File:
     data = body.encode("utf-8")
     return _File(
         body=data,
         content_type=content_type,
         cache_control="public, max-age=31536000, immutable" if immutable else "no-cache",
         etag='"' + hashlib.sha256(data).hexdigest()[:20] + '"',
-        extra_headers=HTML_SECURITY_HEADERS if html else (),
+        extra_headers=html,
     )
 
 
@@ -125,7 +150,9 @@ class Pages:
 
     @param config: what the demo page's client needs to match this daemon:
         C{pingText}, C{pongText} (L{None}: no text heartbeat), C{interval},
-        C{timeout} (ms), C{maxMissed}.
+        C{timeout} (ms), C{maxMissed}; C{tokenUrl} (optional): where the
+        demo page fetches its token (--demo-token-url), which its CSP then
+        lets it reach.
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -134,9 +161,10 @@ class Pages:
         page_config = dict(config, version=__version__, library=f"/wsheart-{__version__}.js")
         # "</" would end the <script> element the JSON sits in.
         config_json = json.dumps(page_config, sort_keys=True).replace("</", "<\\/")
+        token_origin = (url_origin(config["tokenUrl"]),) if config.get("tokenUrl") else ()
         demo = static_text("demo.html").replace("{{CONFIG}}", config_json).replace("{{VERSION}}", __version__)
         self._files: dict[str, _File] = {
-            "/": _file(demo, HTML, html=True),
+            "/": _file(demo, HTML, html=html_security_headers(token_origin)),
             "/wsheart.js": _file(library, JS),
             "/wsheart.mjs": _file(module, JS),
             f"/wsheart-{__version__}.js": _file(library, JS, immutable=True),

@@ -11,9 +11,10 @@ from typing import Any, Optional
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
 from wsheart import __version__
+from wsheart.accepts import AcceptPauser
 from wsheart.channels.api import ApiTokens
 from wsheart.drain import Drainer
 from wsheart.health import Health, LagMonitor
@@ -78,6 +79,10 @@ class WsheartService(MultiService):
         # The channels' broker, when channels are on (set by makeService).
         self.broker: Optional[Any] = None
         self._stopping: Optional[defer.Deferred[None]] = None
+        # Out of descriptors with none in reserve, stop accepting for a
+        # while rather than spin (wsheart.accepts).
+        self.accept_pauser = AcceptPauser(reactor, paused=factory.metrics.accept_paused.inc)
+        self._pauser_observing = False
 
     def add_listener(self, listener: IService) -> None:
         self.listeners.append(listener)
@@ -109,6 +114,8 @@ class WsheartService(MultiService):
         )
         if self._install_signal_handlers:  # the daemon itself, not a test harness
             self._raise_open_files_limit()
+            globalLogPublisher.addObserver(self.accept_pauser)
+            self._pauser_observing = True
         # Listeners bind in privilegedStartService (before this), raising if
         # they cannot: once here, every endpoint listens.
         super().startService()
@@ -206,6 +213,10 @@ class WsheartService(MultiService):
                 signal.signal(signum, previous)
                 setattr(self, attribute, None)
 
+        if self._pauser_observing:
+            globalLogPublisher.removeObserver(self.accept_pauser)
+            self._pauser_observing = False
+        self.accept_pauser.stop()
         self._stopping = defer.ensureDeferred(self._shut_down())
         return self._stopping
 

@@ -33,6 +33,7 @@ from wsheart.metrics import ServerMetrics
 from wsheart.health import LagMonitor
 from wsheart.limits import LimitSettings
 from wsheart.origin import OriginPolicy
+from wsheart.pages import url_origin
 from wsheart.protocol import ServerFactory
 from wsheart.proxies import TrustedProxies
 from wsheart.service import WsheartService
@@ -165,6 +166,7 @@ class Options(usage.Options):
         ["jwt-leeway", None, 30.0, "--auth jwt: seconds of clock skew allowed on exp and nbf.", non_negative_float("jwt-leeway")],
         ["auth-timeout", None, 10.0, "--auth jwt: seconds a wsheart.v1 connection without a token may stay open (closed with 4408), unless --anonymous-channels lets it in.", positive_float("auth-timeout")],
         ["anonymous-channels", None, "", "--auth jwt: comma-separated channel patterns connections without a token may subscribe to and recover from (never publish)."],
+        ["demo-token-url", None, None, "--auth jwt: the demo page (/) fetches its token from URL?user=NAME before each connection and on refresh, e.g. http://127.0.0.1:8081/token from etc/token_backend.py (default: it sends none)."],
         ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_float("client-rate")],
         ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
         ["max-connections", None, 0, "Open connections in all; one more is told to come back later (0: no ceiling).", non_negative_int("max-connections")],
@@ -202,8 +204,8 @@ class Options(usage.Options):
             for option in ("jwt-key", "jwt-issuer"):
                 if self[option]:
                     raise usage.UsageError(f"--{option} needs --auth jwt")
-            if self["jwt-algorithms"] or self["anonymous-channels"]:
-                raise usage.UsageError("--jwt-algorithms and --anonymous-channels need --auth jwt")
+            if self["jwt-algorithms"] or self["anonymous-channels"] or self["demo-token-url"]:
+                raise usage.UsageError("--jwt-algorithms, --anonymous-channels and --demo-token-url need --auth jwt")
             return None
         if not self["jwt-key"]:
             raise usage.UsageError("--auth jwt needs --jwt-key FILE")
@@ -222,6 +224,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"--jwt-key: {e}")
         except ValueError as e:
             raise usage.UsageError(str(e))
+        if self["demo-token-url"]:
+            if self["no-pages"] or self["no-channels"]:
+                raise usage.UsageError("--demo-token-url is for the demo chat: drop --no-pages and --no-channels")
+            try:
+                url_origin(self["demo-token-url"])
+            except ValueError as e:
+                raise usage.UsageError(f"--demo-token-url: {e}")
         anonymous = _patterns(self["anonymous-channels"])
         return AuthPolicy(verifier, Grants(subscribe=anonymous, history=anonymous), self["auth-timeout"])
 
@@ -424,7 +433,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         handshake_timeout=options["handshake-timeout"],
         close_timeout=options["close-timeout"],
         pages=not options["no-pages"],
-        pages_settings={"channels": broker is not None},
+        pages_settings={"channels": broker is not None, **({"tokenUrl": options["demo-token-url"]} if options["demo-token-url"] else {})},
         subprotocols=subprotocols,
         metrics=metrics,
         max_send_buffer=options["max-send-buffer"],

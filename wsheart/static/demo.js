@@ -4,6 +4,7 @@
 // --no-channels it is an echo console.  Options come from the daemon (its
 // heartbeat timing, in the page's JSON config) and may be overridden in the
 // query string: /?initialDelay=200&maxDelay=2000 (ms), ?channel=chat.other.
+// Under --auth jwt with --demo-token-url it asks that URL for its token.
 (function () {
   "use strict";
 
@@ -29,6 +30,26 @@
     return document.getElementById(id);
   };
   var log = $("log");
+  var nameInput = $("name");
+  var storedName = null;
+  try {
+    storedName = localStorage.getItem("wsheart-name");
+  } catch (err) {
+    /* storage off */
+  }
+  nameInput.value = query.get("name") || storedName || "guest-" + Math.floor(Math.random() * 9000 + 1000);
+  if (chat && config.tokenUrl) {
+    // --auth jwt with --demo-token-url: a fresh token for this name from
+    // the back end before every connection and whenever the server asks
+    // for a refresh (see etc/token_backend.py).
+    options.token = function () {
+      var tokenUrl = config.tokenUrl + (config.tokenUrl.indexOf("?") < 0 ? "?" : "&") + "user=" + encodeURIComponent(nameInput.value);
+      return fetch(tokenUrl, { cache: "no-store" }).then(function (r) {
+        if (!r.ok) throw new Error(tokenUrl + ": HTTP " + r.status);
+        return r.text();
+      });
+    };
+  }
   var client = new WsHeart(url, options);
   // For tests and the curious: the client and everything that happened.
   var demo = (window.wsheartDemo = { client: client, states: [], messages: [], publications: [], subscribed: [] });
@@ -159,14 +180,6 @@
     line("error", "server refused: " + e.detail.code + " " + e.detail.reason);
   });
 
-  var nameInput = $("name");
-  var storedName = null;
-  try {
-    storedName = localStorage.getItem("wsheart-name");
-  } catch (err) {
-    /* storage off */
-  }
-  nameInput.value = query.get("name") || storedName || "guest-" + Math.floor(Math.random() * 9000 + 1000);
   if (chat) {
     client.subscribe(channel, { name: nameInput.value });
     $("title").textContent = "chat: " + channel;
