@@ -230,6 +230,12 @@ class ChannelProtocolHandler(MessageHandler):
         try:
             identity = self.auth.verifier.verify(frame.get("token"), now)
         except TokenRejected as e:
+            if e.retry_after is not None:
+                # Its keys are being fetched (--jwt-jwks-url): a reconnect
+                # after the hint may pass; 4401 would stop the client.
+                hint = {"retry_after": e.retry_after, "jitter": e.retry_after, "reason": str(e)}
+                connection.close(closecodes.TRY_AGAIN_LATER, encode(hint))
+                return
             connection.close(closecodes.UNAUTHORIZED, str(e))
             return
         current: Optional[Identity] = getattr(connection, "identity", None)
