@@ -94,7 +94,8 @@ def treq_get(reactor: Any, timeout: float = FETCH_TIMEOUT, max_bytes: int = MAX_
     client = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     def get(url: str) -> "defer.Deferred[tuple[int, bytes]]":
-        d = client.get(url, timeout=timeout, allow_redirects=False, headers={"Accept": ["application/json"]})
+        accept: dict[bytes | str, list[bytes | str]] = {"Accept": ["application/json"]}
+        d = client.get(url, timeout=timeout, allow_redirects=False, headers=accept)
 
         def read(response: Any) -> Any:
             chunks: list[bytes] = []
@@ -141,7 +142,7 @@ class JWKSFetcher(Service):
         self.max_bytes = max_bytes
         self.fetches = 0
         self._next: Optional[IDelayedCall] = None
-        self._in_flight: Optional[defer.Deferred[None]] = None
+        self._in_flight: Optional[defer.Deferred[Any]] = None
         self._last_start: Optional[float] = None
 
     # -- service ----------------------------------------------------------------
@@ -182,7 +183,7 @@ class JWKSFetcher(Service):
             wait = self._last_start + self.min_interval - now + self.timeout
         return float(math.ceil(wait))
 
-    def fetch(self) -> "defer.Deferred[None]":
+    def fetch(self) -> "defer.Deferred[Any]":
         """
         Fetch the JWKS now (unless a fetch is under way) and schedule the
         next: after C{refresh} seconds, or C{min_interval} while there are
@@ -195,6 +196,7 @@ class JWKSFetcher(Service):
         self._next = None
         self._last_start = self.clock.seconds()
         self.fetches += 1
+        d: "defer.Deferred[Any]"
         try:
             d = self.get(self.url)
         except Exception as e:  # a client that raises instead of failing its Deferred

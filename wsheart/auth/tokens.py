@@ -195,7 +195,7 @@ class TokenVerifier:
         fitting = [
             k
             for k in jwks.keys
-            if any(a.startswith(_KEY_TYPES.get(k.key_type, ())) for a in self.algorithms)
+            if any(a.startswith(_KEY_TYPES.get(k.key_type or "", ())) for a in self.algorithms)
         ]
         if not fitting:
             raise ValueError(f"no key in it is for {', '.join(self.algorithms)}")
