@@ -166,3 +166,192 @@ class GrantsTests(unittest.TestCase):
         for bad in ("chat.*", {"subscribe": "chat.*"}, {"publish": [1]}, {"history": [""]}):
             with self.assertRaises(ValueError):
                 Grants.from_claim(bad, "a")
+
+
+class FakeIdP:
+    """
+    An injected HTTP client: each GET is answered by C{answer} (status and
+    body), at once, or later when C{hold} is set (then C{pending} holds the
+    Deferreds).
+    """
+
+    def __init__(self, answer: tuple[int, bytes]) -> None:
+        self.answer = answer
+        self.urls: list[str] = []
+        self.hold = False
+        self.pending: list[Any] = []
+
+    def __call__(self, url: str) -> Any:
+        from twisted.internet import defer
+
+        self.urls.append(url)
+        if self.hold:
+            d: Any = defer.Deferred()
+            self.pending.append(d)
+            return d
+        return defer.succeed(self.answer)
+
+
+def rsa_jwks(*kids: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    RSA private keys by kid, and the JWKS of their public keys.
+    """
+    privates = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in kids}
+    keys = []
+    for kid, private in privates.items():
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+        jwk.update(kid=kid, use="sig")
+        keys.append(jwk)
+    return privates, {"keys": keys}
+
+
+class JWKSFetcherTests(unittest.TestCase):
+    """
+    --jwt-jwks-url on a task.Clock with an injected HTTP client: no network.
+    """
+
+    URL = "https://idp.example/.well-known/jwks.json"
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.privates, self.jwks = rsa_jwks("k1", "k2")
+        self.idp = FakeIdP((200, json.dumps({"keys": self.jwks["keys"][:1]}).encode()))
+        self.verifier = TokenVerifier(TokenSettings(jwks_url=self.URL))
+
+    def fetcher(self, **kwargs: Any) -> Any:
+        from wsheart.auth.jwks import JWKSFetcher
+
+        fetcher = JWKSFetcher(self.verifier, self.URL, self.clock, self.idp, **kwargs)
+        self.addCleanup(lambda: fetcher.running and fetcher.stopService())
+        return fetcher
+
+    def token(self, kid: str) -> str:
+        return jwt.encode(claims(), self.privates[kid], algorithm="RS256", headers={"kid": kid})
+
+    def test_fetched_at_start_and_refreshed(self) -> None:
+        """
+        The keys are fetched when the service starts, from the configured
+        URL only, and again every refresh interval.
+        """
+        fetcher = self.fetcher(refresh=600)
+        fetcher.startService()
+        self.assertEqual(self.idp.urls, [self.URL])
+        self.assertEqual(self.verifier.verify(self.token("k1"), NOW).sub, "42")
+        self.clock.advance(599)
+        self.assertEqual(len(self.idp.urls), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.idp.urls), 2)
+
+    def test_no_keys_yet_is_a_temporary_refusal(self) -> None:
+        """
+        The daemon starts even if the first fetch fails (logged); tokens
+        are then refused with a reason and a retry_after (not a final
+        refusal), and fetching is retried every 30 s until keys arrive.
+        """
+        from twisted.logger import capturedLogs  # type: ignore[attr-defined]
+
+        self.idp.answer = (500, b"oops")
+        fetcher = self.fetcher()
+        with capturedLogs() as events:
+            fetcher.startService()
+        self.assertTrue(any("HTTP 500" in str(e.get("why")) and "no keys yet" in str(e.get("kept")) for e in events))
+        with self.assertRaises(TokenRejected) as raised:
+            self.verifier.verify(self.token("k1"), NOW)
+        self.assertIn("no keys yet", str(raised.exception))
+        self.assertEqual(raised.exception.retry_after, 35.0)
+        self.assertEqual(len(self.idp.urls), 1, "rate-limited: no second fetch within 30 s")
+        self.idp.answer = (200, json.dumps(self.jwks).encode())
+        self.clock.advance(30)
+        self.assertEqual(len(self.idp.urls), 2)
+        self.assertEqual(self.verifier.verify(self.token("k2"), NOW + 30).sub, "42")
+
+    def test_unknown_kid_refetches_at_most_every_30_s(self) -> None:
+        """
+        A kid the keys lack is refused now as "keys are being refreshed"
+        and triggers one fetch; forged kids within 30 s trigger none; after
+        a rotation the client's retry passes.
+        """
+        fetcher = self.fetcher()
+        fetcher.startService()
+        self.clock.advance(40)
+        self.idp.answer = (200, json.dumps(self.jwks).encode())  # rotated: k2 added
+        with self.assertRaises(TokenRejected) as raised:
+            self.verifier.verify(self.token("k2"), NOW + 40)
+        self.assertEqual((str(raised.exception), raised.exception.retry_after), ("unknown kid, keys are being refreshed", 5.0))
+        self.assertEqual(len(self.idp.urls), 2)
+        self.assertEqual(self.verifier.verify(self.token("k2"), NOW + 40).sub, "42")
+        forged = jwt.encode(claims(), self.privates["k1"], algorithm="RS256", headers={"kid": "forged"})
+        for _ in range(100):
+            with self.assertRaises(TokenRejected):
+                self.verifier.verify(forged, NOW + 40)
+        self.assertEqual(len(self.idp.urls), 2, "no fetch for 30 s after the last")
+        self.clock.advance(30)
+        with self.assertRaises(TokenRejected):
+            self.verifier.verify(forged, NOW + 70)
+        self.assertEqual(len(self.idp.urls), 3)
+
+    def test_bad_fetches_keep_the_old_keys(self) -> None:
+        """
+        An error status, a body that is not JSON, a set with an HMAC key or
+        no key for the algorithms, a body over the cap, and a fetch that
+        does not answer within the timeout all keep the keys held so far.
+        """
+        fetcher = self.fetcher(max_bytes=50_000)
+        fetcher.startService()
+        good = self.token("k1")
+        secret = {"kty": "oct", "kid": "s", "k": base64.urlsafe_b64encode(SECRET).rstrip(b"=").decode()}
+        ec_key = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key()))
+        for answer in [
+            (404, b"{}"),
+            (200, b"<html>"),
+            (200, b'{"keys": []}'),
+            (200, json.dumps({"keys": [*self.jwks["keys"], secret]}).encode()),
+            (200, json.dumps({"keys": [ec_key]}).encode()),
+            (200, b" " * 50_001),
+        ]:
+            self.idp.answer = answer
+            self.clock.advance(3600)
+            self.assertEqual(self.verifier.verify(good, NOW).sub, "42", answer[:1])
+        self.idp.hold = True
+        self.clock.advance(3600)
+        [pending] = self.idp.pending
+        self.clock.advance(5)
+        self.assertTrue(pending.called, "cancelled by the timeout")
+        self.assertEqual(self.verifier.verify(good, NOW).sub, "42")
+
+    def test_stop_cancels_the_timer_and_the_request(self) -> None:
+        """
+        Stopping the service cancels the request in flight and the next
+        fetch: no delayed call is left, and a verify no longer fetches.
+        """
+        self.idp.hold = True
+        fetcher = self.fetcher()
+        fetcher.startService()
+        [pending] = self.idp.pending
+        fetcher.stopService()
+        self.assertTrue(pending.called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        with self.assertRaises(TokenRejected) as raised:
+            self.verifier.verify(self.token("k1"), NOW)
+        self.assertIsNone(raised.exception.retry_after, "nobody fetches: the refusal stands")
+        self.assertEqual(len(self.idp.urls), 1)
+
+    def test_url_rules(self) -> None:
+        """
+        https://, or http:// to a loopback host; a URL verifier refuses HMAC
+        algorithms and needs exactly one key source.
+        """
+        from wsheart.auth.jwks import check_jwks_url
+
+        for good in ("https://idp.example/jwks", "http://127.0.0.1:9/jwks", "http://[::1]/k", "http://localhost/k"):
+            self.assertEqual(check_jwks_url(good), good)
+        for bad in ("http://idp.example/jwks", "http://10.0.0.1/jwks", "file:///etc/jwks", "https:///nohost", "http://127.0.0.1.evil.example/"):
+            with self.assertRaises(ValueError, msg=bad):
+                check_jwks_url(bad)
+        with self.assertRaises(ValueError):
+            TokenVerifier(TokenSettings(jwks_url=self.URL, algorithms=("HS256",)))
+        with self.assertRaises(ValueError):
+            TokenVerifier(TokenSettings())

@@ -143,6 +143,130 @@ class AuthFrameTests(unittest.TestCase):
         self.assertEqual((error["code"], error["reason"]), (400, "this server does not authenticate (no --auth)"))
 
 
+class PresenceGrantTests(unittest.TestCase):
+    """
+    With --auth jwt, the member list in "subscribed" and the join/leave
+    events reach only connections whose token grants presence on the
+    channel; without --auth, everyone sees them as before.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.broker = Broker(self.clock, ChannelSettings(max_data_bytes=4096))
+        self.auth = policy(self, anonymous=("public.*",))
+        self.handler = ChannelProtocolHandler(self.broker, self.auth)
+
+    def connection(self, cid: str, **wsh: list[str]) -> AuthedConnection:
+        connection = AuthedConnection(cid)
+        connection.identity = self.auth.anonymous_identity()
+        if wsh:
+            self.send(connection, {"op": "auth", "token": token(sub=cid, **wsh)})
+        return connection
+
+    def send(self, connection: FakeConnection, frame: Any) -> list[dict[str, Any]]:
+        self.handler.message_received(connection, json.dumps(frame))
+        return connection.take()
+
+    def test_without_the_grant_no_members_and_no_joins(self) -> None:
+        """
+        A token that grants subscribe but not presence gets a "subscribed"
+        without a presence list and no join or leave frames; one that
+        grants presence gets both.  Being seen needs no grant.
+        """
+        blind = self.connection("blind", subscribe=["chat.*"])
+        seer = self.connection("seer", subscribe=["chat.*"], presence=["chat.*"])
+        [subscribed] = self.send(blind, {"op": "subscribe", "channel": "chat.a"})
+        self.assertEqual(subscribed["op"], "subscribed")
+        self.assertNotIn("presence", subscribed)
+        [subscribed] = self.send(seer, {"op": "subscribe", "channel": "chat.a"})
+        self.assertEqual(subscribed["presence"], [{"id": "blind"}, {"id": "seer"}])
+        other = self.connection("other", subscribe=["chat.*"])
+        self.send(other, {"op": "subscribe", "channel": "chat.a"})
+        self.send(other, {"op": "unsubscribe", "channel": "chat.a"})
+        self.assertEqual(blind.take(), [])
+        self.assertEqual([(f["op"], f["client"]["id"]) for f in seer.take()], [("join", "other"), ("leave", "other")])
+
+    def test_anonymous_connections_get_no_presence(self) -> None:
+        """
+        --anonymous-channels grants subscribe and history, not presence.
+        """
+        anonymous = self.connection("anon")
+        [subscribed] = self.send(anonymous, {"op": "subscribe", "channel": "public.news"})
+        self.assertNotIn("presence", subscribed)
+        self.send(self.connection("ann", subscribe=["public.*"]), {"op": "subscribe", "channel": "public.news"})
+        self.assertEqual(anonymous.take(), [])
+
+    def test_refresh_that_drops_presence_stops_join_and_leave(self) -> None:
+        """
+        A refresh whose token no longer grants presence keeps the
+        subscription (and its messages) but stops the join/leave events.
+        """
+        c = self.connection("c1", subscribe=["chat.*"], presence=["chat.*"])
+        self.send(c, {"op": "subscribe", "channel": "chat.a"})
+        self.send(self.connection("x", subscribe=["chat.*"]), {"op": "subscribe", "channel": "chat.a"})
+        self.assertEqual([f["op"] for f in c.take()], ["join"])
+        [authed] = self.send(c, {"op": "auth", "token": token(sub="c1", subscribe=["chat.*"])})
+        self.assertEqual(authed["op"], "authed")
+        self.send(self.connection("y", subscribe=["chat.*"]), {"op": "subscribe", "channel": "chat.a"})
+        self.broker.publish("chat.a", "still here")
+        self.assertEqual([f["op"] for f in c.take()], ["message"])
+        self.assertEqual(list(self.broker.subscriptions("c1")), ["chat.a"])
+
+    def test_without_auth_everyone_sees_presence(self) -> None:
+        """
+        Without --auth the broker has no presence filter: lists and events
+        as before.
+        """
+        broker = Broker(self.clock, ChannelSettings(max_data_bytes=4096))
+        handler = ChannelProtocolHandler(broker)
+        self.assertIsNone(broker.presence_visible)
+        a, b = FakeConnection("a"), FakeConnection("b")
+        handler.message_received(a, json.dumps({"op": "subscribe", "channel": "chat.a"}))
+        handler.message_received(b, json.dumps({"op": "subscribe", "channel": "chat.a"}))
+        self.assertEqual([f.get("presence") for f in b.take()], [[{"id": "a"}, {"id": "b"}]])
+        self.assertEqual([f["op"] for f in a.take()], ["subscribed", "join"])
+
+
+class WaitingForKeysTests(unittest.TestCase):
+    """
+    A token refused because its keys are being fetched (--jwt-jwks-url) is
+    refused as "try again later", which the clients retry, not as a bad
+    token, which they take as final.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.verifier = TokenVerifier(TokenSettings(jwks_url="https://idp.example/jwks"))
+        self.verifier.refresh_keys = lambda: 5.0
+        self.auth = AuthPolicy(self.verifier)
+        self.waiting_token = jwt.encode({"sub": "ann", "aud": "wsheart", "exp": NOW + 60}, SECRET, algorithm="HS256", headers={"kid": "k9"})
+
+    def test_handshake_gets_503(self) -> None:
+        """
+        On the handshake: 503 with the reason, not 401.
+        """
+        factory = make_server_factory(self.clock, auth=self.auth)
+        client, server, pump = connect_client(factory, self.clock, headers={"Authorization": "Bearer " + self.waiting_token})
+        self.assertFalse(client.opened)
+        self.assertTrue(client.http_response_data.startswith(b"HTTP/1.1 503 "), client.http_response_data)
+        self.assertIn(b"no keys yet", client.data)
+
+    def test_auth_frame_closes_with_1013_and_a_hint(self) -> None:
+        """
+        In an auth frame: close 1013 with a reconnect hint the clients obey
+        (within the 123 bytes of a close reason), not 4401.
+        """
+        handler = ChannelProtocolHandler(Broker(self.clock, ChannelSettings()), self.auth)
+        c = AuthedConnection("c1")
+        handler.message_received(c, json.dumps({"op": "auth", "token": self.waiting_token}))
+        code, reason = c.closed
+        self.assertEqual(code, closecodes.TRY_AGAIN_LATER)
+        self.assertEqual(json.loads(reason), {"retry_after": 5.0, "jitter": 5.0, "reason": "no keys yet: the JWKS from --jwt-jwks-url has not been fetched"})
+        self.assertLessEqual(len(reason.encode()), 123)
+
+
 class HandshakeAuthTests(unittest.TestCase):
     """
     The handshake's token, the auth timeout and expiry, over in-memory

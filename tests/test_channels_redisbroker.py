@@ -132,3 +132,27 @@ class UnavailableTests(unittest.TestCase):
         """
         wrong = txredisapi.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
         self.assertIsInstance(self.outcome(wrong), Failure)
+
+
+class SharedPresenceFilterTests(unittest.TestCase):
+    def test_announcements_from_redis_reach_only_members_who_may_see_them(self) -> None:
+        """
+        A join or leave that Redis announces goes out through the same
+        fan-out as the memory engine's, so the broker's presence filter
+        (the token's presence grant, with --auth jwt) applies to it too.
+        """
+        from wsheart.channels.broker import ChannelSettings, Subscriber
+        from wsheart.channels.redisbroker import RedisBroker
+
+        from .memory import FakeConnection
+
+        broker = RedisBroker(Clock(), ChannelSettings(), store=None)  # type: ignore[arg-type]
+        channel = broker._channel("chat.a", create=True)
+        assert channel is not None
+        seer, blind = FakeConnection("seer"), FakeConnection("blind")
+        for connection in (seer, blind):
+            channel.subscribers[connection.connection_id] = Subscriber(connection, connection.connection_id, None)
+        broker.presence_visible = lambda connection, name: connection is seer and name == "chat.a"
+        broker._presence_announced("chat.a", "join", '{"id":"other.c1"}')
+        self.assertEqual(seer.take(), [{"op": "join", "channel": "chat.a", "client": {"id": "other.c1"}}])
+        self.assertEqual(blind.take(), [])

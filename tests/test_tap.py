@@ -90,7 +90,12 @@ class OptionsTests(unittest.TestCase):
             (["--allowed-origin", "https://a*.example.com"], "whole first label"),
             (["--allow-missing-origin", "maybe"], "--allow-missing-origin takes yes or no"),
             (["--auth", "basic"], "--auth takes none or jwt"),
-            (["--auth", "jwt"], "--auth jwt needs --jwt-key FILE"),
+            (["--auth", "jwt"], "--auth jwt needs either --jwt-key FILE or --jwt-jwks-url URL"),
+            (["--auth", "jwt", "--jwt-key", "/etc/hostname", "--jwt-jwks-url", "https://idp.example/jwks"], "one of them"),
+            (["--jwt-jwks-url", "https://idp.example/jwks"], "--jwt-jwks-url needs --auth jwt"),
+            (["--auth", "jwt", "--jwt-jwks-url", "http://idp.example/jwks"], "http:// only to a loopback host"),
+            (["--auth", "jwt", "--jwt-jwks-url", "ftp://127.0.0.1/jwks"], "an https:// URL"),
+            (["--auth", "jwt", "--jwt-jwks-url", "https://idp.example/jwks", "--jwt-algorithms", "HS256"], "public-key algorithms only"),
             (["--jwt-key", "/etc/hostname"], "--jwt-key needs --auth jwt"),
             (["--anonymous-channels", "public.*"], "need --auth jwt"),
             (["--demo-token-url", "http://127.0.0.1:8081/token"], "--demo-token-url need --auth jwt"),
@@ -299,6 +304,31 @@ class MakeServiceTests(unittest.TestCase):
             with self.assertRaises(usage.UsageError) as raised:
                 parse(*auth, *extra)
             self.assertIn(message, str(raised.exception))
+
+    def test_jwks_url_options(self) -> None:
+        """
+        --jwt-jwks-url (https://, or http:// to loopback) makes a verifier
+        without keys, pinned to RS256 by default, and a JWKS fetcher among
+        the daemon's background services with --jwt-jwks-refresh; nothing is
+        fetched before the service starts.
+        """
+        from wsheart.auth.jwks import JWKSFetcher
+
+        for url in ("https://idp.example/.well-known/jwks.json", "http://127.0.0.1:8000/jwks", "http://[::1]/jwks", "http://localhost/jwks"):
+            options = parse("--auth", "jwt", "--jwt-jwks-url", url, "--jwt-jwks-refresh", "600")
+            reactor = MemoryReactorClock()
+            service = makeService(options, reactor=reactor)
+            auth = service.factory.auth
+            assert auth is not None
+            self.assertEqual((auth.verifier.settings.jwks_url, auth.verifier.algorithms, auth.verifier.has_keys), (url, ("RS256",), False))
+            [fetcher] = [job for job in service.background if isinstance(job, JWKSFetcher)]
+            self.assertEqual((fetcher.url, fetcher.refresh, fetcher.verifier, fetcher.fetches), (url, 600, auth.verifier, 0))
+            self.assertEqual(reactor.tcpClients, [])
+        self.assertEqual(parse().get("jwt-jwks-refresh"), 3600)
+        es = makeService(parse("--auth", "jwt", "--jwt-jwks-url", "https://idp.example/jwks", "--jwt-algorithms", "ES256"), reactor=MemoryReactorClock())
+        assert es.factory.auth is not None
+        self.assertEqual(es.factory.auth.verifier.algorithms, ("ES256",))
+        self.assertEqual([j for j in makeService(parse(), reactor=MemoryReactorClock()).background if isinstance(j, JWKSFetcher)], [])
 
     def test_custom_handler(self) -> None:
         """

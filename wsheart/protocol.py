@@ -508,6 +508,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         except TokenRejected as e:
             self._refusal = "token"
             self.logger.info("refused a WebSocket upgrade from {peer}: {why}", peer=self.peer, why=str(e))
+            if e.retry_after is not None:
+                # Its keys are being fetched (--jwt-jwks-url): come back, not 401
+                # (which the wsheart clients take as final).
+                raise ConnectionDeny(503, f"{e}; try again in {e.retry_after:g} s")
             raise ConnectionDeny(401, str(e))
 
     def set_identity(self, identity: Identity) -> None:

@@ -19,6 +19,7 @@ from wsheart import __version__
 from wsheart.admin import admin_site
 from wsheart.admission import AdmissionSettings
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
+from wsheart.auth.jwks import JWKSFetcher, check_jwks_url, treq_get
 from wsheart.channels.api import ApiTokens
 from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
 from wsheart.channels.redisstore import RedisPresence, RedisStore
@@ -160,7 +161,9 @@ class Options(usage.Options):
         ["redis-timeout", None, 2.0, "wsheart.v1: seconds a Redis command may take before the publish or subscribe fails with 503.", positive_float("redis-timeout")],
         ["auth", None, "none", "none or jwt: with jwt, every connection proves who it is with a JSON Web Token (Authorization: Bearer, the wsheart.bearer.TOKEN subprotocol, or a wsheart.v1 auth frame) and may use only the channels its token grants."],
         ["jwt-key", None, None, "--auth jwt: file with the verification key: a PEM public key (RSA, EC, Ed25519), a JWKS document, or an HMAC secret of at least 32 bytes."],
-        ["jwt-algorithms", None, "", "--auth jwt: comma-separated algorithms tokens may use (default: from the key: HS256, RS256, ES256, EdDSA, or the JWKS keys' own)."],
+        ["jwt-jwks-url", None, None, "--auth jwt: instead of --jwt-key, fetch the issuer's public keys (a JWKS) from this https:// URL (http:// only to a loopback host): at start, every --jwt-jwks-refresh seconds, and again (at most every 30 s) when a token names an unknown kid."],
+        ["jwt-jwks-refresh", None, 3600.0, "--auth jwt: seconds between fetches of --jwt-jwks-url.", positive_float("jwt-jwks-refresh")],
+        ["jwt-algorithms", None, "", "--auth jwt: comma-separated algorithms tokens may use (default: from the key: HS256, RS256, ES256, EdDSA, or the JWKS keys' own; RS256 with --jwt-jwks-url)."],
         ["jwt-audience", None, "wsheart", "--auth jwt: the aud tokens must carry."],
         ["jwt-issuer", None, None, "--auth jwt: the iss tokens must carry (default: not checked)."],
         ["jwt-leeway", None, 30.0, "--auth jwt: seconds of clock skew allowed on exp and nbf.", non_negative_float("jwt-leeway")],
@@ -201,22 +204,28 @@ class Options(usage.Options):
         if self["auth"] not in ("none", "jwt"):
             raise usage.UsageError(f"--auth takes none or jwt, got {self['auth']!r}")
         if self["auth"] == "none":
-            for option in ("jwt-key", "jwt-issuer"):
+            for option in ("jwt-key", "jwt-jwks-url", "jwt-issuer"):
                 if self[option]:
                     raise usage.UsageError(f"--{option} needs --auth jwt")
             if self["jwt-algorithms"] or self["anonymous-channels"] or self["demo-token-url"]:
                 raise usage.UsageError("--jwt-algorithms, --anonymous-channels and --demo-token-url need --auth jwt")
             return None
-        if not self["jwt-key"]:
-            raise usage.UsageError("--auth jwt needs --jwt-key FILE")
+        if bool(self["jwt-key"]) == bool(self["jwt-jwks-url"]):
+            raise usage.UsageError("--auth jwt needs either --jwt-key FILE or --jwt-jwks-url URL (one of them)")
+        if self["jwt-jwks-url"]:
+            try:
+                check_jwks_url(self["jwt-jwks-url"])
+            except ValueError as e:
+                raise usage.UsageError(str(e))
         if self["no-channels"] and self["anonymous-channels"]:
             raise usage.UsageError("--anonymous-channels needs channels (drop --no-channels)")
         settings = TokenSettings(
-            key_file=self["jwt-key"],
+            key_file=self["jwt-key"] or None,
             algorithms=_patterns(self["jwt-algorithms"]),
             audience=self["jwt-audience"],
             issuer=self["jwt-issuer"],
             leeway=self["jwt-leeway"],
+            jwks_url=self["jwt-jwks-url"] or None,
         )
         try:
             verifier = TokenVerifier(settings)
@@ -467,6 +476,12 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         service.add_background(Housekeeping(broker))
     if redis is not None:
         service.add_background(redis)
+    auth = options["auth-policy"]
+    if auth is not None and auth.verifier.settings.jwks_url is not None:
+        # Fetched at start; the daemon starts even if that fails (tokens are
+        # refused as "try again later" until keys arrive).
+        jwks_url = auth.verifier.settings.jwks_url
+        service.add_background(JWKSFetcher(auth.verifier, jwks_url, reactor, treq_get(reactor), refresh=options["jwt-jwks-refresh"]))
     # strports.service raises from privilegedStartService when the bind
     # fails, so twistd stops instead of running without a listener.
     for description in options["endpoint"]:

@@ -3,10 +3,12 @@ Who a connection is and what it may do: token authentication (C{--auth
 jwt}) and the channel grants a token carries.
 
 L{tokens} verifies a JSON Web Token (PyJWT) into an L{Identity};
-L{grants} says which channels an identity may subscribe to, publish on
-and read the history of; L{policy} is a daemon's C{--auth} configuration
-and where a handshake carries its token.  Pure: no I/O once the keys are loaded, time
-comes from the caller.
+L{grants} says which channels an identity may subscribe to, publish on,
+read the history of and see the members of; L{policy} is a daemon's
+C{--auth} configuration and where a handshake carries its token.  Pure: no
+I/O once the keys are loaded, time comes from the caller - except
+L{jwks}, the service that fetches the keys of C{--jwt-jwks-url} (treq,
+never blocking the reactor).
 """
 
 from wsheart.auth.grants import Grants

@@ -1,16 +1,19 @@
 """
-Channel grants: which channels a connection may subscribe to, publish on
-and recover from (history), as channel patterns (C{chat.*}, C{user.{sub}.*}).
+Channel grants: which channels a connection may subscribe to, publish on,
+recover from (history) and see the members of (presence: the member list
+in C{subscribed} and the join/leave events), as channel patterns
+(C{chat.*}, C{user.{sub}.*}).
 
 A token carries them in its C{wsh} claim::
 
     {"sub": "42", "wsh": {"subscribe": ["chat.*", "user.{sub}.*"],
-                          "publish": ["chat.*"], "history": ["chat.*"]}}
+                          "publish": ["chat.*"], "history": ["chat.*"],
+                          "presence": ["chat.*"]}}
 
 C{{sub}} stands for the token's own subject, so one rule serves every
 user and no user can name another's channel.  What is not granted is
 refused (default deny).  Anonymous connections get C{--anonymous-channels}
-(subscribe and history, never publish).
+(subscribe and history; never publish, never presence).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-ACTIONS = ("subscribe", "publish", "history")
+ACTIONS = ("subscribe", "publish", "history", "presence")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Grants:
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
     history: tuple[str, ...] = ()
+    presence: tuple[str, ...] = ()
 
     @classmethod
     def from_claim(cls, claim: Any, sub: str) -> "Grants":

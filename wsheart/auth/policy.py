@@ -21,7 +21,7 @@ class AuthPolicy:
     @ivar verifier: checks tokens.
     @ivar anonymous: what a wsheart.v1 connection without a token may do
         (C{--anonymous-channels}: subscribe and read history; never
-        publish).  Nothing, by default: it must send a token within
+        publish, never see presence).  Nothing, by default: it must send a token within
         C{timeout} seconds of the open.
     @ivar leeway: seconds past a token's C{exp} before the connection is
         closed (4001).

@@ -15,16 +15,19 @@ What is checked, and why:
 
 The key file (C{--jwt-key}) holds a PEM public key (RSA, EC or Ed25519), a
 JWKS document (C{{"keys": [...]}}, a key chosen by the token's C{kid}), or
-an HMAC secret.  Keys are read at start (restart to change them); a JWKS
-is not fetched from a URL.  Time comes from the caller (the reactor's
-clock), not from the wall clock inside PyJWT.
+an HMAC secret; it is read at start (restart to change it).  With
+C{--jwt-jwks-url} instead, the verifier starts without keys and
+L{wsheart.auth.jwks.JWKSFetcher} hands it each JWKS it fetches
+(L{TokenVerifier.load_jwks}): public keys only, checked against the
+configured algorithms like a file's.  Time comes from the caller (the
+reactor's clock), not from the wall clock inside PyJWT.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jwt
 
@@ -38,11 +41,26 @@ PUBLIC_CLAIMS = ("sub", "info")
 MAX_INFO_BYTES = 1024
 
 
+# Which JWK key types can verify which algorithms (a fetched set must
+# hold at least one key for the configured algorithms).
+_KEY_TYPES = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA", "Ed")}
+
+
 class TokenRejected(Exception):
     """
     A token that does not authenticate anyone; the message says why (it
     is safe to show: it names no key material).
+
+    @ivar retry_after: None for a refusal that stands; else the token may
+        pass after this many seconds (the keys it needs are being fetched),
+        so the connection is refused as "try again later" (503 on the
+        handshake, 1013 with a hint on an auth frame), not 401/4401, which
+        the wsheart clients take as final.
     """
+
+    def __init__(self, reason: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -65,11 +83,16 @@ class Identity:
 
 @dataclass(frozen=True)
 class TokenSettings:
-    key_file: str
-    algorithms: tuple[str, ...] = ()  # () : from the key's type
+    """
+    C{key_file} (C{--jwt-key}) or C{jwks_url} (C{--jwt-jwks-url}), not both.
+    """
+
+    key_file: Optional[str] = None
+    algorithms: tuple[str, ...] = ()  # (): from the key's type; RS256 for a URL
     audience: str = "wsheart"
     issuer: Optional[str] = None
     leeway: float = 30.0
+    jwks_url: Optional[str] = None
 
 
 class TokenVerifier:
@@ -80,10 +103,25 @@ class TokenVerifier:
 
     def __init__(self, settings: TokenSettings) -> None:
         self.settings = settings
-        with open(settings.key_file, "rb") as f:
-            material = f.read()
         self._jwks: Optional[jwt.PyJWKSet] = None
         self._key: Any = None
+        # With a JWKS URL: asked for fresh keys when a token names a kid
+        # they lack; returns the seconds until they may be there.  Set by
+        # the fetcher (None: nobody fetches; the refusal stands).
+        self.refresh_keys: Optional[Callable[[], float]] = None
+        if (settings.key_file is None) == (settings.jwks_url is None):
+            raise ValueError("--auth jwt needs one of --jwt-key FILE and --jwt-jwks-url URL")
+        if settings.jwks_url is not None:
+            self.algorithms = settings.algorithms or ("RS256",)
+            if any(a in HMAC_ALGORITHMS for a in self.algorithms):
+                raise ValueError(
+                    "--jwt-jwks-url: public-key algorithms only (an HMAC secret is never fetched over the network); "
+                    f"got {', '.join(self.algorithms)}"
+                )
+            self._check_known()
+            return
+        with open(settings.key_file, "rb") as f:  # type: ignore[arg-type]
+            material = f.read()
         text = material.strip()
         if text.startswith(b"{"):
             try:
@@ -129,9 +167,49 @@ class TokenVerifier:
                 "--jwt-algorithms: HMAC (HS*) and public-key algorithms do not mix, and must match the key "
                 f"(key: {', '.join(sorted(kinds))}; algorithms: {', '.join(self.algorithms)})"
             )
+        self._check_known()
+
+    def _check_known(self) -> None:
         unknown = set(self.algorithms) - set(jwt.algorithms.get_default_algorithms())
         if unknown:
             raise ValueError(f"--jwt-algorithms: unknown {', '.join(sorted(unknown))}")
+
+    @property
+    def has_keys(self) -> bool:
+        return self._jwks is not None or self._key is not None
+
+    def load_jwks(self, document: Any) -> tuple[str, ...]:
+        """
+        Take a fetched JWKS in place of the keys held so far; returns the
+        kids it holds.  A set that is not a usable JWKS, holds an HMAC
+        key (a secret on the wire; and HMAC never mixes with public keys),
+        or has no key for the configured algorithms raises ValueError, and
+        the keys held so far stay.
+        """
+        try:
+            jwks = jwt.PyJWKSet.from_dict(document)
+        except (ValueError, TypeError, AttributeError, jwt.PyJWTError) as e:
+            raise ValueError(f"not a usable JWKS ({e})") from None
+        if any(k.key_type == "oct" for k in jwks.keys):
+            raise ValueError("it holds an HMAC (oct) key: only public keys are taken from a URL")
+        fitting = [
+            k
+            for k in jwks.keys
+            if any(a.startswith(_KEY_TYPES.get(k.key_type or "", ())) for a in self.algorithms)
+        ]
+        if not fitting:
+            raise ValueError(f"no key in it is for {', '.join(self.algorithms)}")
+        self._jwks = jwks
+        return tuple(str(k.key_id) for k in jwks.keys)
+
+    def _refusal_while_fetching(self, reason: str) -> TokenRejected:
+        """
+        With a JWKS URL: a token refused for want of its key may pass once
+        the keys are fetched again (rate-limited by the fetcher).
+        """
+        if self.refresh_keys is None:
+            return TokenRejected(reason)
+        return TokenRejected(reason, retry_after=self.refresh_keys())
 
     def verify(self, token: Any, now: float) -> Identity:
         """
@@ -143,11 +221,19 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
             key = self._key
+            if settings.jwks_url is not None and self._jwks is None:
+                raise self._refusal_while_fetching("no keys yet: the JWKS from --jwt-jwks-url has not been fetched")
             if self._jwks is not None:
                 kid = header.get("kid")
                 matches = [k for k in self._jwks.keys if kid is not None and k.key_id == kid]
                 if not matches:
-                    raise TokenRejected("no key for this token's kid")
+                    if kid is None or settings.jwks_url is None:
+                        raise TokenRejected("no key for this token's kid")
+                    # The issuer may have rotated its keys: refused now (verify
+                    # stays synchronous), and the keys are fetched again so the
+                    # client's retry passes; at most once per 30 s, so forged
+                    # kids cannot make wsheart hammer the issuer.
+                    raise self._refusal_while_fetching("unknown kid, keys are being refreshed")
                 key = matches[0].key
             claims = jwt.decode(
                 token,

@@ -259,6 +259,11 @@ class Broker:
 
     @ivar history_bytes: the UTF-8 size of every message frame held in
         history (what history costs in memory, near enough).
+    @ivar presence_visible: whether a member's connection may see a
+        channel's join and leave events (with C{--auth jwt}: its token's
+        presence grant, asked at each event, so a refresh that drops it
+        takes effect at once); None: every member sees them.  Both engines
+        tell members through L{_tell_members}, which asks it.
     """
 
     def __init__(self, clock: IReactorTime, settings: ChannelSettings = ChannelSettings()) -> None:
@@ -279,6 +284,7 @@ class Broker:
         self.delivered_total = 0
         self.history_bytes = 0
         self._last_sweep = float("-inf")
+        self.presence_visible: Optional[Callable[[IConnection, str], bool]] = None
 
     # -- publishing -----------------------------------------------------------
 
@@ -452,11 +458,15 @@ class Broker:
 
     def _tell_members(self, channel: Channel, op: str, client: dict[str, Any]) -> None:
         """
-        Send a join or leave of C{client} to this process's other members.
+        Send a join or leave of C{client} to this process's other members
+        (those L{presence_visible} allows).
         """
         frame = encode({"op": op, "channel": channel.name, "client": client})
+        visible = self.presence_visible
         for subscriber in list(channel.subscribers.values()):
-            if subscriber.connection_id != client.get("id"):
+            if subscriber.connection_id == client.get("id"):
+                continue
+            if visible is None or visible(subscriber.connection, channel.name):
                 # One member's failing connection must not stop the others'
                 # announcements, nor the join or leave that caused them.
                 try:

@@ -68,6 +68,10 @@ class ChannelProtocolHandler(MessageHandler):
         self._refusals: dict[str, list[float]] = {}
         # Per connection: when it is asked for a fresh token.
         self._refresh_asks: dict[str, Any] = {}
+        if auth is not None:
+            # Join and leave events reach only members whose token grants
+            # presence on the channel (both engines fan out through it).
+            broker.presence_visible = self.sees_presence
 
     def connection_opened(self, connection: IConnection) -> None:
         self._ask_for_refresh_later(connection)
@@ -166,7 +170,7 @@ class ChannelProtocolHandler(MessageHandler):
             "seq": result.position.seq,
             "recovered": result.recovered,
         }
-        if self.broker.settings.presence_events(channel):
+        if self.broker.settings.presence_events(channel) and self.sees_presence(connection, channel):
             reply["presence"] = list(result.presence)
             if not result.presence_complete:
                 # More members than one frame can list: the rest are named
@@ -230,6 +234,12 @@ class ChannelProtocolHandler(MessageHandler):
         try:
             identity = self.auth.verifier.verify(frame.get("token"), now)
         except TokenRejected as e:
+            if e.retry_after is not None:
+                # Its keys are being fetched (--jwt-jwks-url): a reconnect
+                # after the hint may pass; 4401 would stop the client.
+                hint = {"retry_after": e.retry_after, "jitter": e.retry_after, "reason": str(e)}
+                connection.close(closecodes.TRY_AGAIN_LATER, encode(hint))
+                return
             connection.close(closecodes.UNAUTHORIZED, str(e))
             return
         current: Optional[Identity] = getattr(connection, "identity", None)
@@ -304,6 +314,17 @@ class ChannelProtocolHandler(MessageHandler):
             connection.send_text(encode({"op": "refresh", "expires_in": remaining}))
 
         self._refresh_asks[_id(connection)] = clock.callLater(left - min(REFRESH_MARGIN, left / 2), ask_now)
+
+    def sees_presence(self, connection: IConnection, channel: str) -> bool:
+        """
+        Whether C{connection} may see who is in C{channel} (the member list
+        in C{subscribed}, join and leave events): always without --auth;
+        with it, when its current token grants presence there (anonymous
+        connections never: --anonymous-channels grants no presence).
+        """
+        if self.auth is None:
+            return True
+        return self.auth.allows(getattr(connection, "identity", None), "presence", channel)
 
     def _check(self, connection: IConnection, action: str, channel: str) -> None:
         """
