@@ -1,5 +1,5 @@
 """
-Admission control (L{wsheart.admission}): the accept rate, its ramp after
+Admission control (L{wsheart.access.admission}): the accept rate, its ramp after
 a start, the queue of promised slots, and how the server answers a
 handshake it cannot take yet - on a Clock, over in-memory transports.
 """
@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from wsheart.admission import (
+from wsheart.access.admission import (
     BURST_SECONDS,
     DROP_FACTOR,
     FULL_HINT,
@@ -28,7 +28,7 @@ from wsheart.admission import (
 )
 from wsheart.backoff import hint_from_close
 from wsheart.handler import EchoHandler
-from wsheart.limits import LimitSettings
+from wsheart.access.limits import LimitSettings
 
 from .memory import connect_client, make_server_factory
 

@@ -20,7 +20,7 @@ from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
 from wsheart import client as wclient
-from wsheart.admission import AdmissionSettings
+from wsheart.access.admission import AdmissionSettings
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.protocol import ServerFactory

@@ -185,7 +185,7 @@ class ServerIntegrationTests(unittest.TestCase):
         from twisted.logger import globalLogPublisher
         from websockets.exceptions import InvalidStatus
 
-        from wsheart.origin import OriginPolicy
+        from wsheart.access.origin import OriginPolicy
 
         logged: list[str] = []
 
@@ -263,7 +263,7 @@ class ServerIntegrationTests(unittest.TestCase):
         """
         from websockets.exceptions import InvalidStatus
 
-        from wsheart.limits import LimitSettings
+        from wsheart.access.limits import LimitSettings
 
         factory = self.make_factory(limits=LimitSettings(max_connections_per_address=2))
         port = (await listen(self, factory)).getHost().port
@@ -302,7 +302,7 @@ class ServerIntegrationTests(unittest.TestCase):
         the proxy names, and the per-address limit counts that address, not
         the proxy's.
         """
-        from wsheart.limits import LimitSettings
+        from wsheart.access.limits import LimitSettings
 
         factory = self.make_factory(limits=LimitSettings(max_connections_per_address=1))
         port = (await listen(self, factory, "haproxy:tcp:0:interface=127.0.0.1")).getHost().port
@@ -344,8 +344,8 @@ class ServerIntegrationTests(unittest.TestCase):
         under the per-address limit, a second from the first's address gets
         429.
         """
-        from wsheart.limits import LimitSettings
-        from wsheart.proxies import TrustedProxies
+        from wsheart.access.limits import LimitSettings
+        from wsheart.access.proxies import TrustedProxies
 
         factory = self.make_factory(
             limits=LimitSettings(max_connections_per_address=1),

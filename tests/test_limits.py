@@ -1,5 +1,5 @@
 """
-Unit tests of the connection limits (L{wsheart.limits}), and of the server
+Unit tests of the connection limits (L{wsheart.access.limits}), and of the server
 applying them over in-memory transports on a Clock.
 """
 
@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from wsheart.limits import ConnectionLimits, LimitSettings, TokenBucket, address_key, raise_open_files_limit
+from wsheart.access.limits import ConnectionLimits, LimitSettings, TokenBucket, address_key, raise_open_files_limit
 
 from .memory import RecordingClientProtocol, make_server_factory
 

@@ -1,5 +1,5 @@
 """
-Unit tests of the Origin policy (L{wsheart.origin}): what a browser page
+Unit tests of the Origin policy (L{wsheart.access.origin}): what a browser page
 may open a WebSocket to wsheart, and what it may not.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from wsheart.origin import Origin, OriginPolicy, suggestion
+from wsheart.access.origin import Origin, OriginPolicy, suggestion
 
 
 class OriginParseTests(unittest.TestCase):

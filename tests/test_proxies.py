@@ -1,5 +1,5 @@
 """
-Unit tests of L{wsheart.proxies}: which proxies are trusted, and the client
+Unit tests of L{wsheart.access.proxies}: which proxies are trusted, and the client
 an C{X-Forwarded-For} header names; and the server applying it, over
 in-memory transports on a Clock: the peer and the per-address limits are
 the client's.
@@ -17,8 +17,8 @@ from twisted.logger import capturedLogs
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from wsheart.limits import LimitSettings
-from wsheart.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
+from wsheart.access.limits import LimitSettings
+from wsheart.access.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
 
 from .memory import RecordingClientProtocol, make_server_factory
 

@@ -253,7 +253,7 @@ class ServerMetrics:
     def track_admission(self, rate: Callable[[], float], queue: Callable[[], float]) -> None:
         """
         Read the admitted rate and the length of the queue of promised
-        slots (L{wsheart.admission}) at scrape time.
+        slots (L{wsheart.access.admission}) at scrape time.
         """
         Gauge(
             "wsheart_admission_rate",

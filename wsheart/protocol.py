@@ -32,16 +32,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsheart import closecodes
-from wsheart.admission import HINTS_SUBPROTOCOL, Admission, AdmissionSettings, Refusal, reads_hints
+from wsheart.access.admission import HINTS_SUBPROTOCOL, Admission, AdmissionSettings, Refusal, reads_hints
 from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
-from wsheart.limits import LOG_EVERY, ConnectionLimits, LimitSettings, address_key
-from wsheart.origin import OriginPolicy, suggestion
-from wsheart.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
+from wsheart.access.limits import LOG_EVERY, ConnectionLimits, LimitSettings, address_key
+from wsheart.access.origin import OriginPolicy, suggestion
+from wsheart.access.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
 from wsheart.wheel import TimerWheel
 
@@ -277,9 +277,9 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
     )
 
 
-_limits_log = Logger(namespace="wsheart.limits")
-_admission_log = Logger(namespace="wsheart.admission")
-_proxies_log = Logger(namespace="wsheart.proxies")
+_limits_log = Logger(namespace="wsheart.access.limits")
+_admission_log = Logger(namespace="wsheart.access.admission")
+_proxies_log = Logger(namespace="wsheart.access.proxies")
 
 
 @implementer(IConnection)
@@ -292,12 +292,12 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     connection_id: Optional[str] = None
     # Why the handshake is refused, for the metric (None: the HTTP status).
     _refusal: Optional[str] = None
-    # The connection limits' view of it (wsheart.limits): its address key,
+    # The connection limits' view of it (wsheart.access.limits): its address key,
     # and whether it is counted as a pending handshake or an open connection.
     _limit_key: Optional[str] = None
     _counted: Optional[str] = None
     _refused_at_accept = False
-    # Admission control turned this handshake away (wsheart.admission): it
+    # Admission control turned this handshake away (wsheart.access.admission): it
     # opens only to be closed with 1013 and this retry window.
     _admission_refusal: Optional[Refusal] = None
     # Retry-After of a refused handshake's HTTP answer.
@@ -545,7 +545,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         haproxy: endpoint) its address is known only once its header is
         read, after connectionMade; behind an HTTP proxy that
         C{--trusted-proxy} trusts, it is the one its C{X-Forwarded-For}
-        names (L{wsheart.proxies}).
+        names (L{wsheart.access.proxies}).
         """
         address = self.transport.getPeer()
         host = getattr(address, "host", None)
@@ -815,7 +815,7 @@ class ServerFactory(WebSocketServerFactory):
         self._forwarded_for_unlogged = 0
         # Token authentication (--auth jwt); None: every peer is let in.
         self.auth = auth
-        # Which web pages may open a WebSocket here (wsheart.origin).
+        # Which web pages may open a WebSocket here (wsheart.access.origin).
         self.origin_policy = origin_policy
         self.hub = hub
         # One timer wheel for every connection's heartbeat; its slack (the
@@ -829,7 +829,7 @@ class ServerFactory(WebSocketServerFactory):
             refused=lambda limit: self.metrics.limit_refusals.labels(limit=limit).inc(),
             log=_limits_log.warn,
         )
-        # How fast new connections are taken (wsheart.admission).
+        # How fast new connections are taken (wsheart.access.admission).
         self.admission = Admission(
             admission,
             clock,

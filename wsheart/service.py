@@ -19,7 +19,7 @@ from wsheart.channels.api import ApiTokens
 from wsheart.drain import Drainer
 from wsheart.health import Health, LagMonitor
 from wsheart.hub import Hub
-from wsheart.limits import RESERVED_DESCRIPTORS, raise_open_files_limit
+from wsheart.access.limits import RESERVED_DESCRIPTORS, raise_open_files_limit
 from wsheart.protocol import ServerFactory
 from wsheart.systemd import Notifier, Watchdog, watchdog_interval
 from wsheart.tls import ReloadableServerTLS

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from wsheart import __version__
 from wsheart.admin import admin_site
-from wsheart.admission import AdmissionSettings
+from wsheart.access.admission import AdmissionSettings
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
 from wsheart.auth.jwks import JWKSFetcher, check_jwks_url, treq_get
 from wsheart.channels.api import ApiTokens
@@ -32,11 +32,11 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics
 from wsheart.health import LagMonitor
-from wsheart.limits import LimitSettings
-from wsheart.origin import OriginPolicy
+from wsheart.access.limits import LimitSettings
+from wsheart.access.origin import OriginPolicy
 from wsheart.pages import url_origin
 from wsheart.protocol import ServerFactory
-from wsheart.proxies import TrustedProxies
+from wsheart.access.proxies import TrustedProxies
 from wsheart.service import WsheartService
 from wsheart.tls import ReloadableServerTLS, TLSConfigError
 

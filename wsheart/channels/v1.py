@@ -20,7 +20,7 @@ from wsheart.auth import AuthPolicy, Identity, TokenRejected
 from wsheart.channels.broker import Broker, ChannelError, Position, check_channel_name, encode, utf8_length, when_done
 from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
-from wsheart.limits import TokenBucket
+from wsheart.access.limits import TokenBucket
 
 SUBPROTOCOL = "wsheart.v1"
 PONG = '{"op":"pong"}'
