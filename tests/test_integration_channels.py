@@ -227,8 +227,10 @@ class RecoveryTests(unittest.TestCase):
         for i in range(300):
             server.broker.publish("feed", {"n": i})
             if i in (100, 200):
-                # Mid-burst: wait for the client to be connected, then cut it off.
-                await wait_until(self, lambda: len(server.hub) == 1)
+                # Mid-burst: wait for the client to be connected and
+                # subscribed again, then cut it off.  (Cut before its
+                # resubscribe is answered, it would subscribe once less.)
+                await wait_until(self, lambda: len(server.hub) == 1 and len(collector.subscribed) == aborted + 1)
                 for info in server.hub:
                     info.connection.abort()  # type: ignore[attr-defined]
                     aborted += 1
