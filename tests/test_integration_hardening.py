@@ -101,6 +101,56 @@ class RealSocketTests(unittest.TestCase):
         self.assertEqual(len(factory.hub), 0)
 
     @async_test
+    async def test_a_16_mib_echo_to_a_reader_at_a_modest_pace(self) -> None:
+        """
+        A 16 MiB message (legal under --max-message-size 32 MiB, twice the
+        default 8 MiB --max-send-buffer) is echoed whole to a raw peer that
+        reads it at about 8 MiB/s and sends a ping meanwhile: no 1013, the
+        echo arrives intact, then the pong.
+        """
+        factory = ServerFactory(hub=Hub(reactor), clock=reactor, max_message_size=32 * 1024 * 1024)
+        port = (await listen(self, factory)).getHost().port
+        payload = os.urandom(8 * 1024 * 1024).hex().encode()  # 16 MiB of text
+
+        def echo() -> tuple[bytes, bytes]:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.settimeout(20)
+            sock.connect(("127.0.0.1", port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall(
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            mask = os.urandom(4)
+            masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask * (len(payload) // 4), "big")).to_bytes(len(payload), "big")
+            sock.sendall(b"\x81\xff" + len(payload).to_bytes(8, "big") + mask + masked)
+            received = b""
+            pinged = False
+            deadline = time.monotonic() + 20
+            while len(received) < 10 + len(payload) + 3 and time.monotonic() < deadline:
+                chunk = sock.recv(128 * 1024)
+                if not chunk:
+                    break
+                received += chunk
+                time.sleep(0.015)  # about 8 MiB/s at most
+                if not pinged and len(received) > 1024 * 1024:
+                    sock.sendall(masked_frame(0x9, b"still here"))
+                    pinged = True
+            sock.close()
+            return received[:10], received[10:]
+
+        head, rest = await threads.deferToThread(echo)
+        self.assertEqual(head, b"\x81\x7f" + len(payload).to_bytes(8, "big"), "the echo's frame header")
+        self.assertEqual(rest[: len(payload)], payload)
+        self.assertEqual(rest[len(payload) :], b"\x8a\x0astill here", "then the pong")
+        self.assertEqual(factory.metrics.connections_closed.labels(cause="slow", code="1013")._value.get(), 0)
+
+    @async_test
     async def test_lone_surrogate_over_wsheart_v1(self) -> None:
         """
         Defect 1: the websockets library sends a publish whose data spells

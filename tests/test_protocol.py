@@ -368,15 +368,16 @@ class HardeningTests(unittest.TestCase):
         """
         Defect 2: a peer that sends ping frames and never reads is closed
         as a slow reader (1013) once its queued pongs pass
-        --max-send-buffer, exactly like one that is sent messages.
+        --max-send-buffer, exactly like one that is sent messages (what
+        waits, with the allowance of one largest message, is judged).
         """
-        factory, server = self.non_reading_peer(max_send_buffer=2000)
+        factory, server = self.non_reading_peer(max_send_buffer=2000, max_message_size=1000)
         for _ in range(100):
             server.dataReceived(client_frame(0x9, b"p" * 125))
         self.assertTrue(server._too_slow)
         self.assertEqual(server.state, server.STATE_CLOSING)
         queued = iosim_queued_bytes(server.transport)
-        self.assertLessEqual(queued, 2000 + 30, "no pong queued past the limit (the close frame is allowed)")
+        self.assertLessEqual(queued, 2000 + 1000 + 30, "no pong queued past the limit (the close frame is allowed)")
         self.clock.advance(1.0)  # close timeout: the socket is cut
         self.assertTrue(server.transport.disconnected or server.transport.disconnecting)
 
@@ -384,26 +385,42 @@ class HardeningTests(unittest.TestCase):
         """
         Defect 2: the same for the text "ping" that browsers send.
         """
-        factory, server = self.non_reading_peer(max_send_buffer=500)
+        factory, server = self.non_reading_peer(max_send_buffer=500, max_message_size=100)
         for _ in range(200):
             server.dataReceived(client_frame(0x1, b"ping"))
         self.assertTrue(server._too_slow)
         # At most one pong past the limit check, then the close frame.
-        self.assertLessEqual(iosim_queued_bytes(server.transport), 500 + 6 + 30)
+        self.assertLessEqual(iosim_queued_bytes(server.transport), 500 + 100 + 30)
 
     def test_slow_reader_of_messages_is_closed_at_the_limit(self) -> None:
         """
         The slow-reader bound itself: a peer whose echoes pile up unread is
-        closed with 1013 once --max-send-buffer would be passed.
+        closed with 1013 once --max-send-buffer plus one largest message
+        would be passed.
         """
-        factory, server = self.non_reading_peer(max_send_buffer=10000)
+        factory, server = self.non_reading_peer(max_send_buffer=10000, max_message_size=2000)
         for _ in range(30):
             server.dataReceived(client_frame(0x1, b"m" * 1000))
         self.assertTrue(server._too_slow)
-        self.assertLessEqual(iosim_queued_bytes(server.transport), 10000 + 30)
+        self.assertLessEqual(iosim_queued_bytes(server.transport), 10000 + 2000 + 30)
         self.clock.advance(1.0)  # the close timeout cuts the socket
         self.pump.flush()
         self.assertEqual(factory.metrics.connections_closed.labels(cause="slow", code="1013")._value.get(), 1)
+
+    def test_one_message_larger_than_the_send_buffer_is_not_slowness(self) -> None:
+        """
+        A legal message larger than --max-send-buffer is echoed in full to a
+        peer that has not read it yet, and a pong queued behind it too: one
+        message never counts as slowness.  A second such message, with the
+        first still unread, does.
+        """
+        factory, server = self.non_reading_peer(max_send_buffer=1000, max_message_size=5000)
+        server.dataReceived(client_frame(0x1, b"m" * 4000))
+        server.dataReceived(client_frame(0x9, b"p"))
+        self.assertFalse(server._too_slow)
+        self.assertGreater(iosim_queued_bytes(server.transport), 4000)
+        server.dataReceived(client_frame(0x1, b"m" * 4000))
+        self.assertTrue(server._too_slow)
 
     def test_echo_over_the_limit_is_1009_not_1011(self) -> None:
         """

@@ -735,22 +735,29 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         """
         Whether C{size} more bytes may be queued for this peer.  A peer that
         reads slower than it is sent to (a busy channel, a stalled phone)
-        would make the daemon buffer without bound: past C{max_send_buffer}
-        unsent bytes it is closed with 1013 (try again later), which
-        clients answer by reconnecting on their backoff - and, on
+        would make the daemon buffer without bound: once what waits for it
+        would pass C{max_send_buffer} plus the largest legal message
+        (C{--max-message-size}), it is closed with 1013 (try again later),
+        which clients answer by reconnecting on their backoff - and, on
         wsheart.v1, by recovering what they missed from history.
+
+        The allowance of one largest message means that a message of any
+        legal size - even larger than C{--max-send-buffer} - never counts
+        as slowness by itself, nor does a pong or a channel frame queued
+        behind it while the peer reads it at its own pace.
         """
         if self.state != self.STATE_OPEN or self._too_slow:
             return False
         queued = self.factory.queued_bytes(self.transport)
-        if queued is None or queued + size <= self.factory.max_send_buffer:
+        if queued is None or queued + size <= self.factory.max_send_buffer + self.max_message_size:
             return True
         self._too_slow = True
         self.logger.warn(
-            "peer {peer} reads too slowly: {queued} bytes unsent (limit {limit}); closing it with 1013",
+            "peer {peer} reads too slowly: {queued} bytes unsent (limit {limit}: --max-send-buffer plus one largest "
+            "message); closing it with 1013",
             peer=self.peer,
             queued=queued,
-            limit=self.factory.max_send_buffer,
+            limit=self.factory.max_send_buffer + self.max_message_size,
             cid=self.connection_id,
             cause="slow reader",
         )
