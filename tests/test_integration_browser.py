@@ -166,6 +166,42 @@ class BrowserTests(unittest.TestCase):
         self.screenshot(status, "status-page.png")
         self.assert_no_page_errors()
 
+    def test_deflate_echo_ping_and_chat(self) -> None:
+        """
+        With --deflate the daemon takes the permessage-deflate Chromium
+        offers by itself: a raw WebSocket sees it negotiated; the demo's
+        echo (a long message, compressed both ways), its text ping/pong
+        heartbeat and the chat room's subscription and messages all work.
+        """
+        self.start_daemon("--deflate", "--deflate-min-size", "64")
+        echo = self.open_page(f"/?mode=echo&{BACKOFF}")
+        extensions = echo.evaluate(
+            """(url) => new Promise((resolve, reject) => {
+                 const ws = new WebSocket(url);
+                 ws.onopen = () => { resolve(ws.extensions); ws.close(); };
+                 ws.onerror = () => reject(new Error("no connection"));
+               })""",
+            f"ws://127.0.0.1:{self.port}/",
+        )
+        self.assertIn("permessage-deflate", extensions)
+        self.assertIn("server_no_context_takeover", extensions)
+        self.connected(echo)
+        long_text = "compress me, " * 40
+        self.echo(echo, long_text)
+        self.echo(echo, "short")
+        # The text heartbeat: RTTs keep coming over several intervals.
+        self.wait(echo, "() => { const t = document.getElementById('rtt').textContent; return t !== '-' && t; }")
+        echo.wait_for_timeout(2500)
+        states = [s["state"] for s in self.states(echo)]
+        self.assertEqual((states[-1], states.count("reconnecting")), ("open", 0), f"no heartbeat death under deflate: {states}")
+
+        chat = self.open_page(f"/?name=ann&{BACKOFF}")
+        self.wait(chat, "() => document.querySelectorAll('#presence li').length === 1")
+        chat.fill("#message", long_text)
+        chat.click("#send")
+        self.wait(chat, "(t) => window.wsheartDemo.messages.includes(t)", arg=long_text)
+        self.assert_no_page_errors()
+
     def test_token_from_the_browser(self) -> None:
         """
         With --auth jwt, wsheart.js in Chromium sends the token its token

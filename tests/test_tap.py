@@ -13,6 +13,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial import unittest
 
+from wsheart.deflate import DeflateSettings
 from wsheart.handler import EchoHandler, MessageHandler
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.tap import DEFAULT_BACKLOG, Options, makeService, with_backlog
@@ -303,6 +304,33 @@ class MakeServiceTests(unittest.TestCase):
         ]:
             with self.assertRaises(usage.UsageError) as raised:
                 parse(*auth, *extra)
+            self.assertIn(message, str(raised.exception))
+
+    def test_deflate_options(self) -> None:
+        """
+        --deflate turns permessage-deflate on with wsheart's defaults (no
+        context takeover either way, 256-byte minimum); its tuning options
+        reach the factory, need --deflate, and are range-checked.
+        """
+        factory = makeService(parse("--deflate"), reactor=MemoryReactorClock()).factory
+        self.assertEqual(factory.deflate, DeflateSettings())
+        tuned = parse(
+            "--deflate", "--deflate-min-size", "0", "--deflate-window-bits", "12", "--deflate-client-window-bits", "10",
+            "--deflate-mem-level", "4", "--deflate-server-context-takeover", "--deflate-client-context-takeover",
+        )  # fmt: skip
+        self.assertEqual(
+            tuned["deflate-settings"],
+            DeflateSettings(min_size=0, window_bits=12, peer_window_bits=10, mem_level=4, context_takeover=True, peer_context_takeover=True),
+        )
+        self.assertIsNone(makeService(parse(), reactor=MemoryReactorClock()).factory.deflate, "off by default")
+        for argv, message in [
+            (("--deflate-window-bits", "12"), "--deflate-window-bits needs --deflate"),
+            (("--deflate-client-context-takeover",), "--deflate-client-context-takeover needs --deflate"),
+            (("--deflate", "--deflate-window-bits", "8"), "must be 9-15"),
+            (("--deflate", "--deflate-mem-level", "10"), "must be 1-9"),
+        ]:
+            with self.assertRaises(usage.UsageError) as raised:
+                parse(*argv)
             self.assertIn(message, str(raised.exception))
 
     def test_jwks_url_options(self) -> None:

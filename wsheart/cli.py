@@ -48,6 +48,7 @@ from wsheart.backoff import BackoffSettings
 from wsheart.channels.client import ChannelSession
 from wsheart.channels.broker import check_channel_name, ChannelError
 from wsheart.client import ClientListener, ReconnectingClientService, load_trust_root
+from wsheart.deflate import DeflateSettings
 from wsheart.coerce import non_negative_float, positive_float, positive_int
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.channels.v1 import SUBPROTOCOL
@@ -110,7 +111,10 @@ class ConnectOptions(_GnuOptions):
         ["name", None, None, "With --channel: the name others see in presence."],
         ["token-file", None, None, "File whose first line is a token for a daemon with --auth jwt (sent as Authorization: Bearer; read again before every attempt and when the server asks for a refresh)."],
     ]
-    optFlags = [["quiet", "q", "Do not report state changes on stderr."]]
+    optFlags = [
+        ["quiet", "q", "Do not report state changes on stderr."],
+        ["deflate", None, "Offer permessage-deflate (RFC 7692); messages of 256 bytes or more are then compressed both ways if the server agrees."],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -435,6 +439,7 @@ def connect(reactor: Any, options: ConnectOptions, out: TextIO, err: TextIO) -> 
         protocols=protocols,
         max_message_size=options["max-message-size"],
         token=options["token"],
+        deflate=DeflateSettings() if options["deflate"] else None,
     )
     stdin_closed: defer.Deferred[Any] = defer.Deferred()
     stdio.StandardIO(StdinLines(listener, client, stdin_closed), reactor=reactor)

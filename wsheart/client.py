@@ -33,6 +33,7 @@ from zope.interface import Interface, implementer
 
 from wsheart import closecodes
 from wsheart.backoff import Backoff, BackoffSettings, hint_from_close, parse_retry_after
+from wsheart.deflate import DeflateSettings
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.metrics import ClientMetrics
 from wsheart.protocol import ClientFactory, ClientProtocol
@@ -213,6 +214,7 @@ class ReconnectingClientService(Service):
         metrics: Optional[ClientMetrics] = None,
         protocols: Optional[list[str]] = None,
         token: Optional[Callable[[], Any]] = None,
+        deflate: Optional[DeflateSettings] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -234,6 +236,7 @@ class ReconnectingClientService(Service):
             handshake_timeout=handshake_timeout,
             headers=headers,
             protocols=protocols,
+            deflate=deflate,
         )
         self.metrics = metrics
         # For a daemon with --auth jwt: returns a token (or a Deferred of

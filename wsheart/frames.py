@@ -6,13 +6,15 @@ for every connection: L{send_to_all} builds them once and writes them to
 each connection that can take a ready frame (the server protocol's
 C{write_frame}), instead of running Autobahn's per-message framing for every
 subscriber of a channel.  Connections without C{write_frame} get
-C{send_text}.
+C{send_text}.  With permessage-deflate (L{wsheart.deflate}) the same holds
+for the compressed frame, once per parameter set.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
+from wsheart.deflate import FrameKey, compressed_text_frame
 from wsheart.hub import IConnection
 
 
@@ -33,17 +35,35 @@ def text_frame(payload: bytes) -> bytes:
 def send_to_all(connections: Iterable[IConnection], text: str) -> int:
     """
     Send C{text} to every connection; returns how many took it.
+
+    The plain frame is built once; with permessage-deflate, one compressed
+    frame per L{FrameKey} (connections without context takeover on the
+    server's side share it), and connections whose compressor keeps its
+    context compress for themselves (C{send_text}).
     """
+    payload = None
     frame = None
+    compressed: dict[FrameKey, bytes] = {}
     sent = 0
     for connection in connections:
         write_frame = getattr(connection, "write_frame", None)
-        if write_frame is not None:
-            if frame is None:
-                frame = text_frame(text.encode("utf-8"))
-            ok = write_frame(frame)
-        else:
+        if write_frame is None:
             ok = connection.send_text(text)
+        else:
+            if payload is None:
+                payload = text.encode("utf-8")
+            key = getattr(connection, "frame_key", None)
+            if key is None or len(payload) < key.min_size:
+                if frame is None:
+                    frame = text_frame(payload)
+                ok = write_frame(frame)
+            elif key.shared:
+                shared = compressed.get(key)
+                if shared is None:
+                    shared = compressed[key] = compressed_text_frame(payload, key.window_bits, key.mem_level)
+                ok = write_frame(shared)
+            else:
+                ok = connection.send_text(text)
         if ok:
             sent += 1
     return sent

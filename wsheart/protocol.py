@@ -34,6 +34,7 @@ from zope.interface import implementer
 from wsheart import closecodes
 from wsheart.access.admission import HINTS_SUBPROTOCOL, Admission, AdmissionSettings, Refusal, reads_hints
 from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
+from wsheart.deflate import DeflateSettings, FrameKey, client_accept, client_offers, make_lean, server_accept
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
@@ -308,6 +309,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     identity: Optional[Identity] = None
     _dead = False
     _too_slow = False
+    # How this connection takes a channel's ready frame (wsheart.deflate):
+    # None, the plain frame; set in onOpen when permessage-deflate was
+    # negotiated.
+    frame_key: Optional[FrameKey] = None
     # The handler of this connection: the factory's, or the one of the
     # subprotocol it negotiated (chosen in onOpen).
     handler: IMessageHandler = EchoHandler()
@@ -605,6 +610,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             return
         self.handler = factory.subprotocols.get(self.websocket_protocol_in_use or "", factory.handler)
         factory.metrics.connections_opened.inc()
+        self._deflate_opened()
         self.connection_id = factory.hub.new_id()
         self._start_heartbeat(
             factory.heartbeat_settings,
@@ -618,6 +624,33 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         # should not each keep a copy of its request and response.
         self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
         self._call_handler("connection_opened", self)
+
+    def _deflate_opened(self) -> None:
+        """
+        permessage-deflate was negotiated: drop zlib state between messages
+        where no context is taken over, and say how channel frames reach
+        this connection (shared compressed frames need no context takeover
+        on the server's side).
+        """
+        pmce = self._perMessageCompress
+        settings = self.factory.deflate
+        if pmce is None or settings is None:
+            return
+        make_lean(pmce)
+        self.frame_key = FrameKey(
+            window_bits=pmce.server_max_window_bits,
+            mem_level=pmce.mem_level,
+            min_size=settings.min_size,
+            shared=bool(pmce.server_no_context_takeover),
+        )
+
+    def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):  # type: ignore[no-untyped-def]
+        # Below --deflate-min-size a message goes uncompressed: a compressor
+        # set up for a few bytes costs more than it saves.
+        settings = self.factory.deflate
+        if settings is not None and len(payload) < settings.min_size:
+            doNotCompress = True
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._dead or self.state != self.STATE_OPEN:
@@ -767,8 +800,11 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def write_frame(self, frame: bytes) -> bool:
         """
         Write a ready WebSocket frame (L{wsheart.frames}): the same bytes
-        go to every subscriber of a channel, framed once.  Valid because
-        wsheart negotiates no extension (no per-message compression).
+        go to every subscriber of a channel, framed once - plain, or
+        compressed once per L{frame_key} when permessage-deflate was
+        negotiated without context takeover on the server's side (a plain
+        frame stays valid on such a connection: compression is per
+        message).
         """
         if self.transport is None or not self._may_send(len(frame)):
             return False
@@ -812,6 +848,7 @@ class ServerFactory(WebSocketServerFactory):
         auth: Optional[AuthPolicy] = None,
         limits: LimitSettings = LimitSettings(),
         admission: AdmissionSettings = AdmissionSettings(),
+        deflate: Optional[DeflateSettings] = None,
         trusted_proxies: TrustedProxies = TrustedProxies(),
     ) -> None:
         super().__init__(url=url, reactor=clock)
@@ -876,11 +913,15 @@ class ServerFactory(WebSocketServerFactory):
                     **(pages_settings or {}),
                 }
             )
+        # permessage-deflate (--deflate; wsheart.deflate); None: declined.
+        self.deflate = deflate
         self.setProtocolOptions(
             # A plain HTTP request gets "426 Upgrade Required", not a page.
             webStatus=False,
             **_autobahn_options(max_message_size),
         )
+        if deflate is not None:
+            self.setProtocolOptions(perMessageCompressionAccept=server_accept(deflate, max_message_size))
 
     def forwarded_for_ignored(self, peer: str, why: str) -> None:
         """
@@ -968,6 +1009,8 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
 
     def onOpen(self) -> None:
         self.opened = True
+        if self._perMessageCompress is not None:
+            make_lean(self._perMessageCompress)
         # The first ping goes out at once so the application learns the
         # RTT right away; a fleet's clients are already spread by their
         # jittered reconnects.
@@ -997,10 +1040,13 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
 
     def send_message(self, payload: bytes, binary: bool) -> None:
         """
-        Send one message (the service has checked its size).
+        Send one message (the service has checked its size); below the
+        deflate minimum size, uncompressed.
         """
         if self.state == self.STATE_OPEN:
-            self.sendMessage(payload, binary)
+            deflate = self.factory.deflate
+            small = deflate is not None and len(payload) < deflate.min_size
+            self.sendMessage(payload, binary, doNotCompress=small)
 
     def send_text(self, text: str) -> None:
         self.send_message(text.encode("utf-8"), False)
@@ -1027,8 +1073,10 @@ class ClientFactory(WebSocketClientFactory):
         close_timeout: float = 1.0,
         headers: Optional[dict[str, str]] = None,
         protocols: Optional[list[str]] = None,
+        deflate: Optional[DeflateSettings] = None,
     ) -> None:
         super().__init__(url=url, reactor=clock, headers=headers, protocols=protocols)
+        self.deflate = deflate
         self.owner = owner
         self.clock = clock
         self.heartbeat_settings = heartbeat_settings
@@ -1037,3 +1085,9 @@ class ClientFactory(WebSocketClientFactory):
         # The server drops TCP after the closing handshake; if it does not,
         # wsheart's close timer (not Autobahn's global-reactor one) does.
         self.setProtocolOptions(serverConnectionDropTimeout=0, **_autobahn_options(max_message_size))
+        if deflate is not None:
+            # Offer permessage-deflate; the server chooses the parameters.
+            self.setProtocolOptions(
+                perMessageCompressionOffers=client_offers(deflate),
+                perMessageCompressionAccept=client_accept(deflate, max_message_size),
+            )

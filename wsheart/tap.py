@@ -25,6 +25,7 @@ from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnect
 from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.channels.v1 import Rates
+from wsheart.deflate import DeflateSettings
 from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
@@ -88,6 +89,9 @@ class Options(usage.Options):
     optFlags: list[list[Any]] = [
         ["no-pages", None, "Do not serve the browser library (/wsheart.js) and the demo page (/) on the WebSocket endpoints."],
         ["no-channels", None, "Turn the wsheart.v1 subprotocol (channels, presence, recovery) off."],
+        ["deflate", None, "Accept permessage-deflate (RFC 7692) from clients that offer it: messages of --deflate-min-size bytes or more are compressed; a channel message is compressed once for every subscriber."],
+        ["deflate-server-context-takeover", None, "--deflate: keep the server's compressor context between messages (better ratios on similar messages; a compressor held per connection, and channel frames compressed per subscriber)."],
+        ["deflate-client-context-takeover", None, "--deflate: let clients keep their compressor context (a decompressor held per connection that sends compressed messages)."],
     ]
 
     optParameters: list[list[Any]] = [
@@ -172,6 +176,10 @@ class Options(usage.Options):
         ["demo-token-url", None, None, "--auth jwt: the demo page (/) fetches its token from URL?user=NAME before each connection and on refresh, e.g. http://127.0.0.1:8081/token from etc/token_backend.py (default: it sends none)."],
         ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_float("client-rate")],
         ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
+        ["deflate-min-size", None, 256, "--deflate: messages shorter than this many bytes are sent uncompressed.", non_negative_int("deflate-min-size")],
+        ["deflate-window-bits", None, 15, "--deflate: the server's compression window, 9-15 (2**bits bytes; a client may ask for less).", positive_int("deflate-window-bits")],
+        ["deflate-client-window-bits", None, 15, "--deflate with --deflate-client-context-takeover: the largest window a client may compress with, 9-15, when the client lets the server choose.", positive_int("deflate-client-window-bits")],
+        ["deflate-mem-level", None, 8, "--deflate: zlib memory level of the server's compressor, 1-9.", positive_int("deflate-mem-level")],
         ["max-connections", None, 0, "Open connections in all; one more is told to come back later (0: no ceiling).", non_negative_int("max-connections")],
         ["accept-rate", None, 0.0, "Opening handshakes admitted per second; the rest are told when to come back (wsheart clients: close 1013 with a retry window; others: 503 with Retry-After) and, past 4 times the rate, dropped at accept (0: no limit).", non_negative_float("accept-rate")],
         ["accept-ramp", None, 10.0, "Seconds after a start over which --accept-rate grows from a tenth to all of it.", non_negative_float("accept-ramp")],
@@ -199,6 +207,35 @@ class Options(usage.Options):
         Reverse proxies in this CIDR range (127.0.0.1/32, 10.0.0.0/8, ::1/128) are trusted to name the client in X-Forwarded-For: a connection from one is the right-most address there that is not itself a trusted proxy, in logs, /connections and the per-address limits; repeatable or comma-separated (default: none, the header is never read).
         """
         self["trusted-proxy"].append(value)
+
+    def _deflate_settings(self) -> Optional[DeflateSettings]:
+        tuned = [
+            name
+            for name, default in (
+                ("deflate-min-size", 256),
+                ("deflate-window-bits", 15),
+                ("deflate-client-window-bits", 15),
+                ("deflate-mem-level", 8),
+                ("deflate-server-context-takeover", 0),
+                ("deflate-client-context-takeover", 0),
+            )
+            if self[name] != default
+        ]
+        if not self["deflate"]:
+            if tuned:
+                raise usage.UsageError(f"--{tuned[0]} needs --deflate")
+            return None
+        try:
+            return DeflateSettings(
+                min_size=self["deflate-min-size"],
+                window_bits=self["deflate-window-bits"],
+                peer_window_bits=self["deflate-client-window-bits"],
+                mem_level=self["deflate-mem-level"],
+                context_takeover=bool(self["deflate-server-context-takeover"]),
+                peer_context_takeover=bool(self["deflate-client-context-takeover"]),
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--deflate: {e}")
 
     def _auth_policy(self) -> Optional[AuthPolicy]:
         if self["auth"] not in ("none", "jwt"):
@@ -322,6 +359,7 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["auth-policy"] = self._auth_policy()
+        self["deflate-settings"] = self._deflate_settings()
         try:
             self["admission"] = AdmissionSettings(accept_rate=self["accept-rate"], ramp=self["accept-ramp"])
             self["trusted-proxies"] = TrustedProxies.parse(self["trusted-proxy"])
@@ -454,6 +492,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
             max_connections=options["max-connections"],
         ),
         admission=options["admission"],
+        deflate=options["deflate-settings"],
         trusted_proxies=options["trusted-proxies"],
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
