@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -139,3 +140,55 @@ class AdminResourceTests(unittest.TestCase):
             self.assertEqual(status, 200)
             self.assertTrue(headers[b"Content-Type"][0].startswith(kind), path)
             self.assertTrue(asset)
+
+
+class HeartbeatCadenceTests(unittest.TestCase):
+    """
+    A server that cannot keep its heartbeat cadence says so: /healthz,
+    /metrics and the systemd STATUS line.
+    """
+
+    def test_degraded_cadence_everywhere(self) -> None:
+        """
+        With the meter degraded (pings every 1.6 s instead of 1 s, 0.4 s
+        late), /healthz carries the figures (and stays 200: a stretched
+        cadence is not an outage), /metrics the gauges and the counter of
+        answers read late, and the service's status line the reason.
+        """
+        from wsheart.heartbeat import CadenceMeter, HeartbeatSettings
+        from wsheart.tap import Options, makeService
+        from twisted.internet.testing import MemoryReactorClock
+
+        options = Options()
+        options.parseOptions(["--ping-interval", "1", "--ping-timeout", "0.5"])
+        service = makeService(options, reactor=MemoryReactorClock())
+        meter: CadenceMeter = service.factory.cadence
+        meter.alpha = 1.0
+        with capturedLogs() as events:
+            meter.pinged(0.4, 1.6)
+        meter.forgiven = 7
+        self.assertTrue(meter.degraded)
+        self.assertEqual(len(events), 1)
+        self.assertIn("heartbeat cadence degraded: pinging every 1.60 s instead of 1 s", formatEvent(events[0]))
+        site = admin_site(service.hub, service.health, service.factory.metrics, Clock())
+        status, _, body = render(site, b"/healthz")
+        self.assertEqual(status, 200)
+        self.assertEqual(
+            json.loads(body)["heartbeat"],
+            {"interval_seconds": 1.0, "effective_interval_seconds": 1.6, "lateness_seconds": 0.4, "degraded": True},
+        )
+        exposition = service.factory.metrics.exposition().decode()
+        for line in (
+            "wsheart_heartbeat_interval_seconds 1.0",
+            "wsheart_heartbeat_effective_interval_seconds 1.6",
+            "wsheart_heartbeat_lateness_seconds 0.4",
+            "wsheart_heartbeat_degraded 1.0",
+            "wsheart_heartbeat_answers_read_late_total 7.0",
+        ):
+            self.assertIn(line, exposition)
+        self.assertIn("heartbeat every 1.6 s, not 1 s", service.status())
+        with capturedLogs() as events:
+            meter.pinged(0.0, 1.0)
+        self.assertNotIn("heartbeat every", service.status())
+        self.assertIn("heartbeat cadence restored", formatEvent(events[0]))
+        self.assertEqual(HeartbeatSettings(1, 0.5).interval, meter.interval)

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from wsheart import closecodes
-from wsheart.heartbeat import Heartbeat, HeartbeatSettings, decode_ping, encode_ping
+from wsheart.heartbeat import CadenceMeter, Heartbeat, HeartbeatSettings, decode_ping, encode_ping
 
 from .memory import connect_client, make_server_factory
 
@@ -436,3 +436,182 @@ class PayloadAndSettingsEdgeTests(unittest.TestCase):
         """
         with self.assertRaises(ValueError):
             HeartbeatSettings(interval=10, timeout=0)
+
+
+class ServerLatenessTests(unittest.TestCase):
+    """
+    The server's own lateness is never charged to a peer: the verdict waits
+    for the reactor's next read, a late ping gets its whole timeout, and a
+    cadence that cannot be kept stretches instead of bunching - visibly.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.settings = HeartbeatSettings(interval=1.0, timeout=0.5, max_missed=1)
+        self.verdicts: list[Any] = []
+        self.meter = CadenceMeter(self.settings, slack=0.0, on_change=self.changes_append)
+        self.changes: list[bool] = []
+        self.pings: list[tuple[float, bytes]] = []
+        self.deaths: list[float] = []
+
+    def changes_append(self, degraded: bool) -> None:
+        self.changes.append(degraded)
+
+    def after_reads(self, f: Any) -> Any:
+        """
+        What the reactor does with callLater(0): run it on its next turn,
+        after reading its sockets; here the test plays that turn.
+        """
+        call = self.clock.callLater(10_000, f)  # never by time: only by read_then_judge
+        self.verdicts.append(call)
+        return call
+
+    def read_then_judge(self) -> None:
+        pending, self.verdicts = self.verdicts, []
+        for call in pending:
+            if call.active():
+                func, args = call.func, call.args
+                call.cancel()
+                func(*args)
+
+    def heartbeat(self, scheduler: Any = None) -> Heartbeat:
+        return Heartbeat(
+            self.clock,
+            self.settings,
+            send_ping=lambda payload: self.pings.append((self.clock.seconds(), payload)),
+            on_dead=lambda hb: self.deaths.append(self.clock.seconds()),
+            scheduler=scheduler,
+            after_reads=self.after_reads,
+            meter=self.meter,
+        )
+
+    def test_an_answer_read_after_the_check_is_an_answer(self) -> None:
+        """
+        The check finds no pong (it sits unread while the reactor is busy):
+        no verdict yet; the reactor's next turn reads it, then judges: alive,
+        and counted as an answer read late.
+        """
+        heartbeat = self.heartbeat()
+        heartbeat.start(0)
+        self.clock.advance(0)  # the first ping goes out at 0
+        self.clock.advance(0.5)
+        self.assertEqual((heartbeat.misses, self.deaths, len(self.verdicts)), (0, [], 1), "judged only after a read")
+        heartbeat.pong_received(self.pings[-1][1])  # the read finds the pong
+        self.read_then_judge()
+        self.assertEqual((heartbeat.misses, self.deaths, self.meter.forgiven), (0, [], 1))
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.pings), 2, "the cadence goes on")
+
+    def test_silence_is_still_death_after_the_read(self) -> None:
+        """
+        Nothing in the read either: the verdict is death (max_missed 1), at
+        the reactor's next turn after the check.
+        """
+        heartbeat = self.heartbeat()
+        heartbeat.start(0)
+        self.clock.advance(0)  # the first ping goes out at 0
+        self.clock.advance(0.5)
+        self.read_then_judge()
+        self.assertEqual(self.deaths, [0.5])
+        self.assertTrue(heartbeat.dead)
+        self.assertEqual(self.meter.forgiven, 0)
+
+    def test_stop_cancels_a_pending_verdict(self) -> None:
+        """
+        A connection that closes while its verdict waits is never judged.
+        """
+        heartbeat = self.heartbeat()
+        heartbeat.start(0)
+        self.clock.advance(0)  # the first ping goes out at 0
+        self.clock.advance(0.5)
+        heartbeat.stop()
+        self.read_then_judge()
+        self.assertEqual(self.deaths, [])
+
+    def test_a_late_ping_gets_its_whole_timeout(self) -> None:
+        """
+        Timers firing 0.4 s late (timeout 0.5 s): a pong 0.45 s after the
+        ping actually went out still counts; a silent peer is judged 0.5 s
+        after the actual send, not before.
+        """
+        clock = self.clock
+
+        class Late:
+            def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+                return clock.callLater(delay + 0.4, f, *args)
+
+        heartbeat = self.heartbeat(scheduler=Late())
+        heartbeat.start(0)
+        clock.advance(0.4)
+        sent_at, payload = self.pings[-1]
+        self.assertAlmostEqual(sent_at, 0.4)
+        clock.advance(0.45)  # the check was due at 0.5 + 0.4 late = 0.9: not yet the whole timeout
+        heartbeat.pong_received(payload)
+        clock.advance(0.2)
+        self.read_then_judge()
+        self.assertEqual((heartbeat.misses, self.deaths), (0, []))
+        heartbeat.stop()
+
+        silent = self.heartbeat(scheduler=Late())
+        self.deaths.clear()
+        silent.start(0)
+        clock.advance(0.4)
+        ping_at = self.pings[-1][0]
+        for _ in range(20):
+            clock.advance(0.05)
+            self.read_then_judge()
+        self.assertEqual(len(self.deaths), 1)
+        self.assertGreaterEqual(self.deaths[0] - ping_at, self.settings.timeout - 1e-9)
+
+    def test_the_cadence_stretches_instead_of_bunching_and_says_so(self) -> None:
+        """
+        A scheduler 1.5 intervals late: pings never go out back to back to
+        catch up; the meter's effective interval rises past the configured
+        one and it reports degradation once, then recovery once when the
+        lateness ends.
+        """
+        clock = self.clock
+        lateness = [1.5]
+
+        class Late:
+            def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+                return clock.callLater(delay + lateness[0], f, *args)
+
+        sent: list[float] = []
+
+        def answer(payload: bytes) -> None:
+            sent.append(clock.seconds())
+            heartbeat.pong_received(payload)
+
+        self.meter.alpha = 0.2  # one connection: let a few pings move the average
+        heartbeat = Heartbeat(clock, self.settings, send_ping=answer, on_dead=self.deaths.append, scheduler=Late(), meter=self.meter)
+        heartbeat.start(0)
+        clock.pump([0.05] * 400)  # 20 s
+        gaps = [b - a for a, b in zip(sent, sent[1:])]
+        self.assertGreater(min(gaps), 0.5, "no back-to-back pings")
+        self.assertGreater(self.meter.effective_interval, 1.5 * self.settings.interval)
+        self.assertEqual(self.changes, [True])
+        lateness[0] = 0.0
+        clock.pump([0.05] * 400)
+        self.assertEqual(self.changes, [True, False])
+        self.assertLess(self.meter.effective_interval, 1.1 * self.settings.interval)
+        self.assertEqual(self.deaths, [])
+
+
+class CadenceMeterTests(unittest.TestCase):
+    def test_degraded_with_hysteresis(self) -> None:
+        """
+        Degraded above 10% over the interval (plus the wheel's slack), and
+        again healthy only below 5%.
+        """
+        changes: list[bool] = []
+        meter = CadenceMeter(HeartbeatSettings(interval=1.0, timeout=0.5), slack=0.05, on_change=changes.append, alpha=1.0)
+        meter.pinged(0.0, 1.14)
+        self.assertEqual(changes, [])
+        meter.pinged(0.2, 1.16)
+        self.assertEqual((changes, meter.degraded), ([True], True))
+        meter.pinged(0.0, 1.11)
+        self.assertEqual(changes, [True], "between 5% and 10% over: still degraded")
+        meter.pinged(0.0, 1.09)
+        self.assertEqual(changes, [True, False])
+        self.assertAlmostEqual(meter.lateness, 0.0)

@@ -50,6 +50,9 @@ class HealthResource(Resource):
             "reactor_lag_seconds": round(self._health.lag.current_lag(), 4),
             "version": __version__,
         }
+        heartbeat = self._health.heartbeat()
+        if heartbeat is not None:
+            body["heartbeat"] = heartbeat
         if self._broker is not None:
             body["channels"] = self._broker.engine_state()
         return json_response(request, 200 if state == "serving" else 503, body)

@@ -10,7 +10,7 @@ machinery's health.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -72,11 +72,30 @@ class LagMonitor:
 class Health:
     """
     Serving, draining, or lagging: what C{/healthz} reports.
+
+    @ivar cadence: the heartbeat's L{wsheart.heartbeat.CadenceMeter}, when
+        the service has one: how the configured cadence is being kept.
     """
 
-    def __init__(self, lag: LagMonitor) -> None:
+    def __init__(self, lag: LagMonitor, cadence: Optional[Any] = None) -> None:
         self.lag = lag
+        self.cadence = cadence
         self.draining = False
+
+    def heartbeat(self) -> Optional[dict[str, Any]]:
+        """
+        The heartbeat's cadence for C{/healthz}: configured and effective
+        interval, lateness, whether it is degraded.
+        """
+        cadence = self.cadence
+        if cadence is None:
+            return None
+        return {
+            "interval_seconds": cadence.interval,
+            "effective_interval_seconds": round(cadence.effective_interval, 4),
+            "lateness_seconds": round(cadence.lateness, 4),
+            "degraded": cadence.degraded,
+        }
 
     def state(self) -> str:
         if self.draining:

@@ -16,6 +16,21 @@ The contract (see README "Heartbeat bound"):
   - C{max_missed} consecutive misses declare the peer dead;
   - hence a peer that goes silent at time t is declared dead no later than
     C{t + interval * max_missed + timeout}.
+
+The server's own lateness is never charged to a peer (see README "Heartbeat
+bound"):
+
+  - a ping counts as missed only once the peer has had the full C{timeout}
+    since the ping actually went out (a ping sent late gets its check
+    moved, not shortened);
+  - a check that finds no answer does not decide at once: the verdict waits
+    for the reactor's next turn (C{after_reads}), after it has read what
+    its sockets hold, so a pong already received by the kernel but not yet
+    read - because the reactor was busy - counts as an answer;
+  - when the reactor cannot keep the cadence (more than an interval behind),
+    the cadence stretches instead of bunching pings, and L{CadenceMeter}
+    reports the interval actually achieved and the lateness, so the bound
+    above holds with the effective interval plus that lateness.
 """
 
 from __future__ import annotations
@@ -88,6 +103,61 @@ def decode_ping(payload: bytes) -> Optional[int]:
     return int(seq)
 
 
+class CadenceMeter:
+    """
+    How well a server keeps its heartbeat cadence: every ping of every
+    connection reports how late it went out and how long after its
+    connection's previous one.  Smoothed over many pings; no clock of its
+    own.
+
+    @ivar effective_interval: smoothed seconds between a connection's
+        consecutive pings (the configured interval while all is well).
+    @ivar lateness: smoothed seconds a ping went out after it was due.
+    @ivar degraded: whether the effective interval is more than 10% (and a
+        timer-wheel slot) over the configured one; the callback
+        C{on_change(degraded)} hears each change (with hysteresis: it ends
+        below 5%).
+    @ivar forgiven: checks that found no answer, judged alive after the
+        reactor read its sockets (a pong that had waited unread).
+    """
+
+    __slots__ = ("interval", "slack", "alpha", "effective_interval", "lateness", "degraded", "forgiven", "_on_change")
+
+    def __init__(
+        self,
+        settings: HeartbeatSettings,
+        slack: float = 0.05,
+        on_change: Optional[Callable[[bool], object]] = None,
+        alpha: float = 0.001,
+    ) -> None:
+        # Weight of one ping in the smoothed figures: by default about the
+        # last thousand pings, whatever the number of connections.
+        self.alpha = alpha
+        self.interval = settings.interval
+        self.slack = slack
+        self.effective_interval = settings.interval
+        self.lateness = 0.0
+        self.degraded = False
+        self.forgiven = 0
+        self._on_change = on_change
+
+    def pinged(self, late: float, since_previous: Optional[float]) -> None:
+        alpha = self.alpha
+        self.lateness += alpha * (late - self.lateness)
+        if since_previous is not None:
+            self.effective_interval += alpha * (since_previous - self.effective_interval)
+            over = self.effective_interval - self.interval - self.slack
+            if not self.degraded and over > 0.10 * self.interval:
+                self._change(True)
+            elif self.degraded and over < 0.05 * self.interval:
+                self._change(False)
+
+    def _change(self, degraded: bool) -> None:
+        self.degraded = degraded
+        if self._on_change is not None:
+            self._on_change(degraded)
+
+
 class Heartbeat:
     """
     The heartbeat state machine of one connection.
@@ -109,6 +179,7 @@ class Heartbeat:
         "_clock", "_timers", "settings", "_send_ping", "_on_dead", "_on_miss", "_call",
         "_seq", "_in_flight", "_life_since_ping", "_ping_due", "misses", "last_rtt",
         "smoothed_rtt", "last_seen", "pings_sent", "pongs_received", "dead",
+        "_after_reads", "_meter", "_last_ping_at",
     )  # fmt: skip
 
     def __init__(
@@ -119,6 +190,8 @@ class Heartbeat:
         on_dead: Callable[["Heartbeat"], object],
         on_miss: Optional[Callable[["Heartbeat"], object]] = None,
         scheduler: Optional[IReactorTime] = None,
+        after_reads: Optional[Callable[[Callable[[], None]], IDelayedCall]] = None,
+        meter: Optional[CadenceMeter] = None,
     ) -> None:
         self._clock = clock
         # Where the ping and check timers go: the clock itself, or a shared
@@ -128,6 +201,12 @@ class Heartbeat:
         self._send_ping = send_ping
         self._on_dead = on_dead
         self._on_miss = on_miss
+        # Runs a verdict after the reactor has read its sockets (the
+        # reactor's callLater(0): new calls wait for the next turn, and each
+        # turn polls and reads before it runs timers); None: judge at once.
+        self._after_reads = after_reads
+        self._meter = meter
+        self._last_ping_at: Optional[float] = None
         self._call: Optional[IDelayedCall] = None
         self._seq = 0
         # The ping awaiting its pong: (sequence number, send time).
@@ -197,6 +276,15 @@ class Heartbeat:
 
     def _ping(self) -> None:
         now = self._clock.seconds()
+        late = now - self._ping_due
+        if late > self.settings.interval:
+            # More than an interval behind: the server cannot keep the
+            # cadence.  Stretch it from now rather than send the pings it
+            # owes back to back (which would only add to the load).
+            self._ping_due = now
+        if self._meter is not None:
+            self._meter.pinged(late, None if self._last_ping_at is None else now - self._last_ping_at)
+        self._last_ping_at = now
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         self._in_flight = (self._seq, now)
         self._life_since_ping = False
@@ -211,6 +299,30 @@ class Heartbeat:
         self._send_ping(encode_ping(self._seq, now))
 
     def _check(self) -> None:
+        in_flight = self._in_flight
+        if in_flight is not None and not self._life_since_ping:
+            # No answer yet.  First, the peer must have had its whole
+            # timeout since the ping actually went out.
+            now = self._clock.seconds()
+            remaining = in_flight[1] + self.settings.timeout - now
+            if remaining > 0:
+                self._call = self._timers.callLater(remaining, self._check)
+                return
+            # Then judge after the reactor's next read of its sockets: an
+            # answer already in the kernel's buffer is an answer.
+            if self._after_reads is not None:
+                self._call = self._after_reads(self._judge_after_reads)
+                return
+        self._judge()
+
+    def _judge_after_reads(self) -> None:
+        if self._meter is not None and (self._in_flight is None or self._life_since_ping):
+            # The answer had been waiting, unread, while the reactor was busy.
+            self._meter.forgiven += 1
+        self._judge()
+
+    def _judge(self) -> None:
+        self._call = None
         answered = self._in_flight is None
         self._in_flight = None
         if answered or self._life_since_ping:
@@ -218,7 +330,6 @@ class Heartbeat:
         else:
             self.misses += 1
             if self.misses >= self.settings.max_missed:
-                self._call = None
                 self.dead = True
                 self._on_dead(self)
                 return

@@ -10,7 +10,7 @@ the C{wsheart_} prefix, units in the names, C{_total} on counters.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -135,6 +135,45 @@ class _ChannelCollector:
         )
         up.add_metric([], 1 if channels.engine_up() else 0)
         yield up
+
+
+class _CadenceCollector:
+    """
+    Expose a L{wsheart.heartbeat.CadenceMeter}: the heartbeat cadence the
+    server actually keeps.
+    """
+
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter
+
+    def collect(self) -> Iterator[Metric]:
+        meter = self.meter
+        figures = (
+            ("wsheart_heartbeat_interval_seconds", "The configured heartbeat interval (--ping-interval).", meter.interval),
+            (
+                "wsheart_heartbeat_effective_interval_seconds",
+                "Seconds between a connection's consecutive pings, smoothed over the last thousand or so pings: above "
+                "the configured interval when the process cannot keep the cadence.",
+                meter.effective_interval,
+            ),
+            (
+                "wsheart_heartbeat_lateness_seconds",
+                "Seconds a ping goes out after it was due, smoothed: the reactor's lateness as the heartbeat feels it.",
+                meter.lateness,
+            ),
+            ("wsheart_heartbeat_degraded", "1 while the effective interval is over 10% above the configured one.", int(meter.degraded)),
+        )
+        for name, documentation, value in figures:
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], value)
+            yield gauge
+        forgiven = CounterMetricFamily(
+            "wsheart_heartbeat_answers_read_late",
+            "Checks that found no answer but were judged alive after the reactor read its sockets: pongs that had "
+            "waited unread while the process was busy (a miss without this rule).",
+        )
+        forgiven.add_metric([], meter.forgiven)
+        yield forgiven
 
 
 class ServerMetrics:
@@ -265,6 +304,12 @@ class ServerMetrics:
             "How far ahead the retry slots promised to refused clients reach.",
             registry=self.registry,
         ).set_function(queue)
+
+    def track_cadence(self, meter: Any) -> None:
+        """
+        Read the heartbeat cadence figures from C{meter} at scrape time.
+        """
+        self.registry.register(_CadenceCollector(meter))
 
     def track_open_connections(self, count: Callable[[], int]) -> None:
         """

@@ -37,7 +37,7 @@ from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
 from wsheart.deflate import DeflateSettings, FrameKey, client_accept, client_offers, make_lean, server_accept
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
-from wsheart.heartbeat import Heartbeat, HeartbeatSettings
+from wsheart.heartbeat import CadenceMeter, Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
 from wsheart.access.limits import LOG_EVERY, ConnectionLimits, LimitSettings, address_key
@@ -146,6 +146,8 @@ class _Liveness:
             on_dead=self._heartbeat_dead,
             on_miss=self._heartbeat_missed,
             scheduler=getattr(self.factory, "timers", None),  # type: ignore[attr-defined]
+            after_reads=self.factory.after_reads,  # type: ignore[attr-defined]
+            meter=getattr(self.factory, "cadence", None),  # type: ignore[attr-defined]
         )
         self.heartbeat.start(first_delay)
 
@@ -280,6 +282,7 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
 
 _limits_log = Logger(namespace="wsheart.access.limits")
 _admission_log = Logger(namespace="wsheart.access.admission")
+_heartbeat_log = Logger(namespace="wsheart.heartbeat")
 _proxies_log = Logger(namespace="wsheart.access.proxies")
 
 
@@ -865,6 +868,12 @@ class ServerFactory(WebSocketServerFactory):
         # One timer wheel for every connection's heartbeat; its slack (the
         # resolution) is small against any sensible timeout.
         self.timers = TimerWheel(clock, resolution=min(0.05, heartbeat_settings.timeout / 20))
+        # A heartbeat's verdict waits for the reactor's next turn, which
+        # reads the sockets first (wsheart.heartbeat: no peer is judged on
+        # the server's own lateness).
+        self.after_reads = lambda f: clock.callLater(0, f)
+        # How well the cadence is kept, for metrics, /healthz and the log.
+        self.cadence = CadenceMeter(heartbeat_settings, slack=self.timers.resolution, on_change=self._cadence_changed)
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.metrics.track_open_connections(hub.__len__)
         self.limits = ConnectionLimits(
@@ -881,6 +890,7 @@ class ServerFactory(WebSocketServerFactory):
             log=_admission_log.warn,
         )
         self.metrics.track_admission(self.admission.rate, self.admission.queue_seconds)
+        self.metrics.track_cadence(self.cadence)
         self.clock = clock
         self.handler = handler if handler is not None else EchoHandler()
         self.heartbeat_settings = heartbeat_settings
@@ -945,6 +955,25 @@ class ServerFactory(WebSocketServerFactory):
             self._forwarded_for_logged_at = now
             self._forwarded_for_unlogged = 0
 
+
+    def _cadence_changed(self, degraded: bool) -> None:
+        cadence = self.cadence
+        if degraded:
+            _heartbeat_log.warn(
+                "heartbeat cadence degraded: pinging every {effective:.2f} s instead of {interval:g} s, pings "
+                "{lateness:.2f} s late on average: this process cannot keep up ({connections} connections); "
+                "peers are not judged on its lateness, and a silent one is found dead that much later",
+                effective=cadence.effective_interval,
+                interval=cadence.interval,
+                lateness=cadence.lateness,
+                connections=len(self.hub),
+            )
+        else:
+            _heartbeat_log.info(
+                "heartbeat cadence restored: pinging every {effective:.2f} s (configured {interval:g} s)",
+                effective=cadence.effective_interval,
+                interval=cadence.interval,
+            )
 
     def startFactory(self) -> None:
         # The first listener starts: admission control's ramp starts now,
@@ -1082,6 +1111,8 @@ class ClientFactory(WebSocketClientFactory):
         self.heartbeat_settings = heartbeat_settings
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
+        # A client judges its server after reading too (wsheart.heartbeat).
+        self.after_reads = lambda f: clock.callLater(0, f)
         # The server drops TCP after the closing handshake; if it does not,
         # wsheart's close timer (not Autobahn's global-reactor one) does.
         self.setProtocolOptions(serverConnectionDropTimeout=0, **_autobahn_options(max_message_size))

@@ -57,7 +57,7 @@ class WsheartService(MultiService):
         self.endpoints = endpoints
         self.drainer = drainer
         self.lag = lag
-        self.health = Health(lag)
+        self.health = Health(lag, getattr(factory, "cadence", None))
         self.notifier = notifier if notifier is not None else Notifier()
         self.watchdog = Watchdog(
             reactor,
@@ -98,7 +98,14 @@ class WsheartService(MultiService):
 
     def status(self) -> str:
         state = self.health.state()
-        return f"{state}: {len(self.hub)} connections"
+        status = f"{state}: {len(self.hub)} connections"
+        cadence = self.health.cadence
+        if cadence is not None and cadence.degraded:
+            status += (
+                f"; heartbeat every {cadence.effective_interval:.1f} s, not {cadence.interval:g} s "
+                f"(pings {cadence.lateness:.2f} s late: overloaded)"
+            )
+        return status
 
     def startService(self) -> None:
         settings = self.factory.heartbeat_settings
