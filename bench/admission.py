@@ -283,33 +283,57 @@ def run_mode(mode: str, args, procs: Procs, python: str, env: dict) -> dict:
         if t_listen is None:
             raise RuntimeError("restarted server did not listen")
         cpu_listen = proc_cpu_s(srv.pid)
+        # The server's side, every 0.5 s, in a thread of its own (a fleet
+        # that lags must not delay these samples).
+        server_samples: list[dict] = []
+        stop_sampling = threading.Event()
+
+        def sample_server() -> None:
+            k = 0
+            while not stop_sampling.is_set() and k < 2000:
+                k += 1
+                t = time.monotonic()
+                try:
+                    cpu = proc_cpu_s(srv.pid)
+                    m = metrics(admin)
+                except OSError:
+                    m = None
+                if m is not None:
+                    server_samples.append({
+                        "t": round(t - t_listen, 3), "server_cpu_s": round(cpu - cpu_listen, 2),
+                        "opened_total": msum(m, "wsheart_connections_opened_total"),
+                        "open": msum(m, "wsheart_connections_open"),
+                        "refusals": msum(m, "wsheart_admission_refusals_total"),
+                        "dead": msum(m, "wsheart_heartbeat_dead_peers_total"),
+                        "rate_gauge": m.get("wsheart_admission_rate"),
+                        "queue_s": m.get("wsheart_admission_queue_seconds"),
+                    })
+                stop_sampling.wait(max(0.0, 0.5 - (time.monotonic() - t_listen) % 0.5))
+
+        sampler = threading.Thread(target=sample_server, daemon=True)
+        sampler.start()
         samples = []
         t_all = None
         cpu_all = None
         end = t_listen + args.max_return
         while time.monotonic() < end:
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t_listen) % 1.0))
+            t_ask = time.monotonic()
             st = fleet.ask("stats", "stats")
             cpu = proc_cpu_s(srv.pid)
-            try:
-                m = metrics(admin)
-            except OSError:
-                m = {}
             samples.append({
                 "t": round(time.monotonic() - t_listen, 3),
                 "open": st["open"], "waiting": st["waiting"], "connecting": st["connecting"],
                 "server_cpu_s": round(cpu - cpu_listen, 2), "fleet_cpu_s": st["cpu_s"],
-                "opened_total": msum(m, "wsheart_connections_opened_total"),
-                "refusals": msum(m, "wsheart_admission_refusals_total"),
-                "dead": msum(m, "wsheart_heartbeat_dead_peers_total"),
-                "rate_gauge": m.get("wsheart_admission_rate"),
-                "queue_s": m.get("wsheart_admission_queue_seconds"),
+                "fleet_lag_s": round(st["t"] - t_ask, 3),  # how late the fleet's loop read the question
             })
             if t_all is None and st["open"] >= n:
                 t_all = st["last_open"]
                 cpu_all = cpu - cpu_listen
                 end = min(end, time.monotonic() + args.after)
                 print(f"[{mode}] all {n} open {t_all - t_listen:.1f} s after listen", flush=True)
+        stop_sampling.set()
+        sampler.join(10)
         final_m = metrics(admin)
         load_after = loadavg()
         dump = LOGS / f"admission-{mode}-attempts.json"
@@ -321,8 +345,36 @@ def run_mode(mode: str, args, procs: Procs, python: str, env: dict) -> dict:
         procs.stop(srv)
     with open(dump) as f:
         data = json.load(f)
-    return analyse(mode, args, data["attempts"], samples, final_m, final, before,
-                   t_kill, t_listen, t_all, cpu_all, load_before, load_after)
+    out = analyse(mode, args, data["attempts"], samples, final_m, final, before,
+                  t_kill, t_listen, t_all, cpu_all, load_before, load_after)
+    out["server_samples"] = server_samples
+    # The server's own count of admitted (opened) connections per 1 s
+    # window, interpolated from its 0.5 s samples of
+    # wsheart_connections_opened_total.
+    def opened_at(t: float) -> float:
+        prev = (0.0, 0.0)
+        for x in server_samples:
+            if x["t"] >= t:
+                t0, v0 = prev
+                return v0 + (x["opened_total"] - v0) * ((t - t0) / (x["t"] - t0) if x["t"] > t0 else 1)
+            prev = (x["t"], x["opened_total"])
+        return prev[1]
+    horizon = len(out["admitted_per_s"])
+    server_windows = [round(opened_at(i + 1) - opened_at(i)) for i in range(horizon)]
+    out["server_admitted_per_s"] = server_windows
+    out["server_peak_admitted_per_s"] = max(server_windows) if server_windows else 0
+    if "rate_windows" in out:
+        for r in out["rate_windows"]:
+            r["server_admitted"] = server_windows[r["t"]]
+            r["server_ratio"] = round(server_windows[r["t"]] / r["configured"], 3)
+        sat = [r for r in out["rate_windows"] if r["refused"] > 0]
+        post = [r for r in sat if r["t"] >= args.ramp]
+        ramp = [r for r in sat if r["t"] < args.ramp]
+        for name, rows in (("server_saturated", sat), ("server_saturated_post_ramp", post), ("server_saturated_ramp", ramp)):
+            out[name + "_vs_configured"] = (
+                round(sum(r["server_admitted"] for r in rows) / sum(r["configured"] for r in rows), 3) if rows else None
+            )
+    return out
 
 
 HINT = "close_1013_hint"
@@ -381,6 +433,7 @@ def analyse(mode, args, attempts, samples, m, final, before, t_kill, t_listen, t
         "server_cpu_s_listen_to_all_back": round(cpu_all, 2) if cpu_all is not None else None,
         "server_cpu_s_to_end": samples[-1]["server_cpu_s"] if samples else None,
         "fleet_cpu_s_during_return": round(final["cpu_s"] - before["cpu_s"], 2),
+        "fleet_max_lag_s": max((x["fleet_lag_s"] for x in samples), default=None),
         "samples": samples,
     }
     if mode == "on":
@@ -450,7 +503,8 @@ def markdown(results: dict) -> str:
         (f"all {results['meta']['clients']} open again", lambda r: "yes" if r["all_back"] else "no", None),
         ("time until all open, from listen (s)", lambda r: val(r, "all_back_after_listen_s"), "all_back_after_listen_s"),
         ("time until all open, from kill (s)", lambda r: val(r, "all_back_after_kill_s"), "all_back_after_kill_s"),
-        ("peak admitted / s (1 s windows)", lambda r: val(r, "peak_admitted_per_s"), "peak_admitted_per_s"),
+        ("peak admitted / s, server's count (1 s windows)", lambda r: val(r, "server_peak_admitted_per_s"), "server_peak_admitted_per_s"),
+        ("peak admitted / s, clients' count", lambda r: val(r, "peak_admitted_per_s"), "peak_admitted_per_s"),
         ("attempts after the kill", lambda r: val(r, "attempts"), "attempts"),
         ("refused (nothing listening)", lambda r: kind(r, "refused"), None),
         ("reset (dropped at accept)", lambda r: kind(r, "reset", "eof_before_answer"), None),
@@ -464,6 +518,7 @@ def markdown(results: dict) -> str:
          lambda r: f'{r["admitted_then_closed"].get("close_1011", 0)} / {r["admitted_then_closed"].get("dropped", 0)}', None),
         ("server CPU s, listen to all open", lambda r: val(r, "server_cpu_s_listen_to_all_back"), "server_cpu_s_listen_to_all_back"),
         ("fleet CPU s during the return", lambda r: val(r, "fleet_cpu_s_during_return"), "fleet_cpu_s_during_return"),
+        ("fleet loop's worst lag answering a 1 s poll (s)", lambda r: val(r, "fleet_max_lag_s"), None),
         ("load average before / after", lambda r: f'{" ".join(r["load_before"])} / {" ".join(r["load_after"])}', None),
     ]
     lines = [
@@ -486,16 +541,21 @@ def markdown(results: dict) -> str:
             f"after it {on['post_ramp_vs_configured']} ({on['post_ramp_admitted_per_s']}/s); "
             f"worst window {on['worst_window_ratio']}. In the {on['saturated_windows']} windows where handshakes were also refused "
             f"(demand above the admitted rate): {on['saturated_admitted_vs_configured']} of the configured rate "
-            f"({on['saturated_post_ramp_vs_configured']} after the ramp).",
+            f"({on['saturated_post_ramp_vs_configured']} after the ramp); by the server's count "
+            f"{on.get('server_saturated_vs_configured')} (ramp {on.get('server_saturated_ramp_vs_configured')}, "
+            f"after it {on.get('server_saturated_post_ramp_vs_configured')}).",
             "",
             "| t (s) | " + " | ".join(str(r["t"]) for r in on["rate_windows"]) + " |",
             "|---|" + "---:|" * len(on["rate_windows"]),
-            "| admitted | " + " | ".join(str(r["admitted"]) for r in on["rate_windows"]) + " |",
+            "| admitted (server) | " + " | ".join(str(r.get("server_admitted", "-")) for r in on["rate_windows"]) + " |",
+            "| admitted (clients) | " + " | ".join(str(r["admitted"]) for r in on["rate_windows"]) + " |",
             "| configured | " + " | ".join(f'{r["configured"]:.0f}' for r in on["rate_windows"]) + " |",
             "| refused | " + " | ".join(str(r["refused"]) for r in on["rate_windows"]) + " |",
         ]
     if off:
-        lines += ["", "Off, admitted per 1 s window from the listen: " + ", ".join(str(x) for x in off["admitted_per_s"])]
+        lines += ["", "Off, admitted per 1 s window from the listen, server's count: "
+                  + ", ".join(str(x) for x in off.get("server_admitted_per_s", [])) + "; clients' count: "
+                  + ", ".join(str(x) for x in off["admitted_per_s"])]
     return "\n".join(lines) + "\n"
 
 

@@ -520,19 +520,153 @@ def backoff_window(failures: int) -> float:
 
 class FleetConn(Client):
     """
-    One attempt of a PolicyClient: the handshake, then the open connection.
+    One attempt of a PolicyClient: the TCP connect, the handshake, then the
+    open connection.  Raw non-blocking sockets on the loop's add_reader /
+    add_writer (no Task, Future or Transport per attempt: 10000 clients
+    returning at once must not leave the generator seconds behind); the
+    object is its own "transport" for Client's frame parser.
     """
 
-    def __init__(self, owner: "PolicyClient", gen: Generator, opened: asyncio.Future) -> None:
-        super().__init__(gen, opened)
+    def __init__(self, owner: "PolicyClient", gen: Generator) -> None:
+        super().__init__(gen, None)  # type: ignore[arg-type]
         self.owner = owner
+        self.loop = owner.fleet.loop
+        self.sock: Optional[socket.socket] = None
+        self.fd = -1
+        self.closing = False
+        self.timer: Optional[asyncio.TimerHandle] = None
         self.status: Optional[int] = None
         self.retry_after: Optional[str] = None
         self.close_code: Optional[int] = None
         self.close_reason = ""
         self.decided = False
 
+    # -- the socket
+
+    def start(self, source: Optional[str]) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.sock, self.fd = sock, sock.fileno()
+        try:
+            if source:
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            err = sock.connect_ex(("127.0.0.1", self.gen.port))
+        except OSError as e:
+            err = e.errno or -1
+        if err == 0:
+            self._connected()
+        elif err == errno.EINPROGRESS:
+            self.loop.add_writer(self.fd, self._on_connect)
+            self.timer = self.loop.call_later(CONNECT_TIMEOUT, self._timed_out, "connect_timeout")
+        else:
+            self._connect_failed(err)
+
+    def _connect_failed(self, err: int) -> None:
+        self._drop()
+        kind = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.ETIMEDOUT: "connect_timeout"}
+        self.owner.ended(self, kind.get(err, "connect_" + errno.errorcode.get(err, str(err))))
+
+    def _on_connect(self) -> None:
+        self.loop.remove_writer(self.fd)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(err)
+        else:
+            self._connected()
+
+    def _connected(self) -> None:
+        self.transport = self  # type: ignore[assignment]
+        self.connection_made(self)  # writes the upgrade request
+        self.owner.tcp_connected(self)
+        if self.sock is not None:
+            self.loop.add_reader(self.fd, self._on_read)
+            self.timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._timed_out, "timeout")
+
+    def _timed_out(self, kind: str) -> None:
+        self.timer = None
+        if not self.is_open and not self.decided:
+            self.owner.ended(self, kind)
+            self.abort()
+
+    def _on_read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except ConnectionResetError as e:
+            self._lost(e)
+            return
+        except OSError as e:
+            self._lost(e)
+            return
+        if not data:
+            self._lost(None)
+            return
+        self.data_received(data)
+
+    def _lost(self, exc: Optional[Exception]) -> None:
+        self._drop()
+        self.connection_lost(exc)
+
+    def _drop(self, rst: bool = False) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock is None:
+            return
+        self.loop.remove_reader(self.fd)
+        self.loop.remove_writer(self.fd)
+        if rst:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.sock.close()
+        self.sock = None
+
+    # -- what Client's parser calls on its "transport"
+
+    def write(self, data: bytes) -> None:
+        if self.sock is not None and not self.closing:
+            try:
+                self.sock.send(data)  # small frames into a socket buffer with room
+            except OSError:
+                pass
+
+    def is_closing(self) -> bool:
+        return self.closing or self.sock is None
+
+    def close(self) -> None:
+        # After the close reply: a FIN, then nothing more is read.
+        self.closing = True
+        was_open = self.is_open
+        self._drop()
+        if was_open:
+            self.is_open = False
+            self.gen.open_now -= 1
+
+    def abort(self) -> None:
+        self.closing = True
+        was_open = self.is_open
+        self._drop(rst=True)
+        if was_open:
+            self.is_open = False
+            self.gen.open_now -= 1
+
+    # -- the protocol
+
+    def _fail(self, why: str) -> None:
+        self.owner.ended(self, "bad_answer")
+        self.abort()
+
     def _check_handshake(self, head: str) -> bool:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
         try:
@@ -546,11 +680,11 @@ class FleetConn(Client):
         if self.status != 101:
             self.retry_after = headers.get("retry-after")
             self.owner.ended(self, f"http_{self.status}")
-            self.transport.abort()
+            self.abort()
             return False
         if headers.get("sec-websocket-accept") != base64.b64encode(hashlib.sha1(self.key + GUID).digest()).decode():
             self.owner.ended(self, "bad_accept")
-            self.transport.abort()
+            self.abort()
             return False
         self.is_open = True
         self.t_open = time.monotonic()
@@ -559,10 +693,6 @@ class FleetConn(Client):
         self.owner.opened(self)
         return True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.owner.tcp_connected(self)
-
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode == OP_CLOSE:
             self.gen.close_frames += 1
@@ -570,8 +700,8 @@ class FleetConn(Client):
             self.close_reason = payload[2:].decode("utf-8", "replace")
             if not self.close_sent:
                 self.close_sent = True
-                self.transport.write(masked_frame(OP_CLOSE, payload[:2]))
-            self.transport.close()
+                self.write(masked_frame(OP_CLOSE, payload[:2]))
+            self.close()
             self.owner.ended(self, "closed")
         else:
             super()._frame(fin, opcode, payload)
@@ -643,50 +773,16 @@ class PolicyClient:
         self.rec = [self.idx, round(now, 4), None, None, None, None, None, self.failures]
         fleet.attempts.append(self.rec)
         fleet.connecting += 1
-        opened = fleet.loop.create_future()
-        conn = FleetConn(self, fleet.gen, opened)
+        conn = FleetConn(self, fleet.gen)
         self.conn = conn
-        conn.handshake_timer = None  # type: ignore[attr-defined]
-        fleet.loop.create_task(self._connect(conn))
-
-    async def _connect(self, conn: FleetConn) -> None:
-        loop = self.fleet.loop
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            if self.source:
-                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((self.source, 0))
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", self.fleet.gen.port)), CONNECT_TIMEOUT)
-            await loop.create_connection(lambda: conn, sock=sock)
-        except (asyncio.TimeoutError, TimeoutError):
-            sock.close()
-            self.ended(conn, "connect_timeout")
-        except ConnectionRefusedError:
-            sock.close()
-            self.ended(conn, "refused")
-        except ConnectionResetError:
-            sock.close()
-            self.ended(conn, "reset")
-        except OSError as e:
-            sock.close()
-            self.ended(conn, "connect_" + errno.errorcode.get(e.errno or 0, str(e.errno)))
+        conn.start(self.source)
 
     def tcp_connected(self, conn: FleetConn) -> None:
         if self.rec is not None and conn is self.conn:
             self.rec[2] = round(time.monotonic(), 4)
-            conn.handshake_timer = self.fleet.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout, conn)
-
-    def _handshake_timeout(self, conn: FleetConn) -> None:
-        if conn is self.conn and not conn.is_open and not conn.decided:
-            self.ended(conn, "timeout")
-            if conn.transport is not None:
-                conn.transport.abort()
 
     def opened(self, conn: FleetConn) -> None:
         fleet = self.fleet
-        if conn.handshake_timer is not None:
-            conn.handshake_timer.cancel()
         fleet.connecting -= 1
         self.rec[3] = round(conn.t_open, 4)
         self.stable = False
@@ -707,8 +803,6 @@ class PolicyClient:
             return
         conn.decided = True
         fleet = self.fleet
-        if getattr(conn, "handshake_timer", None) is not None:
-            conn.handshake_timer.cancel()
         was_open = self.rec[3] is not None
         if not was_open:
             fleet.connecting -= 1
@@ -750,8 +844,8 @@ class PolicyClient:
             self.timer.cancel()
         if self.stable_handle is not None:
             self.stable_handle.cancel()
-        if self.conn is not None and self.conn.transport is not None:
-            self.conn.transport.abort()
+        if self.conn is not None:
+            self.conn.abort()
 
 
 def parse_hint(code: Optional[int], reason: str) -> Optional[tuple[float, float]]:
