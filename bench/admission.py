@@ -52,6 +52,7 @@ is bounded.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import queue
@@ -292,10 +293,12 @@ def run_mode(mode: str, args, procs: Procs, python: str, env: dict) -> dict:
             k = 0
             while not stop_sampling.is_set() and k < 2000:
                 k += 1
-                t = time.monotonic()
                 try:
-                    cpu = proc_cpu_s(srv.pid)
                     m = metrics(admin)
+                    # Stamped when the answer arrived: a busy reactor answers
+                    # late, and the counts are those of that moment.
+                    t = time.monotonic()
+                    cpu = proc_cpu_s(srv.pid)
                 except OSError:
                     m = None
                 if m is not None:
@@ -433,6 +436,9 @@ def analyse(mode, args, attempts, samples, m, final, before, t_kill, t_listen, t
         "server_cpu_s_listen_to_all_back": round(cpu_all, 2) if cpu_all is not None else None,
         "server_cpu_s_to_end": samples[-1]["server_cpu_s"] if samples else None,
         "fleet_cpu_s_during_return": round(final["cpu_s"] - before["cpu_s"], 2),
+        "attempts_per_client": dict(sorted(collections.Counter(collections.Counter(a[0] for a in attempts).values()).items())),
+        "hints_per_admitted_client": dict(sorted(collections.Counter(
+            collections.Counter(a[0] for a in attempts if a[5] == HINT).get(c, 0) for c in {a[0] for a in attempts}).items())),
         "fleet_max_lag_s": max((x["fleet_lag_s"] for x in samples), default=None),
         "samples": samples,
     }
@@ -518,6 +524,7 @@ def markdown(results: dict) -> str:
          lambda r: f'{r["admitted_then_closed"].get("close_1011", 0)} / {r["admitted_then_closed"].get("dropped", 0)}', None),
         ("server CPU s, listen to all open", lambda r: val(r, "server_cpu_s_listen_to_all_back"), "server_cpu_s_listen_to_all_back"),
         ("fleet CPU s during the return", lambda r: val(r, "fleet_cpu_s_during_return"), "fleet_cpu_s_during_return"),
+        ("attempts per client after the kill: {count: clients}", lambda r: r.get("attempts_per_client", "-"), None),
         ("fleet loop's worst lag answering a 1 s poll (s)", lambda r: val(r, "fleet_max_lag_s"), None),
         ("load average before / after", lambda r: f'{" ".join(r["load_before"])} / {" ".join(r["load_after"])}', None),
     ]
