@@ -241,6 +241,7 @@ class SyntheticLoad:
             ws.send(f"echo {n}")
             ws.recv(timeout=5)
         self.publish(f"message {n}")
+        self.open[4].recv(timeout=5)  # the subscriber reads it (unread, it would be closed as slow)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             s.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
             s.recv(4096)  # 426 Upgrade Required
@@ -325,7 +326,7 @@ class DashboardAgainstPrometheusTests(unittest.TestCase):
         load = SyntheticLoad(port, admin_port, token)
         load.start()
         seconds = int(os.environ.get("WSHEART_DASHBOARD_SECONDS", "12"))
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         for n in range(seconds):
             load.round(n)
             time.sleep(max(0.0, started + n + 1 - time.monotonic()))
@@ -351,6 +352,6 @@ class DashboardAgainstPrometheusTests(unittest.TestCase):
             end = time.time()
             subprocess.run(
                 [python, os.path.join(REPO, "bench", "dashboard_png.py"), prometheus, DASHBOARD, picture,
-                 str(end - seconds - 20), str(end)],
+                 str(started_at - 5), str(end)],
                 check=True, timeout=120,
             )  # fmt: skip
