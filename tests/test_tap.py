@@ -165,6 +165,24 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIs(service.factory.hub, service.hub)
         service.stopService()
 
+    def test_health_metrics(self) -> None:
+        """
+        /metrics tells what /healthz does: the reactor's lag against
+        --max-reactor-lag, and whether a drain is on.
+        """
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--max-reactor-lag", "1.5"), reactor=reactor)
+        service.lag.start()
+        self.addCleanup(service.lag.stop)
+        reactor.advance(0.5)
+        reactor.rightNow += 0.75  # the tick due at 1.0 s is a quarter of a second late
+        text = service.factory.metrics.exposition().decode()
+        self.assertIn("wsheart_reactor_lag_seconds 0.25\n", text)
+        self.assertIn("wsheart_reactor_lag_limit_seconds 1.5\n", text)
+        self.assertIn("wsheart_draining 0.0\n", text)
+        service.health.draining = True
+        self.assertIn("wsheart_draining 1.0\n", service.factory.metrics.exposition().decode())
+
     def test_channel_options(self) -> None:
         """
         Channels are on by default with the documented limits; the options

@@ -311,6 +311,28 @@ class ServerMetrics:
         """
         self.registry.register(_CadenceCollector(meter))
 
+    def track_health(self, lag: Callable[[], float], limit: float, draining: Callable[[], bool]) -> None:
+        """
+        Read what C{/healthz} reports (L{wsheart.health}) at scrape time:
+        the reactor's lag and its limit (past it C{/healthz} says lagging
+        and the systemd watchdog is not fed), and whether a drain is on.
+        """
+        Gauge(
+            "wsheart_reactor_lag_seconds",
+            "How late the reactor runs its timers now (every heartbeat waits on it).",
+            registry=self.registry,
+        ).set_function(lag)
+        Gauge(
+            "wsheart_reactor_lag_limit_seconds",
+            "--max-reactor-lag: past it /healthz says lagging and the systemd watchdog is withheld.",
+            registry=self.registry,
+        ).set(limit)
+        Gauge(
+            "wsheart_draining",
+            "1 while the process drains its connections before exiting, else 0.",
+            registry=self.registry,
+        ).set_function(lambda: 1 if draining() else 0)
+
     def track_open_connections(self, count: Callable[[], int]) -> None:
         """
         Read the open-connection gauge from C{count()} at scrape time.

@@ -81,9 +81,11 @@ def static_text(name: str) -> str:
 def library_module() -> str:
     """
     wsheart.js as an ES module: the classic script defines one C{var
-    WsHeart}, which a module keeps to itself and exports.
+    WsHeart}, which a module keeps to itself and exports
+    (C{wsheart.exports.js}, which js/build.mjs appends the same way for
+    the npm package).
     """
-    return static_text("wsheart.js") + "\nexport { WsHeart };\nexport default WsHeart;\n"
+    return static_text("wsheart.js") + "\n" + static_text("wsheart.exports.js")
 
 
 @dataclass(frozen=True)

@@ -509,6 +509,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         api_tokens=options["api-tokens"],
     )
     service.broker = broker
+    metrics.track_health(lag.current_lag, lag.threshold, lambda: service.health.draining)
     if broker is not None:
         # Expired history and idempotency keys are freed every second, not
         # when a channel happens to be touched.

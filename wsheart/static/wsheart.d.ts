@@ -47,8 +47,12 @@ export interface WsHeartOptions {
   token?: string | (() => string | PromiseLike<string>);
   /** Default "arraybuffer". */
   binaryType?: BinaryType;
-  /** For tests and unusual hosts. */
-  WebSocket?: typeof WebSocket;
+  /**
+   * The WebSocket constructor (default: the global one). Node.js 20 has none
+   * without --experimental-websocket: pass one, e.g. the "ws" package's.
+   * Also for tests and unusual hosts.
+   */
+  WebSocket?: new (url: string, protocols?: string | string[]) => unknown;
   clock?: WsHeartClock;
   random?: () => number;
   window?: EventTarget | null;
