@@ -488,8 +488,9 @@ async def echo(args) -> None:
 #   the failure count incremented by each failed attempt and reset only after
 #   a connection stayed open 30 s;
 # - a 1013 close with a JSON {"retry_after", "jitter"} reason on a connection
-#   not yet stable: max(floor + retry_after + uniform(0, jitter), the backoff
-#   delay), which counts a failure;
+#   not yet stable: floor + retry_after + uniform(0, jitter) if retry_after is
+#   at least the next backoff window (kept as the schedule, no failure
+#   counted), else max(that, the backoff delay), which counts a failure;
 # - HTTP 503/429 with Retry-After: Retry-After + the backoff delay (a failure);
 # - a refused or reset TCP connect, a connection lost before the answer, any
 #   other refusal or close: the backoff delay;
@@ -824,7 +825,7 @@ class PolicyClient:
                 kind += "_hint"
                 retry_after, jitter = hint
                 delay = FLOOR + retry_after + random.random() * jitter
-                if not was_stable:
+                if not was_stable and retry_after < backoff_window(self.failures):
                     delay = max(delay, self.failed())
                 self.schedule(delay, FLOOR + retry_after, kind)
                 return

@@ -226,8 +226,9 @@ class FleetTests(unittest.TestCase):
         C{fleet} wsheart clients arrive within one second of a start (no
         drain hint) and each retries as L{wsheart.client} does: dropped at
         accept, after its jittered backoff (the window doubling per
-        failure, 60 s at most); told 1013 with a hint, after
-        max(hint, its backoff).  Returns when each was admitted and the
+        failure, 60 s at most); told 1013 with a hint, after the hint if it
+        is at least the next backoff window, else after max(hint, its
+        backoff), a failure.  Returns when each was admitted and the
         attempts made.
         """
         rng = random.Random(seed)
@@ -257,7 +258,9 @@ class FleetTests(unittest.TestCase):
                 admitted_at.append(clock.seconds())
                 continue
             hinted = 0.1 + refusal.retry_after + rng.random() * refusal.jitter
-            heapq.heappush(pending, (clock.seconds() + max(hinted, backoff(client)), client))
+            if refusal.retry_after < min(60.0, 2.0 ** failures[client]):
+                hinted = max(hinted, backoff(client))
+            heapq.heappush(pending, (clock.seconds() + hinted, client))
         return admitted_at, attempts
 
     def test_a_fleet_that_obeys_converges_at_the_rate(self) -> None:

@@ -289,6 +289,26 @@ class ClientServiceTests(unittest.TestCase):
         self.assertEqual(delays, [1, 2, 4, 8])
         self.assertEqual(service.attempt, 5)
 
+    def test_a_hint_as_long_as_the_schedule_is_kept_as_a_slot(self) -> None:
+        """
+        Admission control's slot (1013 right after the open with a wait at
+        least the next backoff window) is waited out exactly and not counted
+        as a failure, so the window does not grow past the slot: 6, 7, 8 s
+        (the hint plus its jitter), attempt count unchanged.  A shorter hint
+        still counts (the test above).
+        """
+        service = self.make_client(stable_after=10)
+        service.startService()
+        delays = []
+        for wait in (5, 6, 7):
+            self.run_for(0.5)
+            self.server_protocols()[-1].close(closecodes.TRY_AGAIN_LATER, json.dumps({"retry_after": wait, "jitter": 1}))
+            self.run_for(0.2)
+            delays.append(self.listener.waits()[-1])
+            self.run_for(delays[-1])
+        self.assertEqual(delays, [6, 7, 8])
+        self.assertEqual(service.attempt, 1)
+
     def test_terminal_code_stops(self) -> None:
         """
         A close with a terminal code (1008 policy violation) stops the

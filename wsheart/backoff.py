@@ -197,6 +197,19 @@ class Backoff:
         """
         return self.settings.floor + hint.retry_after + self._random() * hint.jitter
 
+    def keeps_schedule(self, hint: RetryHint) -> bool:
+        """
+        Whether a hint given right after an open (so a refusal, not a
+        restart of a stable connection) is kept as the schedule: its fixed
+        wait is at least the next backoff window.  Admission control gives
+        each refused client its own slot; counting the refusal as a failure
+        would grow the window and could carry the client past its slot.  A
+        shorter hint (a server that says "now" after every open) counts as
+        a failure and the normal schedule applies, so it cannot make the
+        client come back faster than its backoff allows.
+        """
+        return hint.retry_after >= self.settings.window(self.failures)
+
     def retry_after(self, seconds: float) -> float:
         """
         The handshake was answered 503/429 with C{Retry-After}: a failure,

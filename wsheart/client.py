@@ -487,9 +487,11 @@ class ReconnectingClientService(Service):
         hint = hint_from_close(code, reason)
         if hint is not None:
             delay = self._backoff.hinted(hint)
-            if not self._stable:
+            if not self._stable and not self._backoff.keeps_schedule(hint):
                 # A server that hints right after every open is failing us:
                 # never come back faster than the normal schedule says.
+                # (A hint at least as long as that schedule's next window -
+                # admission control's slot for us - is kept as it is.)
                 delay = max(delay, self._backoff.failed())
             self._retry(delay, f"{description}, server asked to wait")
             return

@@ -401,6 +401,20 @@ test("refused by admission control (1013 right after the open), the client waits
   assert.equal(events.at(-1).state, "reconnecting", "not a millisecond early");
 });
 
+test("an admission slot at least as long as the backoff window is kept exactly, not counted as a failure", () => {
+  const { client, clock, socket, events } = makeClient({ random: () => 0.5 });
+  for (const wait of [5, 6, 7]) {
+    socket().serverOpens();
+    socket().serverCloses(1013, JSON.stringify({ retry_after: wait, jitter: 2 }));
+    assert.equal(events.at(-1).delay, 100 + wait * 1000 + 1000);
+    assert.equal(client.failures, 0, "the window does not grow past the slot");
+    clock.advance(events.at(-1).delay);
+  }
+  socket().serverOpens();
+  socket().serverCloses(1013, JSON.stringify({ retry_after: 0.2 }));
+  assert.equal(client.failures, 1, "a hint shorter than the window is a failure");
+});
+
 // -- tokens (a daemon with --auth jwt) -----------------------------------------
 
 test("a token string is offered as a wsheart.bearer subprotocol beside the others", () => {

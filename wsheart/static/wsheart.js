@@ -421,8 +421,10 @@ var WsHeart = (function () {
       if (hint) {
         var delay = this.options.minDelay + hint.retryAfter + this._random() * hint.jitter;
         // A server that hints right after every open is failing us: never
-        // come back faster than the normal schedule says.
-        if (!this._stable) delay = Math.max(delay, this._failed());
+        // come back faster than the normal schedule says.  A hint at least
+        // as long as that schedule's next window (admission control's slot
+        // for this client) is kept as it is, not counted as a failure.
+        if (!this._stable && hint.retryAfter < backoffWindow(this.failures, this.options)) delay = Math.max(delay, this._failed());
         this._retry(delay, description + ", server asked to wait", true);
         return;
       }
