@@ -4,7 +4,7 @@ case, one wsheart L{ReconnectingClientService} (one attempt, no reconnect)
 that echoes every message, text or binary, back to the suite; then it asks
 the suite to write its reports.
 
-    python tests/conformance/echo_client.py ws://127.0.0.1:9001 [--agent wsheart]
+    python tests/conformance/echo_client.py ws://127.0.0.1:9001 [--agent wsheart] [--deflate]
 
 Run by tests/conformance/run.py; exits non-zero if the suite cannot be
 reached or a case does not end within --case-timeout seconds.
@@ -89,11 +89,16 @@ def run(reactor: Any, argv: list[str]) -> Any:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="a ReconnectingClientService keyword argument, e.g. deflate=true (repeatable)",
+        help="a ReconnectingClientService keyword argument, e.g. handshake_timeout=5 (repeatable)",
     )
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate (the client's defaults)")
     args = parser.parse_args(argv)
     base = args.url.rstrip("/")
     options: dict[str, Any] = {}
+    if args.deflate:
+        from wsheart.deflate import DeflateSettings  # type: ignore[import-not-found,unused-ignore]
+
+        options["deflate"] = DeflateSettings()
     for option in args.option:
         name, _, value = option.partition("=")
         options[name] = json.loads(value) if value else True

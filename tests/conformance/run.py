@@ -4,8 +4,8 @@ Runs Autobahn|Testsuite against wsheart and sums up its verdicts.
     python3 tests/conformance/run.py server            # the daemon, cases 1.* to 10.*
     python3 tests/conformance/run.py client            # the client service, the same cases
     python3 tests/conformance/run.py server --full     # all 517 cases (12.* and 13.* too)
-    python3 tests/conformance/run.py server --compression -- --deflate
-    python3 tests/conformance/run.py client --compression --client-option deflate=true
+    python3 tests/conformance/run.py server --deflate  # with permessage-deflate and
+    python3 tests/conformance/run.py client --deflate  # a compression subset
 
 server: starts C{twistd -n wsheart} on a free loopback port (with
 C{--max-message-size 33554432}, so the 16 MiB cases of 9.* fit, and any
@@ -184,6 +184,8 @@ def run_client(args: argparse.Namespace, cases: list[str], outdir: Path) -> None
     try:
         wait_for_port(port, suite, "wstest", 30)
         driver = [sys.executable, str(HERE / "echo_client.py"), f"ws://127.0.0.1:{port}", "--agent", args.agent]
+        if args.deflate:
+            driver.append("--deflate")
         for option in args.client_options:
             driver += ["--option", option]
         status = run_bounded(driver, outdir / "client.log", args.timeout)
@@ -250,7 +252,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv, daemon_args = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(
         description="Run Autobahn|Testsuite against wsheart's server or client.",
-        epilog="Arguments after -- go to the daemon (server mode), e.g. -- --deflate.",
+        epilog="Arguments after -- go to the daemon (server mode), e.g. -- --ping-interval 1 --ping-timeout 1.",
     )
     parser.add_argument("mode", choices=["server", "client"])
     which = parser.add_mutually_exclusive_group()
@@ -260,12 +262,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--compression", action="store_true", help="add a permessage-deflate subset of 12.* and 13.* to cases 1.* to 10.*"
     )
     parser.add_argument(
+        "--deflate",
+        action="store_true",
+        help="permessage-deflate on (the daemon's --deflate, the client's deflate=DeflateSettings()); implies --compression",
+    )
+    parser.add_argument(
         "--client-option",
         dest="client_options",
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="client mode: a ReconnectingClientService keyword argument, e.g. deflate=true (repeatable)",
+        help="client mode: a ReconnectingClientService keyword argument, e.g. handshake_timeout=5 (repeatable)",
     )
     parser.add_argument("--wstest", type=Path, default=DEFAULT_WSTEST, help=f"default: {DEFAULT_WSTEST}")
     parser.add_argument("--reports", type=Path, default=DEFAULT_REPORTS, help=f"default: {DEFAULT_REPORTS}")
@@ -277,6 +284,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("arguments after -- are for the daemon, in server mode")
     if args.client_options and args.mode != "client":
         parser.error("--client-option is for client mode")
+    if args.deflate:
+        args.compression = True
+        if args.mode == "server":
+            args.daemon_args = ["--deflate"] + args.daemon_args
     if args.timeout is None:
         args.timeout = 3600.0 if args.full else 600.0
     if not args.wstest.exists():
@@ -292,9 +303,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     outdir = (args.reports / args.mode).resolve()
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
-    label = f"{args.mode}" + (" " + " ".join(daemon_args) if daemon_args else "") + "".join(
-        f" --client-option {o}" for o in args.client_options
-    )
+    label = f"{args.mode}" + (" --deflate" if args.deflate else "") + (" -- " + " ".join(daemon_args) if daemon_args else "")
+    label += "".join(f" --client-option {o}" for o in args.client_options)
     print(f"=== Autobahn|Testsuite against wsheart {label}: cases {' '.join(cases)}", flush=True)
     started = time.monotonic()
     try:
