@@ -3,7 +3,7 @@ Runs Autobahn|Testsuite against wsheart and sums up its verdicts.
 
     python3 tests/conformance/run.py server            # the daemon, cases 1.* to 10.*
     python3 tests/conformance/run.py client            # the client service, the same cases
-    python3 tests/conformance/run.py server --full     # all 517 cases (12.* and 13.* too)
+    python3 tests/conformance/run.py server client --full  # all 517 cases, both sides
     python3 tests/conformance/run.py server --deflate  # with permessage-deflate and
     python3 tests/conformance/run.py client --deflate  # a compression subset
 
@@ -254,7 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         description="Run Autobahn|Testsuite against wsheart's server or client.",
         epilog="Arguments after -- go to the daemon (server mode), e.g. -- --ping-interval 1 --ping-timeout 1.",
     )
-    parser.add_argument("mode", choices=["server", "client"])
+    parser.add_argument("modes", nargs="+", metavar="MODE", choices=["server", "client"], help="server, client, or both")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--full", action="store_true", help="every case of the suite (517), not cases 1.* to 10.*")
     which.add_argument("--cases", nargs="+", metavar="ID", help="these case ids or patterns (e.g. 6.4.* 9.1.6)")
@@ -279,15 +279,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds the suite may run (default: 600, --full 3600)")
     parser.add_argument("--agent", default="wsheart", help="agent name in the reports")
     args = parser.parse_args(argv)
-    args.daemon_args = daemon_args
-    if daemon_args and args.mode != "server":
+    args.extra_daemon_args = daemon_args
+    args.daemon_args = (["--deflate"] if args.deflate else []) + daemon_args
+    if daemon_args and "server" not in args.modes:
         parser.error("arguments after -- are for the daemon, in server mode")
-    if args.client_options and args.mode != "client":
+    if args.client_options and "client" not in args.modes:
         parser.error("--client-option is for client mode")
     if args.deflate:
         args.compression = True
-        if args.mode == "server":
-            args.daemon_args = ["--deflate"] + args.daemon_args
     if args.timeout is None:
         args.timeout = 3600.0 if args.full else 600.0
     if not args.wstest.exists():
@@ -300,28 +299,40 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         cases = QUICK_CASES + (COMPRESSION_CASES if args.compression else [])
 
-    outdir = (args.reports / args.mode).resolve()
+    worst = 0
+    for mode in args.modes:
+        worst = max(worst, run_mode(args, mode, cases))
+    return worst
+
+
+def run_mode(args: argparse.Namespace, mode: str, cases: list[str]) -> int:
+    """
+    One side's run: 0 if no case FAILED, 1 if one did, 2 if the run failed.
+    """
+    outdir = (args.reports / mode).resolve()
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
-    label = f"{args.mode}" + (" --deflate" if args.deflate else "") + (" -- " + " ".join(daemon_args) if daemon_args else "")
-    label += "".join(f" --client-option {o}" for o in args.client_options)
+    label = mode + (" --deflate" if args.deflate else "")
+    if mode == "server" and args.extra_daemon_args:
+        label += " -- " + " ".join(args.extra_daemon_args)
+    if mode == "client":
+        label += "".join(f" --client-option {o}" for o in args.client_options)
     print(f"=== Autobahn|Testsuite against wsheart {label}: cases {' '.join(cases)}", flush=True)
     started = time.monotonic()
     try:
-        (run_server if args.mode == "server" else run_client)(args, cases, outdir)
+        (run_server if mode == "server" else run_client)(args, cases, outdir)
         failed = summarize(outdir, args.agent, announced_cases(outdir))
     except RunFailed as e:
-        print(f"CONFORMANCE RUN FAILED ({args.mode}): {e}", file=sys.stderr)
+        print(f"CONFORMANCE RUN FAILED ({label}): {e}", file=sys.stderr)
         for log in sorted(outdir.glob("*.log")):
             tail = log.read_text(errors="replace").splitlines()[-15:]
             print(f"--- last lines of {log}:", *tail, sep="\n", file=sys.stderr)
         return 2
-    print(f"{time.monotonic() - started:.0f} s")
+    print(f"{time.monotonic() - started:.0f} s", flush=True)
     if failed:
         print(f"CONFORMANCE FAILED ({label}): {failed} case(s) FAILED; see the report above", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
