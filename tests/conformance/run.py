@@ -16,7 +16,8 @@ every message) against it.
 
 Prints the count of each verdict (OK, NON-STRICT, INFORMATIONAL,
 UNIMPLEMENTED, FAILED) and the FAILED case ids; exits 1 if any case
-FAILED, 2 if the run itself failed (no report, time limit).  wstest comes
+FAILED (its verdict, or its closing behaviour: the suite's two results
+per case), 2 if the run itself failed (no report, time limit).  wstest comes
 from .venv27/ (tests/conformance/install.sh); wsheart from the Python that
 runs this script.  Reports (HTML and JSON): .conformance/<mode>/ at the
 repository root.
@@ -219,6 +220,11 @@ def summarize(outdir: Path, agent: str, expected: int) -> int:
         print("FAILED: " + " ".join(failed))
     if close_failed:
         print("closing behaviour FAILED: " + " ".join(close_failed))
+    close_notes = Counter(
+        r.get("behaviorClose") for r in results.values() if r.get("behaviorClose") not in ("OK", "FAILED", "INFORMATIONAL")
+    )
+    if close_notes:
+        print("closing behaviour, other verdicts: " + ", ".join(f"{n} {v}" for v, n in sorted(close_notes.items())))
     print(f"report: {outdir / 'index.html'}")
     return len(failed) + len(set(close_failed) - set(failed))
 
