@@ -34,8 +34,9 @@ find_python27() {
 
 py27="$(find_python27)"
 if [ -z "$py27" ] || ! "$py27" -c 'import sys; assert sys.version_info[:2] == (2, 7)' 2>/dev/null; then
-    echo "install.sh: no Python 2.7 found (looked at \$WSHEART_PY27, \$(pyenv root)/versions/2.7*," \
-         "/root/.pyenv/versions/2.7.18 and python2.7 on PATH); Autobahn|Testsuite needs one" >&2
+    echo "install.sh: no Python 2.7 found${py27:+ ($py27 is not one)} (looked at \$WSHEART_PY27," \
+         "\$(pyenv root)/versions/2.7*, /root/.pyenv/versions/2.7.18 and python2.7 on PATH);" \
+         "Autobahn|Testsuite needs one" >&2
     exit 1
 fi
 
@@ -51,9 +52,21 @@ fi
 
 echo "install.sh: installing Autobahn|Testsuite under $py27 into $venv" >&2
 rm -rf "$venv"
-"$py27" -m pip install "${pip_quiet[@]}" --target "$venv/.bootstrap" 'virtualenv==16.7.12' >&2
-PYTHONPATH="$venv/.bootstrap" "$py27" -m virtualenv -q --no-download "$venv/env" >&2
-"$venv/env/bin/python" -m pip install "${pip_quiet[@]}" -r "$requirements" >&2
-"$wstest" --autobahnversion >&2
+mkdir -p "$venv"
+# pip on 2.7 is chatty (its end-of-life notice, warnings about index
+# locations a machine's pip.conf names): its output is shown only if it fails.
+log="$venv/install.log"
+quietly() {
+    if ! "$@" >>"$log" 2>&1; then
+        cat "$log" >&2
+        echo "install.sh: FAILED: $*" >&2
+        exit 1
+    fi
+}
+quietly "$py27" -m pip install "${pip_quiet[@]}" --target "$venv/.bootstrap" 'virtualenv==16.7.12'
+quietly env PYTHONPATH="$venv/.bootstrap" "$py27" -m virtualenv -q --no-download "$venv/env"
+quietly "$venv/env/bin/python" -m pip install "${pip_quiet[@]}" -r "$requirements"
+quietly "$wstest" --autobahnversion
+grep -E '^(Autobahn|AutobahnTestSuite) [0-9]' "$log" >&2 || true
 cp "$requirements" "$stamp"
 echo "$wstest"
