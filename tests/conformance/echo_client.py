@@ -83,7 +83,9 @@ def run(reactor: Any, argv: list[str]) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("url", help="the fuzzingserver's URL, e.g. ws://127.0.0.1:9001")
     parser.add_argument("--agent", default="wsheart", help="agent name in the reports")
-    parser.add_argument("--case-timeout", type=float, default=60.0, help="seconds one case may take")
+    parser.add_argument(
+        "--case-timeout", type=float, default=600.0, help="seconds one case may take (the suite allows 12.* up to 480)"
+    )
     parser.add_argument(
         "--option",
         action="append",
