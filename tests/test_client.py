@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -620,6 +621,67 @@ class ClientServiceTests(unittest.TestCase):
              "client_state"],
         )  # fmt: skip
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 11)
+
+
+class ChoppingServer(WebSocketServerProtocol):
+    """
+    What Autobahn|Testsuite's cases 6.4.3 and 6.4.4 do: on open, begin a
+    text frame and send only its first chop; the rest on C{finish()}.  Its
+    Autobahn answers a ping at once, inside the unfinished frame.
+    """
+
+    TEXT = "κόσμε: hello".encode("utf-8")
+
+    def onOpen(self) -> None:
+        self.factory.opened.append(self)
+        self.beginMessage()
+        self.beginMessageFrame(len(self.TEXT))
+        self.sendMessageFrameData(self.TEXT[:5])
+
+    def finish(self) -> None:
+        self.sendMessageFrameData(self.TEXT[5:])
+        self.endMessage()
+
+
+class PeerMidFrameTests(unittest.TestCase):
+    """
+    The client's heartbeat and a server part-way through sending a frame.
+    """
+
+    # The reconnecting client as ClientServiceTests builds and drives it.
+    make_client = ClientServiceTests.make_client
+    stop = ClientServiceTests.stop
+    run_for = ClientServiceTests.run_for
+
+    def setUp(self) -> None:
+        ClientServiceTests.setUp(self)  # type: ignore[arg-type]
+        factory = WebSocketServerFactory(reactor=self.clock)
+        factory.protocol = ChoppingServer
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        factory.opened = []
+        self.endpoint.server_factory = factory
+
+    def test_first_ping_waits_for_the_frame_to_end(self) -> None:
+        """
+        The client's first ping is due at open, when the server is already
+        inside a frame: it is not sent there (the server's pong would land
+        inside the frame and corrupt it, a 1007), so the message arrives
+        whole and the connection stays open.
+        """
+        service = self.make_client()
+        service.startService()
+        self.run_for(1)
+        (server,) = self.endpoint.server_factory.opened
+        self.assertEqual(service.state, wclient.OPEN)
+        server.finish()
+        self.run_for(0.5)
+        self.assertEqual(self.listener.closes, [])
+        self.assertEqual(self.listener.messages, [ChoppingServer.TEXT.decode("utf-8")])
+        self.assertEqual(service.heartbeat.pings_sent, 1)  # due, counted, not written
+        self.assertIsNone(service.rtt)
+        # Between frames the next ping (interval 4 s) goes out and is answered.
+        self.run_for(4)
+        self.assertIsNotNone(service.rtt)
 
 
 class HandshakeTimerTests(unittest.TestCase):

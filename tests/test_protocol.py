@@ -671,3 +671,63 @@ class ProtocolEdgeTests(unittest.TestCase):
         server.dataReceived(frame[5:])
         self.assertIsNotNone(server.heartbeat.last_rtt)
         self.assertEqual(server.heartbeat.misses, 0)
+
+
+class PeerMidFrameTests(unittest.TestCase):
+    """
+    The server's heartbeat and a client part-way through sending a frame:
+    Autobahn|Testsuite's cases 6.4.3 and 6.4.4 send one text frame in
+    chops with a second's pause between them, and their Autobahn answers a
+    ping at once, writing the pong inside that frame.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        # The first ping falls within the first interval (10 s).
+        self.factory = make_server_factory(self.clock)
+        self.client, self.server, self.pump = connect_client(self.factory, self.clock)
+
+    def start_chopped_frame(self, payload: bytes, first: int) -> None:
+        self.client.beginMessage()
+        self.client.beginMessageFrame(len(payload))
+        self.client.sendMessageFrameData(payload[:first])
+        self.pump.flush()
+
+    def test_no_ping_while_the_peer_is_inside_a_frame(self) -> None:
+        """
+        A ping due while the client is inside a frame is not sent, so a
+        client that answers at once cannot corrupt its own frame: the
+        message completes and is echoed, and the connection stays open.
+        """
+        text = "κόσμε and more".encode("utf-8")
+        self.start_chopped_frame(text, 5)
+        # Past the first ping and the second (interval 10 s), inside the
+        # frame and within the death bound (24 s).
+        for _ in range(15):
+            self.clock.advance(1)
+            self.pump.flush()
+        self.client.sendMessageFrameData(text[5:])
+        self.client.endMessage()
+        self.pump.flush()
+        self.assertEqual(self.client.closes, [])
+        self.assertEqual(self.client.messages, [text.decode("utf-8")])
+        self.assertEqual(self.client.pings, [])
+        # Between frames the heartbeat pings again.
+        self.clock.advance(10)
+        self.pump.flush()
+        self.assertEqual(len(self.client.pings), 1)
+
+    def test_peer_stalled_inside_a_frame_is_still_declared_dead(self) -> None:
+        """
+        Not pinging a peer inside a frame does not shield it: one that
+        goes silent there is declared dead within the heartbeat bound,
+        because a miss is a window with no inbound traffic at all.
+        """
+        self.start_chopped_frame(b"abcdef", 2)
+        silent_since = self.clock.seconds()
+        bound = self.factory.heartbeat_settings.death_bound
+        while not self.server.heartbeat.dead:
+            self.assertLessEqual(self.clock.seconds() - silent_since, bound + 1)
+            self.clock.advance(0.5)
+            self.pump.flush()
+        self.assertEqual(self.client.pings, [])

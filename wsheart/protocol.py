@@ -152,7 +152,21 @@ class _Liveness:
         self.heartbeat.start(first_delay)
 
     def _send_heartbeat_ping(self, payload: bytes) -> None:
-        self.sendPing(payload)  # type: ignore[attr-defined]
+        if not self._peer_mid_frame():
+            self.sendPing(payload)  # type: ignore[attr-defined]
+
+    def _peer_mid_frame(self) -> bool:
+        """
+        Whether the peer is part-way through sending a frame (its header or
+        payload partly read).  A heartbeat ping due then is not sent: the
+        peer's bytes already count as life (a miss needs a silent window),
+        and a peer that writes its pong the moment a ping arrives, even
+        inside a frame it is sending in pieces, corrupts that frame
+        (Autobahn|Testsuite's cases 6.4.3 and 6.4.4 then end in 1007).
+        """
+        return self.state == self.STATE_OPEN and (  # type: ignore[attr-defined]
+            bool(self.data) or getattr(self, "current_frame", None) is not None  # type: ignore[attr-defined]
+        )
 
     def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
         """
@@ -196,7 +210,7 @@ class _Liveness:
         payload, between frames: match it here instead of running
         Autobahn's general frame parser.  Anything else goes the long way.
         """
-        if self.state != self.STATE_OPEN or self.data or getattr(self, "current_frame", None) is not None:  # type: ignore[attr-defined]
+        if self.state != self.STATE_OPEN or self._peer_mid_frame():  # type: ignore[attr-defined]
             return False
         if self.factory.isServer:  # type: ignore[attr-defined]
             if data[1] != 0x8C or len(data) != 18:  # clients must mask
@@ -433,7 +447,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         super()._handshake_timed_out()
 
     def _send_heartbeat_ping(self, payload: bytes) -> None:
-        if self.state == self.STATE_OPEN:
+        if self.state == self.STATE_OPEN and not self._peer_mid_frame():
             # A server frame is unmasked: FIN + opcode 9, then the length.
             write_small(self.transport, b"\x89\x0c" + payload)
             self.factory.metrics.heartbeat.pings_sent += 1
