@@ -8,6 +8,7 @@ of a burst, and the CLI against a real twistd.
 from __future__ import annotations
 
 import json
+import threading
 import os
 import subprocess
 import sys
@@ -118,12 +119,15 @@ class IndependentClientTests(unittest.TestCase):
                 frames.append(c.recv(timeout=5))
                 c.send(json.dumps({"op": "ready"}))  # unknown op: an error, then the test publishes
                 frames.append(json.loads(c.recv(timeout=5)))
+                errors_done.set()
                 frames.append(json.loads(c.recv(timeout=5)))
                 return frames
 
+        errors_done = threading.Event()
         received = threads.deferToThread(client_side)
         await wait_until(self, lambda: server.broker.presence("news"))
         await wait_until(self, lambda: server.broker.channels()[0]["subscribers"] == 1)
+        await threads.deferToThread(errors_done.wait, 10)
         status, answer = await threads.deferToThread(
             http, server.admin + "/publish/news", "POST", json.dumps({"headline": "hi"}).encode()
         )

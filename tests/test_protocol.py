@@ -5,6 +5,7 @@ text ping/pong, the handler interface, bad input, and the hub's view.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.internet import defer
@@ -731,3 +732,158 @@ class PeerMidFrameTests(unittest.TestCase):
             self.clock.advance(0.5)
             self.pump.flush()
         self.assertEqual(self.client.pings, [])
+
+
+def raw_frame(first: int, payload: bytes, mask: bytes = b"\x11\x22\x33\x44", length_form: str = "minimal") -> bytes:
+    """
+    A client frame with a chosen first byte (FIN, RSV, opcode), masked with
+    C{mask} (None: unmasked), its length in the minimal form or a chosen
+    longer one ("16" or "64"), so that malformed frames can be written too.
+    """
+    n = len(payload)
+    masked_bit = 0x80 if mask is not None else 0
+    if length_form == "minimal":
+        length_form = "7" if n < 126 else "16" if n < 1 << 16 else "64"
+    if length_form == "7":
+        head = bytes((first, masked_bit | n))
+    elif length_form == "16":
+        head = bytes((first, masked_bit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, masked_bit | 127)) + n.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class FastMessageTests(unittest.TestCase):
+    """
+    The fast path for ordinary client messages (C{_fast_messages}) behaves
+    exactly as Autobahn's general parser: every byte sequence below, cut
+    into reads every which way, gives the same messages to the handler, the
+    same bytes back on the wire (echoes, pongs, close frames with their
+    codes) and the same state, with the fast path on and off.
+    """
+
+    HANDSHAKE = (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+
+    def setUp(self) -> None:
+        self.factories: dict[bool, Any] = {}
+
+    def run_server(self, reads: list[bytes], fast: bool) -> tuple[list[Any], bytes, int]:
+        from twisted.internet.testing import StringTransport
+
+        class Recording(EchoHandler):
+            def __init__(self) -> None:
+                super().__init__()
+                self.messages: list[Any] = []
+
+            def message_received(self, connection: Any, message: Any) -> None:
+                self.messages.append(message)
+                if message == "close now":
+                    connection.close(4000, "asked")
+                    return
+                super().message_received(connection, message)
+
+        class Transport(StringTransport):
+            def unregisterProducer(self) -> None:
+                self.producer = None
+
+        handler = Recording()
+        factory = self.factories.get(fast)
+        if factory is None:
+            # One per side for the whole test (building one is the slow
+            # part); each run gets its own handler and connection.
+            factory = self.factories[fast] = make_server_factory(Clock(), max_message_size=1000)
+        factory.handler = handler
+        server = factory.buildProtocol(None)
+        transport = Transport()
+        server.makeConnection(transport)
+        server.dataReceived(self.HANDSHAKE)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 101"))
+        transport.clear()
+        if not fast:
+            server._fast_messages = lambda data: data
+        for data in reads:
+            if server.state == server.STATE_CLOSED:
+                break
+            server.dataReceived(data)
+        return handler.messages, transport.value(), server.state
+
+    def assert_same(self, stream: bytes, label: str) -> None:
+        cuts = [[stream]]
+        cuts.append([stream[i : i + 1] for i in range(len(stream))])  # a byte at a time
+        for at in range(1, min(len(stream), 30), 3):
+            cuts.append([stream[:at], stream[at:]])
+        rng = random.Random(label)
+        for _ in range(4):
+            points = sorted(rng.sample(range(1, len(stream)), min(3, len(stream) - 1))) if len(stream) > 1 else []
+            edges = [0, *points, len(stream)]
+            cuts.append([stream[a:b] for a, b in zip(edges, edges[1:])])
+        for reads in cuts:
+            fast = self.run_server(reads, fast=True)
+            slow = self.run_server(reads, fast=False)
+            self.assertEqual(fast, slow, f"{label}: reads of {[len(r) for r in reads]}")
+
+    CASES: dict[str, bytes] = {
+        "three texts": raw_frame(0x81, b"one") + raw_frame(0x81, b"two") + raw_frame(0x81, b"three"),
+        "binary": raw_frame(0x82, bytes(range(40))),
+        "16-bit length": raw_frame(0x81, b"x" * 200) + raw_frame(0x82, b"\x00" * 126),
+        "empty text and binary": raw_frame(0x81, b"") + raw_frame(0x82, b""),
+        "unicode": raw_frame(0x81, "héllo wörld ☃ 😀".encode()),
+        "ping between": raw_frame(0x81, b"a") + raw_frame(0x89, b"p") + raw_frame(0x81, b"b"),
+        "text ping": raw_frame(0x81, b"ping") + raw_frame(0x81, b"after"),
+        "fragmented": raw_frame(0x01, b"frag") + raw_frame(0x80, b"ment") + raw_frame(0x81, b"next"),
+        "control inside fragments": raw_frame(0x01, b"a") + raw_frame(0x89, b"") + raw_frame(0x80, b"b"),
+        "invalid utf-8": raw_frame(0x81, b"ok") + raw_frame(0x81, b"\xff\xfe") + raw_frame(0x81, b"never"),
+        "split code point": raw_frame(0x81, "€".encode()[:2]) + raw_frame(0x81, b"x"),
+        "surrogate": raw_frame(0x81, b"\xed\xa0\x80"),
+        "oversize": raw_frame(0x81, b"a") + raw_frame(0x81, b"y" * 1001),
+        "non-minimal 16-bit": raw_frame(0x81, b"short", length_form="16"),
+        "non-minimal 64-bit": raw_frame(0x81, b"short", length_form="64"),
+        "unmasked": raw_frame(0x81, b"plain", mask=None),  # type: ignore[arg-type]
+        "rsv bit": raw_frame(0xC1, b"rsv1") + raw_frame(0x81, b"after"),
+        "reserved opcode": raw_frame(0x83, b"op3"),
+        "continuation first": raw_frame(0x80, b"cont"),
+        "close then text": raw_frame(0x81, b"a") + raw_frame(0x88, b"\x03\xe8bye") + raw_frame(0x81, b"late"),
+        "handler closes mid-read": raw_frame(0x81, b"close now") + raw_frame(0x81, b"ignored"),
+        "binary 1000": raw_frame(0x82, b"\x07" * 1000),
+    }
+
+    def test_every_edge_case_matches_autobahns_parser(self) -> None:
+        """
+        Each case alone, cut into reads at every position, gives what
+        Autobahn's own parser gives.
+        """
+        for label, stream in self.CASES.items():
+            self.assert_same(stream, label)
+
+    def test_mixtures_match(self) -> None:
+        """
+        Random sequences of the cases, cut at random, give what Autobahn's
+        own parser gives.
+        """
+        rng = random.Random(2026)
+        names = sorted(self.CASES)
+        for i in range(25):
+            stream = b"".join(self.CASES[rng.choice(names)] for _ in range(rng.randint(2, 5)))
+            self.assert_same(stream, f"mixture {i}")
+
+    def test_the_fast_path_is_taken(self) -> None:
+        """
+        Ordinary messages do not reach Autobahn's parser at all.
+        """
+        clock = Clock()
+        factory = make_server_factory(clock)
+        client, server, pump = connect_client(factory, clock)
+        parsed: list[bytes] = []
+        original = server._dataReceived
+        server._dataReceived = lambda data: (parsed.append(data), original(data))
+        server.dataReceived(raw_frame(0x81, b"fast") + raw_frame(0x82, b"\x01\x02"))
+        pump.flush()
+        self.assertEqual(client.messages, ["fast", b"\x01\x02"])
+        self.assertEqual(parsed, [])
+        server.dataReceived(raw_frame(0x81, b"a") + raw_frame(0x89, b"p"))
+        self.assertEqual(parsed, [raw_frame(0x89, b"p")], "from the control frame on: the long way")

@@ -18,18 +18,27 @@ from wsheart.deflate import FrameKey, compressed_text_frame
 from wsheart.hub import IConnection
 
 
+def data_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """
+    A final, unmasked data frame carrying C{payload}: text (opcode 1) or
+    binary (2).
+    """
+    n = len(payload)
+    first = 0x80 | opcode
+    if n < 126:
+        head = bytes((first, n))
+    elif n < 1 << 16:
+        head = bytes((first, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
 def text_frame(payload: bytes) -> bytes:
     """
     A final, unmasked text frame (opcode 1) carrying C{payload}.
     """
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, n))
-    elif n < 1 << 16:
-        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return head + payload
+    return data_frame(payload, 0x1)
 
 
 def send_to_all(connections: Iterable[IConnection], text: str) -> int:

@@ -37,6 +37,7 @@ from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
 from wsheart.deflate import DeflateSettings, FrameKey, client_accept, client_offers, make_lean, server_accept
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
+from wsheart.frames import data_frame
 from wsheart.heartbeat import CadenceMeter, Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
@@ -838,14 +839,26 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         payload = text.encode("utf-8")
         if not self._may_send_message(len(payload)):
             return False
-        self.sendMessage(payload, False)
+        self._write_message(payload, 0x1)
         return True
 
     def send_binary(self, data: bytes) -> bool:
         if not self._may_send_message(len(data)):
             return False
-        self.sendMessage(data, True)
+        self._write_message(data, 0x2)
         return True
+
+    def _write_message(self, payload: bytes, opcode: int) -> None:
+        """
+        One message, framed here (a server frame is one header and the
+        payload, unmasked) unless it is to be compressed, which Autobahn
+        does.  Autobahn's own sendMessage checks and counts on every call.
+        """
+        settings = self.factory.deflate
+        if self._perMessageCompress is not None and settings is not None and len(payload) >= settings.min_size:
+            self.sendMessage(payload, opcode == 0x2)
+        else:
+            self.transport.write(data_frame(payload, opcode))
 
     def _may_send_message(self, size: int) -> bool:
         """
