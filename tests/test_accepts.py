@@ -12,7 +12,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from wsheart.accepts import PORT_NAMESPACE, AcceptPauser
+from wsheart.accepts import AcceptPauser
+
+PORT_NAMESPACE = "twisted.internet.tcp.Port"
 
 
 def gave_up(error: str = "EMFILE") -> dict[str, object]:

@@ -16,11 +16,13 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from wsheart.access.admission import (
+    ADDRESS_ARRIVALS_MIN,
     BURST_SECONDS,
     DROP_FACTOR,
     FULL_HINT,
     MAX_WAIT,
     SLOT_JITTER,
+    SLOTS_PER_ADDRESS,
     Admission,
     AdmissionSettings,
     Refusal,
@@ -183,6 +185,46 @@ class AdmissionTests(unittest.TestCase):
         self.assertEqual((refusal.retry_after, refusal.jitter), (MAX_WAIT, MAX_WAIT))
         self.assertEqual(admission.queue_seconds(), queue)
 
+    def test_one_address_cannot_push_the_queue_back(self) -> None:
+        """
+        An address holding SLOTS_PER_ADDRESS unexpired slots gets no more
+        (reason "address", until its earliest slot is over) and the queue
+        does not move; another address gets the next slot as before; once
+        its slots have passed, the first address gets slots again.
+        """
+        admission = self.admission(10)
+        admission.admit(True, "attacker")  # the burst of one
+        for _ in range(SLOTS_PER_ADDRESS):
+            self.assertEqual(admission.admit(True, "attacker").reason, "rate")  # type: ignore[union-attr]
+        queue = admission.queue_seconds()
+        for _ in range(1000):
+            refusal = admission.admit(False, "attacker")
+            assert refusal is not None
+            self.assertEqual(refusal.reason, "address")
+        self.assertAlmostEqual(admission.queue_seconds(), queue, msg="a thousand more did not push the queue back")
+        other = admission.admit(True, "someone else")
+        assert other is not None
+        self.assertAlmostEqual(other.retry_after, queue + 0.1)
+        self.assertIn(("address", "429"), self.refused)
+        self.clock.advance(queue + 5)
+        self.assertEqual(admission.admit(True, "attacker"), None, "slots passed: a token again")
+        self.assertEqual(admission.admit(True, "attacker").reason, "rate")  # type: ignore[union-attr]
+
+    def test_one_address_cannot_spend_the_arrival_budget(self) -> None:
+        """
+        One address's arrivals past its share of a second (a tenth of the
+        drop threshold, at least ADDRESS_ARRIVALS_MIN) are dropped at accept;
+        other addresses still arrive; the next second it may again.
+        """
+        admission = self.admission(100)
+        share = int(max(ADDRESS_ARRIVALS_MIN, 0.1 * DROP_FACTOR * 100))
+        taken = sum(1 for _ in range(500) if admission.arrived("flooder"))
+        self.assertEqual(taken, share)
+        self.assertTrue(admission.arrived("someone else"))
+        self.assertIn(("address", "drop"), self.refused)
+        self.clock.advance(1)
+        self.assertTrue(admission.arrived("flooder"))
+
     def test_full_has_a_fixed_hint(self) -> None:
         """
         A full process says come back in FULL_HINT, whatever the rate.
@@ -296,6 +338,21 @@ class ServerAdmissionTests(unittest.TestCase):
         factory = make_server_factory(self.clock, handler=self.handler, **kwargs)
         factory.startFactory()
         return factory
+
+    def connect_from(self, factory: Any, host: str) -> tuple[Any, Any, iosim.IOPump]:
+        from autobahn.twisted.websocket import WebSocketClientFactory
+        from twisted.internet.address import IPv4Address
+
+        from .memory import RecordingClientProtocol
+
+        client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=self.clock)
+        client_factory.protocol = RecordingClientProtocol
+        client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
+        server = factory.buildProtocol(None)
+        client = client_factory.buildProtocol(None)
+        server_io = iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 40000))
+        pump = iosim.connect(server, server_io, client, iosim.makeFakeClient(client), clock=self.clock)
+        return client, server, pump
 
     def test_a_wsheart_client_is_told_in_band_when_to_come_back(self) -> None:
         """
@@ -412,3 +469,16 @@ class ServerAdmissionTests(unittest.TestCase):
         client.sendMessage(b"hello", False)
         pump.flush()
         self.assertEqual(client.messages, ["pong", "hello"])
+
+    def test_an_address_holding_its_share_of_slots_gets_429(self) -> None:
+        """
+        Over the wire: the handshakes of one address past its share of
+        slots get 429 with a Retry-After (no slot, the queue unmoved).
+        """
+        factory = self.factory(admission=AdmissionSettings(accept_rate=10, ramp=0))
+        answers = []
+        for _ in range(SLOTS_PER_ADDRESS + 3):
+            client, _, _ = self.connect_from(factory, "198.51.100.7")
+            answers.append(client.http_response_data.split(b" ", 2)[1] if client.http_response_data else b"101")
+        self.assertEqual(answers, [b"101"] + [b"503"] * SLOTS_PER_ADDRESS + [b"429"] * 2)
+        self.assertRegex(client.http_response_data, rb"\r\nRetry-After: \d+\r\n")

@@ -251,6 +251,7 @@ class WaitingForKeysTests(unittest.TestCase):
         client, server, pump = connect_client(factory, self.clock, headers={"Authorization": "Bearer " + self.waiting_token})
         self.assertFalse(client.opened)
         self.assertTrue(client.http_response_data.startswith(b"HTTP/1.1 503 "), client.http_response_data)
+        self.assertRegex(client.http_response_data, rb"\r\nRetry-After: \d+\r\n", "the wait, for clients that read it")
         self.assertIn(b"no keys yet", client.data)
 
     def test_auth_frame_closes_with_1013_and_a_hint(self) -> None:

@@ -312,3 +312,24 @@ class SharedFrameTests(unittest.TestCase):
         self.assertEqual(client.messages, [text, text])
         first, second = frames_sent(transport)[-2:]
         self.assertLess(second[1], first[1], "the second one refers back to the first")
+
+
+class LimitTests(unittest.TestCase):
+    def test_incompressible_message_at_the_limit_goes_plain(self) -> None:
+        """
+        A random binary message just under --max-message-size would grow
+        past it compressed (Autobahn would raise; a peer would refuse it,
+        as Autobahn counts a compressed frame against the limit too): it is
+        echoed plain, and the connection stays open.
+        """
+        import os as _os
+
+        clock = Clock()
+        factory = make_server_factory(clock, deflate=DeflateSettings(), max_message_size=100_000)
+        client, server, transport, pump = connect(factory, clock)
+        noise = _os.urandom(99_990)
+        client.sendMessage(noise, True, doNotCompress=True)
+        pump.flush()
+        self.assertEqual(client.messages, [noise])
+        self.assertEqual(client.closes, [])
+        self.assertEqual(frames_sent(transport)[-1][0], 0x82, "sent plain: compressed it could pass the limit")

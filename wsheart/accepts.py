@@ -30,7 +30,9 @@ from zope.interface import implementer
 # What tcp.Port logs (as acceptError) when it gives up on accept(2) for
 # want of a resource; ECONNABORTED, also logged so, is one client's doing.
 RESOURCE_ERRORS = frozenset({"EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"})
-PORT_NAMESPACE = "twisted.internet.tcp.Port"
+# tcp.Port's, and the same code's in unix.Port (its logger is named after
+# the class that logs).
+PORT_NAMESPACES = frozenset({"twisted.internet.tcp.Port", "twisted.internet.unix.Port"})
 
 
 @implementer(ILogObserver)
@@ -57,7 +59,7 @@ class AcceptPauser:
         self._timer: Optional[IDelayedCall] = None
 
     def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == PORT_NAMESPACE and event.get("acceptError") in RESOURCE_ERRORS:
+        if event.get("log_namespace") in PORT_NAMESPACES and event.get("acceptError") in RESOURCE_ERRORS:
             self.pause(str(event["acceptError"]))
 
     def pause(self, error: str) -> None:

@@ -206,6 +206,29 @@ def client_accept(settings: DeflateSettings, max_message_size: int) -> Any:
     return accept
 
 
+def may_compress(size: int, settings: "DeflateSettings", limit: int) -> bool:
+    """
+    Whether a message of C{size} bytes is to be compressed: not under the
+    minimum size, and not when deflate's worst case (incompressible data
+    grows a little: zlib's deflateBound) could pass the message limit,
+    where Autobahn would raise rather than send.
+    """
+    if size < settings.min_size:
+        return False
+    return limit <= 0 or compressed_bound(size) <= limit
+
+
+def compressed_bound(size: int) -> int:
+    """
+    The most C{size} bytes can become deflated (zlib's deflateBound, with
+    room for the flush): incompressible data grows a little.  0 stays 0 (no
+    limit).
+    """
+    if size <= 0:
+        return size
+    return size + (size >> 12) + (size >> 14) + 64
+
+
 @dataclass(frozen=True)
 class FrameKey:
     """

@@ -291,8 +291,8 @@ class Heartbeat:
         self.pings_sent += 1
         # The check is due a timeout after the ping was *due*, so a late
         # timer does not stretch every cycle (with timeout == interval that
-        # lost ~10% of the pings); a ping sent late still gets at least
-        # half the timeout to be answered.
+        # lost ~10% of the pings); a ping sent late still gets its whole
+        # timeout: an unanswered check moves to a timeout after the send.
         timeout = self.settings.timeout
         check_at = max(self._ping_due + timeout, now + timeout / 2)
         self._call = self._timers.callLater(check_at - now, self._check)

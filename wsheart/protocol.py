@@ -11,6 +11,7 @@ with L{twisted.internet.task.Clock}.
 
 from __future__ import annotations
 
+import math
 import pprint
 import random
 from typing import Any, Callable, Optional
@@ -34,7 +35,7 @@ from zope.interface import implementer
 from wsheart import closecodes
 from wsheart.access.admission import HINTS_SUBPROTOCOL, Admission, AdmissionSettings, Refusal, reads_hints
 from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
-from wsheart.deflate import DeflateSettings, FrameKey, client_accept, client_offers, make_lean, server_accept
+from wsheart.deflate import DeflateSettings, FrameKey, client_accept, client_offers, make_lean, may_compress, server_accept
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
 from wsheart.frames import data_frame
@@ -350,12 +351,6 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.close_timeout = self.factory.close_timeout
         super().connectionMade()
         self._no_nagle()
-        if not self.factory.admission.arrived():
-            # Handshakes arrive far faster than they are admitted: refuse
-            # before TLS and before reading a byte (a hint costs a handshake).
-            self._refused_at_accept = True
-            self.transport.abortConnection()
-            return
         limits = self.factory.limits
         host = getattr(self.transport.getPeer(), "host", None)
         self._limit_key = address_key(host)
@@ -371,6 +366,13 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             self.transport.abortConnection()
             return
         self._counted = "pending"
+        if not self.factory.admission.arrived(self._limit_key):
+            # Handshakes arrive far faster than they are admitted (or this
+            # address takes more than its share): refuse before TLS and
+            # before reading a byte (a hint costs a handshake).
+            self._refused_at_accept = True
+            self.transport.abortConnection()
+            return
         self._arm_handshake_timer(self.factory.handshake_timeout)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
@@ -509,7 +511,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
                 raise ConnectionDeny(status, text)
             refusal = factory.admission.full(in_band)
         else:
-            refusal = factory.admission.admit(in_band)
+            refusal = factory.admission.admit(in_band, self._limit_key)
             if refusal is None:
                 return None
             self._refusal = "admission"
@@ -518,6 +520,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             self._admission_refusal = refusal
             return refusal
         self._retry_after = refusal.retry_after_header(factory.random)
+        if refusal.reason == "address":
+            # This address already holds its share of the queue.
+            raise ConnectionDeny(429, "too many connections from your address waiting, try again later")
         raise ConnectionDeny(503, text)
 
     def _authenticate(self, request: Any, chosen: Optional[str]) -> None:
@@ -544,6 +549,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             if e.retry_after is not None:
                 # Its keys are being fetched (--jwt-jwks-url): come back, not 401
                 # (which the wsheart clients take as final).
+                self._retry_after = str(max(1, math.ceil(e.retry_after)))
                 raise ConnectionDeny(503, f"{e}; try again in {e.retry_after:g} s")
             raise ConnectionDeny(401, str(e))
 
@@ -676,7 +682,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         # Below --deflate-min-size a message goes uncompressed: a compressor
         # set up for a few bytes costs more than it saves.
         settings = self.factory.deflate
-        if settings is not None and len(payload) < settings.min_size:
+        if settings is not None and not may_compress(len(payload), settings, self.max_message_size):
             doNotCompress = True
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
 
@@ -855,7 +861,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         does.  Autobahn's own sendMessage checks and counts on every call.
         """
         settings = self.factory.deflate
-        if self._perMessageCompress is not None and settings is not None and len(payload) >= settings.min_size:
+        if self._perMessageCompress is not None and settings is not None and may_compress(len(payload), settings, self.max_message_size):
             self.sendMessage(payload, opcode == 0x2)
         else:
             self.transport.write(data_frame(payload, opcode))
@@ -1185,8 +1191,9 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
         """
         if self.state == self.STATE_OPEN:
             deflate = self.factory.deflate
-            small = deflate is not None and len(payload) < deflate.min_size
-            self.sendMessage(payload, binary, doNotCompress=small)
+            limit = int(self.maxMessagePayloadSize)  # type: ignore[attr-defined]
+            plain = deflate is not None and not may_compress(len(payload), deflate, limit)
+            self.sendMessage(payload, binary, doNotCompress=plain)
 
     def send_text(self, text: str) -> None:
         self.send_message(text.encode("utf-8"), False)

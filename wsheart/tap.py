@@ -178,7 +178,7 @@ class Options(usage.Options):
         ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
         ["deflate-min-size", None, 256, "--deflate: messages shorter than this many bytes are sent uncompressed.", non_negative_int("deflate-min-size")],
         ["deflate-window-bits", None, 15, "--deflate: the server's compression window, 9-15 (2**bits bytes; a client may ask for less).", positive_int("deflate-window-bits")],
-        ["deflate-client-window-bits", None, 15, "--deflate with --deflate-client-context-takeover: the largest window a client may compress with, 9-15, when the client lets the server choose.", positive_int("deflate-client-window-bits")],
+        ["deflate-client-window-bits", None, 15, "--deflate: the largest window a client may compress with, 9-15, when the client lets the server choose (it matters with --deflate-client-context-takeover: without it no client window outlives a message).", positive_int("deflate-client-window-bits")],
         ["deflate-mem-level", None, 8, "--deflate: zlib memory level of the server's compressor, 1-9.", positive_int("deflate-mem-level")],
         ["max-connections", None, 0, "Open connections in all; one more is told to come back later (0: no ceiling).", non_negative_int("max-connections")],
         ["accept-rate", None, 0.0, "Opening handshakes admitted per second; the rest are told when to come back (wsheart clients: close 1013 with a retry window; others: 503 with Retry-After) and, past 4 times the rate, dropped at accept (0: no limit).", non_negative_float("accept-rate")],
@@ -204,7 +204,7 @@ class Options(usage.Options):
 
     def opt_trusted_proxy(self, value: str) -> None:
         """
-        Reverse proxies in this CIDR range (127.0.0.1/32, 10.0.0.0/8, ::1/128) are trusted to name the client in X-Forwarded-For: a connection from one is the right-most address there that is not itself a trusted proxy, in logs, /connections and the per-address limits; repeatable or comma-separated (default: none, the header is never read).
+        Reverse proxies in this CIDR range (127.0.0.1/32, 10.0.0.0/8, ::1/128) are trusted to name the client in X-Forwarded-For: a connection from one is the right-most address there that is not itself a trusted proxy, in logs, /connections and the per-address limits; list the proxies themselves, never a range that also holds clients (they could name anyone); repeatable or comma-separated (default: none, the header is never read).
         """
         self["trusted-proxy"].append(value)
 

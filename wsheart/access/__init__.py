@@ -10,6 +10,9 @@ handler, other than who the peer is (that is L{wsheart.auth}).
 - L{admission}: how fast new connections are taken (C{--accept-rate}) and
   when each refused one should come back.
 
-Each is pure (counters, a clock, no I/O); the server protocol
-(L{wsheart.protocol}) asks them in that order, before any token is checked.
+Each is pure (counters, a clock, no I/O).  The server protocol
+(L{wsheart.protocol}) asks them before any token is checked: at accept,
+the per-address pending limit, then admission's arrival budget (both drop
+the connection before TLS); on the handshake, the client a trusted proxy
+names, the Origin, the connection limits, then admission's rate.
 """

@@ -15,7 +15,13 @@ refuses a place in a queue of future admissions:
   now, the next one the interval after that, and so on; its hint is the
   wait until its slot, plus a little jitter.  A fleet told this comes back
   spread at about the rate the process admits, whatever its size, instead
-  of all at once again;
+  of all at once again.  A slot is a time to come back, not a reservation:
+  a client that finds no admission left then (newcomers took it) gets a
+  new slot at the end of the queue;
+- one client address may hold at most L{SLOTS_PER_ADDRESS} slots at a time
+  (more get 429 with a Retry-After and no slot) and take at most a tenth of
+  the arrivals (more are dropped at accept), so one host cannot push
+  everyone's slots back or spend the shared budget;
 - a wsheart client that can read the hint in-band (one that offers a
   C{wsheart.*} subprotocol: wsheart.js, wsheart.v1 clients) is accepted
   and closed at once with 1013 and C{{"retry_after": R, "jitter": J}}; any
@@ -51,9 +57,18 @@ RAMP_FROM = 0.1
 # Admissions the rate may bunch together: a tenth of a second's worth, so
 # the busiest second admits at most 1.1 times the rate.
 BURST_SECONDS = 0.1
-# The queue of promised slots reaches at most this far ahead: a client
-# refused when it is longer waits this long (spread over the jitter).
-MAX_WAIT = 600.0
+# The queue of slots reaches at most this far ahead: a client refused when
+# it is longer waits this long (spread over the jitter).
+MAX_WAIT = 300.0
+# One client address (an IPv4 address, an IPv6 /64) may hold at most this
+# many unexpired slots; past them it is told 429 with a Retry-After and
+# takes no slot, so that one host cannot push the whole queue back.
+SLOTS_PER_ADDRESS = 16
+# One address may take at most this share of the arrivals a second before
+# its connections are dropped at accept (and at least ADDRESS_ARRIVALS_MIN
+# a second): one host cannot spend the budget everyone shares.
+ADDRESS_ARRIVAL_SHARE = 0.1
+ADDRESS_ARRIVALS_MIN = 20.0
 # A slot's jitter: a client comes back up to this long after it (at least
 # one admission interval, so neighbours do not land on one instant).
 SLOT_JITTER = 1.0
@@ -155,6 +170,11 @@ class Admission:
         self._next_slot = self.started_at
         self._unlogged: dict[str, int] = {}
         self._logged_at: Optional[float] = None
+        # Per client address: the ends of its unexpired slots, and its
+        # arrivals in the current second.
+        self._slots: dict[str, list[float]] = {}
+        self._arrivals: dict[str, int] = {}
+        self._arrivals_second = 0
         self.restart()
 
     def restart(self) -> None:
@@ -201,25 +221,40 @@ class Admission:
 
     # -- what the protocol asks ---------------------------------------------
 
-    def arrived(self) -> bool:
+    def arrived(self, key: Optional[str] = None) -> bool:
         """
-        A TCP connection was accepted: False if it must be dropped at once,
-        before TLS and before anything is read (handshakes arrive at more
-        than L{DROP_FACTOR} times the admitted rate).
+        A TCP connection from client address C{key} was accepted: False if
+        it must be dropped at once, before TLS and before anything is read
+        (handshakes arrive at more than L{DROP_FACTOR} times the admitted
+        rate, or this address takes more than its share of them).
         """
         if not self.settings.enabled:
             return True
-        self._refill(self.clock.seconds())
+        now = self.clock.seconds()
+        self._refill(now)
+        if key is not None:
+            second = int(now)
+            if second != self._arrivals_second:
+                self._arrivals_second = second
+                self._arrivals.clear()
+            count = self._arrivals.get(key, 0) + 1
+            self._arrivals[key] = count
+            share = max(ADDRESS_ARRIVALS_MIN, ADDRESS_ARRIVAL_SHARE * DROP_FACTOR * self.settings.accept_rate)
+            if count > share:
+                self._refuse("address", "drop")
+                return False
         if self._arrival_tokens >= 1:
             self._arrival_tokens -= 1
             return True
         self._refuse("rate", "drop")
         return False
 
-    def admit(self, reads_hints: bool) -> Optional[Refusal]:
+    def admit(self, reads_hints: bool, key: Optional[str] = None) -> Optional[Refusal]:
         """
-        A handshake asks to open: None if it may, else when it should come
-        back (and its slot in the queue is taken).
+        A handshake from client address C{key} asks to open: None if it
+        may, else when it should come back (and its slot in the queue is
+        taken; L{Refusal.reason} C{"address"}: this address holds its share
+        of slots already, and gets no new one).
         """
         if not self.settings.enabled:
             return None
@@ -228,6 +263,17 @@ class Admission:
         if self._tokens >= 1:
             self._tokens -= 1
             return None
+        held: Optional[list[float]] = None
+        if key is not None:
+            held = [end for end in self._slots.get(key, ()) if end > now]
+            if len(held) >= SLOTS_PER_ADDRESS:
+                self._slots[key] = held
+                self._refuse("address", "429")
+                # Come back when its earliest slot is over, on its backoff.
+                return Refusal(min(held) - now, SLOT_JITTER, "address")
+        if len(self._slots) > 10 * SLOTS_PER_ADDRESS * max(1.0, rate):
+            # Forget addresses whose slots have all passed.
+            self._slots = {k: v for k, v in self._slots.items() if v and max(v) > now}
         # Slots are spaced at the rate of their own time: during the ramp
         # a later slot comes round faster.
         base = max(self._next_slot, now)
@@ -240,6 +286,9 @@ class Admission:
         else:
             self._next_slot = slot
             refusal = Refusal(slot - now, max(SLOT_JITTER, interval), "rate")
+            if key is not None and held is not None:
+                held.append(slot + refusal.jitter)
+                self._slots[key] = held
         self._refuse("rate", "hint" if reads_hints else "503")
         return refusal
 
