@@ -12,7 +12,7 @@ for the compressed frame, once per parameter set.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from wsheart.deflate import FrameKey, compressed_text_frame
 from wsheart.hub import IConnection
@@ -53,6 +53,9 @@ def send_to_all(connections: Iterable[IConnection], text: str) -> int:
     payload = None
     frame = None
     compressed: dict[FrameKey, bytes] = {}
+    # Subscribers mostly share one key object: compare by identity first.
+    last_key: Optional[FrameKey] = None
+    last_frame = b""
     sent = 0
     for connection in connections:
         write_frame = getattr(connection, "write_frame", None)
@@ -67,10 +70,12 @@ def send_to_all(connections: Iterable[IConnection], text: str) -> int:
                     frame = text_frame(payload)
                 ok = write_frame(frame)
             elif key.shared:
-                shared = compressed.get(key)
-                if shared is None:
-                    shared = compressed[key] = compressed_text_frame(payload, key.window_bits, key.mem_level)
-                ok = write_frame(shared)
+                if key is not last_key:
+                    shared = compressed.get(key)
+                    if shared is None:
+                        shared = compressed[key] = compressed_text_frame(payload, key.window_bits, key.mem_level)
+                    last_key, last_frame = key, shared
+                ok = write_frame(last_frame)
             else:
                 ok = connection.send_text(text)
         if ok:

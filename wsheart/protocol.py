@@ -671,12 +671,15 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         if pmce is None or settings is None:
             return
         make_lean(pmce)
-        self.frame_key = FrameKey(
+        key = FrameKey(
             window_bits=pmce.server_max_window_bits,
             mem_level=pmce.mem_level,
             min_size=settings.min_size,
             shared=bool(pmce.server_no_context_takeover),
         )
+        # One object per parameter set: fan-out compares keys by identity
+        # first (hashing a key per subscriber costs more than the lookup).
+        self.frame_key = self.factory.frame_keys.setdefault(key, key)
 
     def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):  # type: ignore[no-untyped-def]
         # Below --deflate-min-size a message goes uncompressed: a compressor
@@ -1042,6 +1045,7 @@ class ServerFactory(WebSocketServerFactory):
             )
         # permessage-deflate (--deflate; wsheart.deflate); None: declined.
         self.deflate = deflate
+        self.frame_keys: dict[FrameKey, FrameKey] = {}
         self.setProtocolOptions(
             # A plain HTTP request gets "426 Upgrade Required", not a page.
             webStatus=False,
