@@ -515,7 +515,12 @@ async def fanout_run(variant: str, n: int, seconds: float) -> dict[str, Any]:
 
 def med(rows: list[dict], key: str) -> Optional[float]:
     vals = [r[key] for r in rows if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def runs(rows: list[dict], key: str, digits: int = 0) -> str:
+    """Every repeat's value, in run order: the spread behind a median."""
+    return ", ".join(f"{r[key]:.{digits}f}" for r in rows)
 
 
 def x(a: Optional[float], b: Optional[float], digits: int = 2) -> str:
@@ -541,7 +546,7 @@ def markdown(res: dict[str, Any]) -> str:
     echo = res.get("echo", [])
     if echo:
         out += ["### Echo: server CPU and bytes on the wire per echoed message", "",
-                "| message | server | deflate | server CPU us/msg | on / off | wsheart-on = 1 | bytes to server/msg | bytes from server/msg | from server on / off | echoed/s | server CPU % | client CPU % | negotiated |",
+                "| message | server | deflate | server CPU us/msg (runs) | on / off | wsheart-on = 1 | bytes to server/msg | bytes from server/msg | from server on / off | echoed/s | server CPU % | client CPU % | negotiated |",
                 "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for message in ("chat", "doc64k"):
             ref = [s for s in echo if s["message"] == message and s["server"] == "wsheart" and s["deflate"]]
@@ -557,10 +562,10 @@ def markdown(res: dict[str, Any]) -> str:
                     fr = med(rows, "wire_bytes_from_server_per_message")
                     off_fr = med(off, "wire_bytes_from_server_per_message") if off else None
                     out.append(
-                        f"| {message} ({rows[0]['message_bytes']:.0f} B) | {kind} | {'on' if deflate else 'off'} | {cpu:.1f} | "
+                        f"| {message} ({rows[0]['message_bytes']:.0f} B) | {kind} | {'on' if deflate else 'off'} | {cpu:.0f} ({runs(rows, 'server_us_per_message')}) | "
                         f"{x(cpu, off_cpu)} | {x(cpu, ref_cpu)} | {med(rows, 'wire_bytes_to_server_per_message'):.0f} | {fr:.0f} | "
-                        f"{x(fr, off_fr, 3)} | {med(rows, 'echoed_per_s'):.0f} | {med(rows, 'server_cpu_pct')} | "
-                        f"{med(rows, 'client_cpu_pct')} | {rows[0]['deflate_negotiated']}/{rows[0]['connections']} |"
+                        f"{x(fr, off_fr, 3)} | {med(rows, 'echoed_per_s'):.0f} | {med(rows, 'server_cpu_pct'):.0f} | "
+                        f"{med(rows, 'client_cpu_pct'):.0f} | {rows[0]['deflate_negotiated']}/{rows[0]['connections']} |"
                     )  # fmt: skip
         out.append("")
     fan = res.get("fanout", [])
@@ -568,16 +573,17 @@ def markdown(res: dict[str, Any]) -> str:
         n = fan[0]["subscribers"]
         base = med([s for s in fan if s["variant"] == "wsheart"], "server_us_per_delivery")
         out += [f"### Fan-out: server CPU per delivery, {n} subscribers offering permessage-deflate, ~300-byte chat messages", "",
-                "| server | us / delivery | vs wsheart without deflate | compressed frames / deliveries | payload bytes / frame | delivered/s | server CPU % | loadgen CPU % | server RSS MiB |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                "| server | us / delivery (runs) | vs wsheart without deflate | vs the same server without deflate | compressed frames / deliveries | payload bytes / frame | delivered/s | server CPU % | loadgen CPU % | server RSS MiB |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for variant in FANOUT_VARIANTS:
             rows = [s for s in fan if s["variant"] == variant]
             if not rows:
                 continue
             cost = med(rows, "server_us_per_delivery")
             comp = sum(r["compressed_frames"] for r in rows) / sum(r["deliveries"] for r in rows)
-            out.append(f"| {variant} | {cost:.2f} | {x(cost, base)} | {comp:.3f} | {med(rows, 'payload_bytes_per_text_frame'):.0f} | "
-                       f"{med(rows, 'delivered_per_second'):.0f} | {med(rows, 'server_cpu_pct')} | {med(rows, 'loadgen_cpu_pct')} | "
+            own = med([s for s in fan if s["variant"] == variant.split("+")[0]], "server_us_per_delivery")
+            out.append(f"| {variant} | {cost:.2f} ({runs(rows, 'server_us_per_delivery', 2)}) | {x(cost, base)} | {x(cost, own)} | {comp:.3f} | {med(rows, 'payload_bytes_per_text_frame'):.0f} | "
+                       f"{med(rows, 'delivered_per_second'):.0f} | {med(rows, 'server_cpu_pct'):.0f} | {med(rows, 'loadgen_cpu_pct'):.0f} | "
                        f"{med(rows, 'server_rss_kb') / 1024:.0f} |")  # fmt: skip
         out.append("")
     return "\n".join(out)
@@ -599,7 +605,15 @@ def main() -> None:
     p.add_argument("--fanout-seconds", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", default=str(BENCH / "results" / "deflate.json"))
+    p.add_argument("--keep", action="store_true",
+                   help="keep the samples of the parts not run now from the existing --json file (their meta under meta.kept)")
+    p.add_argument("--replot", action="store_true", help="only rewrite the .md from the existing --json file")
     a = p.parse_args()
+    if a.replot:
+        old = json.loads(Path(a.json).read_text())
+        Path(a.json).with_suffix(".md").write_text(markdown(old) + "\n")
+        print(markdown(old))
+        return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.sched_setaffinity(0, {CLIENT_CPU})
@@ -618,6 +632,12 @@ def main() -> None:
     }  # fmt: skip
     path = Path(a.json)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if a.keep and path.exists():
+        old = json.loads(path.read_text())
+        kept = [part for part in ("idle", "echo", "fanout") if part not in parts and old.get(part)]
+        for part in kept:
+            res[part] = old[part]
+        res["meta"]["kept"] = {"parts": kept, "meta": old["meta"]}
 
     t_start = time.monotonic()
 
