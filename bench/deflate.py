@@ -19,6 +19,9 @@ Autobahn and websockets with their own deflate on, in one run:
    frame shared by all), with --deflate --deflate-server-context-takeover
    (every subscriber compresses for itself), and the two broadcast peers
    with deflate off and on.
+4. zlib: what one message costs zlib with a compressor made for it (no
+   context takeover) and with one kept, and what finding the shared frame
+   costs per subscriber (a few seconds).
 
     flock /tmp/wsheart-bench.lock /work/main/.venv/bin/python bench/deflate.py   # about 8 minutes
 
@@ -510,6 +513,58 @@ async def fanout_run(variant: str, n: int, seconds: float) -> dict[str, Any]:
         server.stop()
 
 
+# ------------------------------------------------------------ 4. zlib and the shared frame's lookup
+
+
+def zlib_costs() -> dict[str, Any]:
+    """
+    In this process (CPU 1): what one message costs zlib with a compressor
+    made for it (no context takeover: wsheart's default) and with one kept
+    (context takeover), at wsheart's/Autobahn's parameters (window 15,
+    memLevel 8) and websockets' (12, 5); and what send_to_all pays per
+    subscriber to find the shared compressed frame (a dict lookup keyed by
+    each connection's own FrameKey, a frozen dataclass: hash and == in
+    Python) against one key object shared by all.
+    """
+    import zlib
+
+    from wsheart.deflate import FrameKey
+
+    def per_call(f: Any, n: int) -> float:
+        t0 = time.process_time()
+        for i in range(n):
+            f(i)
+        return round(1e6 * (time.process_time() - t0) / n, 2)
+
+    out: dict[str, Any] = {}
+    for label, texts, n in (("chat", [m.encode() for m in chat_messages()], 4000),
+                            ("doc64k", [json_document(s).encode() for s in range(4)], 40)):  # fmt: skip
+        for wbits, mem in ((15, 8), (12, 5)):
+            def fresh(i: int) -> bytes:
+                c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wbits, mem)
+                return c.compress(texts[i % len(texts)]) + c.flush(zlib.Z_SYNC_FLUSH)
+
+            kept = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -wbits, mem)
+
+            def context(i: int) -> bytes:
+                return kept.compress(texts[i % len(texts)]) + kept.flush(zlib.Z_SYNC_FLUSH)
+
+            out[f"{label}_compress_fresh_us_w{wbits}_m{mem}"] = per_call(fresh, n)
+            out[f"{label}_compress_kept_us_w{wbits}_m{mem}"] = per_call(context, n)
+        blobs = []
+        for t in texts[:64]:
+            c = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15, 8)
+            blobs.append(c.compress(t) + c.flush(zlib.Z_SYNC_FLUSH))
+        out[f"{label}_inflate_fresh_us_w15"] = per_call(lambda i: zlib.decompressobj(-15).decompress(blobs[i % len(blobs)], 1 << 20), n)
+    keys = [FrameKey(15, 8, 256, True) for _ in range(1000)]
+    frames = {keys[0]: b"frame"}
+    one = [keys[0]] * 1000
+    out["frame_lookup_own_key_us"] = round(per_call(lambda i: [frames.get(k) for k in keys], 400) / 1000, 3)
+    out["frame_lookup_shared_key_us"] = round(per_call(lambda i: [frames.get(k) for k in one], 400) / 1000, 3)
+    out["load"] = load()
+    return out
+
+
 # ------------------------------------------------------------ report
 
 
@@ -568,6 +623,17 @@ def markdown(res: dict[str, Any]) -> str:
                         f"{med(rows, 'client_cpu_pct'):.0f} | {rows[0]['deflate_negotiated']}/{rows[0]['connections']} |"
                     )  # fmt: skip
         out.append("")
+    z = res.get("zlib")
+    if z:
+        out += ["### zlib per message, in one process (CPU 1)", "",
+                "| message | window 15, memLevel 8: compressor made for the message | kept (context takeover) | window 12, memLevel 5: made | kept | inflate, fresh decompressor |",
+                "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for label in ("chat", "doc64k"):
+            out.append(f"| {label} | {z[f'{label}_compress_fresh_us_w15_m8']} us | {z[f'{label}_compress_kept_us_w15_m8']} us | "
+                       f"{z[f'{label}_compress_fresh_us_w12_m5']} us | {z[f'{label}_compress_kept_us_w12_m5']} us | "
+                       f"{z[f'{label}_inflate_fresh_us_w15']} us |")  # fmt: skip
+        out += ["", f"Finding a channel's shared compressed frame, per subscriber: {z['frame_lookup_own_key_us']} us with "
+                f"each connection's own FrameKey (as now), {z['frame_lookup_shared_key_us']} us with one key object for all.", ""]
     fan = res.get("fanout", [])
     if fan:
         n = fan[0]["subscribers"]
@@ -594,7 +660,7 @@ def main() -> None:
         echo_client_main(sys.argv[2:])
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="idle,echo,fanout")
+    p.add_argument("--parts", default="idle,echo,fanout,zlib")
     p.add_argument("--servers", default="wsheart,autobahn,websockets")
     p.add_argument("--idle-connections", type=int, default=10000)
     p.add_argument("--settle", type=float, default=5.0, help="idle: seconds after the last open before RSS is read")
@@ -634,7 +700,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if a.keep and path.exists():
         old = json.loads(path.read_text())
-        kept = [part for part in ("idle", "echo", "fanout") if part not in parts and old.get(part)]
+        kept = [part for part in ("idle", "echo", "fanout", "zlib") if part not in parts and old.get(part)]
         for part in kept:
             res[part] = old[part]
         res["meta"]["kept"] = {"parts": kept, "meta": old["meta"]}
@@ -674,6 +740,9 @@ def main() -> None:
                 print(json.dumps(sample), flush=True)
                 res["fanout"].append(sample)
                 save()
+    if "zlib" in parts:
+        res["zlib"] = zlib_costs()
+        print(json.dumps(res["zlib"]), flush=True)
     save()
     print("\n" + markdown(res))
 
