@@ -65,7 +65,7 @@ class Server:
     every process here counts as the server's.
     """
 
-    def __init__(self, name: str, port: int, history: int) -> None:
+    def __init__(self, name: str, port: int, history: int, extra: tuple[str, ...] = ()) -> None:
         self.name = name
         venv_bin = Path(sys.executable).parent
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -88,11 +88,11 @@ class Server:
                 )  # fmt: skip
                 run_helpers().wait_port(redis_port, self.redis)
                 cmd += ["--redis", f"redis://127.0.0.1:{redis_port}/0"]
-            commands = [cmd + ["--node-id", f"n{i}"] for i in range(processes)]
+            commands = [cmd + ["--node-id", f"n{i}", *extra] for i in range(processes)]
         elif name == "autobahn":
-            commands = [[sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port)]]
+            commands = [[sys.executable, str(BENCH / "peers" / "autobahn_broadcast.py"), "--port", str(port), *extra]]
         else:
-            commands = [[sys.executable, str(BENCH / "peers" / "websockets_broadcast.py"), "--port", str(port)]]
+            commands = [[sys.executable, str(BENCH / "peers" / "websockets_broadcast.py"), "--port", str(port), *extra]]
         logs = BENCH / "results" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log = open(logs / f"fanout-{name}.log", "ab")
@@ -128,7 +128,9 @@ def subscriber_classes() -> Any:
 
     class Sub(loadgen.Client):
         """
-        loadgen's client, offering wsheart.v1 and keeping the last text.
+        loadgen's client, offering wsheart.v1 and keeping the last text;
+        the generator's extra headers too (loadgen.DEFLATE_OFFER: frames
+        with RSV1 are counted, not inflated).
         """
 
         subprotocol: Optional[bytes] = None
@@ -138,7 +140,7 @@ def subscriber_classes() -> Any:
             extra = b"Sec-WebSocket-Protocol: " + self.subprotocol + b"\r\n" if self.subprotocol else b""
             transport.write(
                 b"GET / HTTP/1.1\r\nHost: " + self.gen.host_header + b"\r\n"
-                b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + extra
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n" + extra + self.gen.extra_headers
                 + b"Sec-WebSocket-Key: " + self.key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
             )  # fmt: skip
             self.texts: list[bytes] = []

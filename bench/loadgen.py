@@ -110,6 +110,11 @@ class Generator:
         self.close_frames = 0
         self.lost_after_open = 0
         self.messages = 0
+        # permessage-deflate (--deflate): handshakes whose 101 accepted the
+        # offer, and data frames received with RSV1 set (compressed; this
+        # client counts them but never inflates)
+        self.deflate_negotiated = 0
+        self.rsv1_frames = 0
         # echo mode
         self.recording = False
         self.sending = False
@@ -183,6 +188,8 @@ class Client(asyncio.Protocol):
         if headers.get("sec-websocket-accept") != expected:
             self._fail("bad Sec-WebSocket-Accept")
             return False
+        if headers.get("sec-websocket-extensions", "").startswith("permessage-deflate"):
+            self.gen.deflate_negotiated += 1
         self.is_open = True
         self.t_open = time.perf_counter()
         self.gen.open_now += 1
@@ -231,6 +238,8 @@ class Client(asyncio.Protocol):
             if mask is not None and n:
                 repeated = (mask * (n // 4 + 1))[:n]
                 payload = (int.from_bytes(payload, "little") ^ int.from_bytes(repeated, "little")).to_bytes(n, "little")
+            if b0 & 0x40:
+                self.gen.rsv1_frames += 1
             self._frame(b0 & 0x80, b0 & 0x0F, payload)
             if self.transport is None or self.transport.is_closing():
                 break
@@ -273,6 +282,7 @@ class Client(asyncio.Protocol):
         self.transport.write(masked_frame(OP_TEXT, ECHO_PAYLOAD))
 
 
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 ECHO_PAYLOAD = b"wsheart-bench-echo-0123456789abc"  # 32 bytes of text
 
 
@@ -344,6 +354,10 @@ def make_generator(args) -> Generator:
         if not sep or not name.strip():
             sys.exit(f"--header {h!r}: expected 'Name: value'")
         gen.extra_headers += f"{name.strip()}: {value.strip()}\r\n".encode("latin-1")
+    if args.deflate:
+        # What browsers offer.  Idle or counting-only use: this client never
+        # sends compressed data and does not inflate what it receives.
+        gen.extra_headers += DEFLATE_OFFER
     if args.bearer_file:
         with open(args.bearer_file, "rb") as f:
             gen.bearers = [line.strip() for line in f if line.strip()]
@@ -365,6 +379,7 @@ def stats(gen: Generator) -> dict:
         "pings": gen.pings,
         "close_frames": gen.close_frames,
         "lost": gen.lost_after_open,
+        "deflate_negotiated": gen.deflate_negotiated,
         "cpu_s": cpu_seconds(),
         "t": time.monotonic(),
     }
@@ -388,6 +403,7 @@ async def hold(args) -> None:
             "event": "open",
             "open": gen.open_now,
             "failed": failures,
+            "deflate_negotiated": gen.deflate_negotiated,
             "seconds": time.perf_counter() - t0,
         }
     )
@@ -977,6 +993,7 @@ def main() -> None:
     p.add_argument("--sources", help="fleet: loopback source addresses, comma-separated, used in turn by the clients")
     p.add_argument("--start-rate", type=float, default=1000.0, help="fleet: clients started per second")
     p.add_argument("--header", action="append", help="an extra request header 'Name: value' on every handshake (repeatable)")
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate (as browsers do; counts the 101s that accepted it; hold mode: never inflates)")
     p.add_argument("--bearer-file", help="tokens, one a line: each handshake sends 'Authorization: Bearer' with the next one")
     args = p.parse_args()
     limit = raise_nofile()

@@ -27,6 +27,8 @@ async def echo(ws):
 async def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--compression", choices=("deflate", "none"), default="none",
+                   help="permessage-deflate: websockets' default ('deflate': window 12 bits, memLevel 5, context takeover) or off")
     p.add_argument("--ping-interval", type=float, required=True)
     p.add_argument("--ping-timeout", type=float, required=True)
     p.add_argument("--close-timeout", type=float, default=1.0)
@@ -44,6 +46,7 @@ async def main():
         ping_timeout=a.ping_timeout,
         close_timeout=a.close_timeout,
         backlog=a.backlog,
+        compression=None if a.compression == "none" else "deflate",
     ) as server:
         print(f"websockets listening on 127.0.0.1:{a.port}", file=sys.stderr, flush=True)
         await server.serve_forever()
