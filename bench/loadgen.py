@@ -115,6 +115,12 @@ class Generator:
         # client counts them but never inflates)
         self.deflate_negotiated = 0
         self.rsv1_frames = 0
+        # hold --silent: never answer a ping (a frozen peer that the kernel
+        # still ACKs for); hold --report-losses: one JSON line per
+        # connection lost after its open (seconds since the open, close code)
+        self.silent = False
+        self.report_losses = False
+        self.close_codes: dict = {}
         # echo mode
         self.recording = False
         self.sending = False
@@ -155,6 +161,11 @@ class Client(asyncio.Protocol):
         if self.is_open:
             self.gen.open_now -= 1
             self.gen.lost_after_open += 1
+            code = getattr(self, "close_code", None)
+            self.gen.close_codes[str(code)] = self.gen.close_codes.get(str(code), 0) + 1
+            if self.gen.report_losses:
+                emit({"event": "lost", "after_open_s": time.perf_counter() - self.t_open, "close_code": code,
+                      "t": time.monotonic()})
             self.gen.outstanding -= len(self.sent_at)
             self.sent_at.clear()
         elif not self.opened.done():
@@ -248,11 +259,13 @@ class Client(asyncio.Protocol):
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
             self.gen.pings += 1
-            self.transport.write(masked_frame(OP_PONG, payload))
+            if not self.gen.silent:
+                self.transport.write(masked_frame(OP_PONG, payload))
         elif opcode == OP_PONG:
             pass
         elif opcode == OP_CLOSE:
             self.gen.close_frames += 1
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
             if not self.close_sent:
                 self.close_sent = True
                 self.transport.write(masked_frame(OP_CLOSE, payload[:2]))
@@ -349,6 +362,8 @@ async def open_many(gen: Generator, n: int, concurrency: int, timeout: float):
 
 def make_generator(args) -> Generator:
     gen = Generator(args.port, args.source)
+    gen.silent = getattr(args, "silent", False)
+    gen.report_losses = getattr(args, "report_losses", False)
     for h in args.header or ():
         name, sep, value = h.partition(":")
         if not sep or not name.strip():
@@ -380,6 +395,7 @@ def stats(gen: Generator) -> dict:
         "close_frames": gen.close_frames,
         "lost": gen.lost_after_open,
         "deflate_negotiated": gen.deflate_negotiated,
+        "close_codes": dict(gen.close_codes),
         "cpu_s": cpu_seconds(),
         "t": time.monotonic(),
     }
@@ -995,6 +1011,9 @@ def main() -> None:
     p.add_argument("--header", action="append", help="an extra request header 'Name: value' on every handshake (repeatable)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate (as browsers do; counts the 101s that accepted it; hold mode: never inflates)")
     p.add_argument("--bearer-file", help="tokens, one a line: each handshake sends 'Authorization: Bearer' with the next one")
+    p.add_argument("--silent", action="store_true", help="hold: never answer a ping (frozen peers)")
+    p.add_argument("--report-losses", action="store_true",
+                   help="hold: a JSON line for every connection lost after its open")
     args = p.parse_args()
     limit = raise_nofile()
     if args.connections + 64 > limit:
