@@ -615,3 +615,24 @@ class CadenceMeterTests(unittest.TestCase):
         meter.pinged(0.0, 1.09)
         self.assertEqual(changes, [True, False])
         self.assertAlmostEqual(meter.lateness, 0.0)
+
+    def test_smoothed_over_time_not_over_a_count_of_pings(self) -> None:
+        """
+        Under a heavy load thousands of pings go out a second: the figures
+        are smoothed over about the last 30 s whatever their number, so a
+        burst of 100000 late pings within one second moves them by about a
+        thirtieth of the way, and a minute of them all the way.
+        """
+        meter = CadenceMeter(HeartbeatSettings(interval=1.0, timeout=0.5), slack=0.0)
+        now = 1000.0
+        meter.pinged(0.0, 1.0, now)
+        for _ in range(100_000):
+            now += 1e-5
+            meter.pinged(1.0, 2.0, now)
+        self.assertAlmostEqual(meter.effective_interval, 1.0 + 1.0 / 30, delta=0.005)
+        self.assertFalse(meter.degraded)
+        for _ in range(6000):
+            now += 0.01
+            meter.pinged(1.0, 2.0, now)
+        self.assertAlmostEqual(meter.effective_interval, 2.0, delta=0.2)
+        self.assertTrue(meter.degraded)

@@ -107,8 +107,10 @@ class CadenceMeter:
     """
     How well a server keeps its heartbeat cadence: every ping of every
     connection reports how late it went out and how long after its
-    connection's previous one.  Smoothed over many pings; no clock of its
-    own.
+    connection's previous one.  Smoothed over time (about the last
+    C{window} seconds, however many pings that is: a count of pings would
+    be a few milliseconds under a heavy load, and the figures noise); no
+    clock of its own, the pings bring the time.
 
     @ivar effective_interval: smoothed seconds between a connection's
         consecutive pings (the configured interval while all is well).
@@ -121,18 +123,25 @@ class CadenceMeter:
         reactor read its sockets (a pong that had waited unread).
     """
 
-    __slots__ = ("interval", "slack", "alpha", "effective_interval", "lateness", "degraded", "forgiven", "_on_change")
+    __slots__ = (
+        "interval", "slack", "alpha", "window", "effective_interval", "lateness", "degraded", "forgiven",
+        "_on_change", "_last_at",
+    )  # fmt: skip
 
     def __init__(
         self,
         settings: HeartbeatSettings,
         slack: float = 0.05,
         on_change: Optional[Callable[[bool], object]] = None,
-        alpha: float = 0.001,
+        alpha: Optional[float] = None,
+        window: float = 30.0,
     ) -> None:
-        # Weight of one ping in the smoothed figures: by default about the
-        # last thousand pings, whatever the number of connections.
+        # Weight of one ping in the smoothed figures: fixed when given (tests
+        # of one connection), else the share of the window since the last
+        # ping of any connection.
         self.alpha = alpha
+        self.window = window
+        self._last_at: Optional[float] = None
         self.interval = settings.interval
         self.slack = slack
         self.effective_interval = settings.interval
@@ -141,8 +150,14 @@ class CadenceMeter:
         self.forgiven = 0
         self._on_change = on_change
 
-    def pinged(self, late: float, since_previous: Optional[float]) -> None:
+    def pinged(self, late: float, since_previous: Optional[float], now: Optional[float] = None) -> None:
         alpha = self.alpha
+        if alpha is None:
+            last, self._last_at = self._last_at, now
+            if now is None or last is None:
+                alpha = 1.0 / 1000
+            else:
+                alpha = min(1.0, max(0.0, now - last) / self.window)
         self.lateness += alpha * (late - self.lateness)
         if since_previous is not None:
             self.effective_interval += alpha * (since_previous - self.effective_interval)
@@ -283,7 +298,7 @@ class Heartbeat:
             # owes back to back (which would only add to the load).
             self._ping_due = now
         if self._meter is not None:
-            self._meter.pinged(late, None if self._last_ping_at is None else now - self._last_ping_at)
+            self._meter.pinged(late, None if self._last_ping_at is None else now - self._last_ping_at, now)
         self._last_ping_at = now
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         self._in_flight = (self._seq, now)

@@ -787,7 +787,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         except Exception:
             self._handler_failed(Failure(), method)
             return
-        if isinstance(result, defer.Deferred):
+        # (Most handlers return None; isinstance on Deferred is not free.)
+        if result is not None and isinstance(result, defer.Deferred):
             result.addErrback(self._handler_failed, method)
 
     def _handler_failed(self, failure: Failure, method: str) -> None:
