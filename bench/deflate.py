@@ -1,5 +1,5 @@
 """
-What permessage-deflate costs wsheart (issue #13, point 6), beside
+What permessage-deflate costs wsheart, beside
 Autobahn and websockets with their own deflate on, in one run:
 
 1. idle: server RSS per idle connection, 10000 connections whose client

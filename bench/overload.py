@@ -1,6 +1,6 @@
 """
 Heartbeat overload: more idle connections than one core can ping at the
-configured rate, with a few frozen peers in the same run (issue #14).
+configured rate, with a few frozen peers in the same run.
 
     flock /tmp/wsheart-bench.lock bench/.venv/bin/python bench/overload.py            # this checkout
     flock /tmp/wsheart-bench.lock bench/.venv/bin/python bench/overload.py \\

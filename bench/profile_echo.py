@@ -107,7 +107,7 @@ def main() -> int:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
     lines = [
-        f"wsheart echo path profile (issue #14): commit {commit}, {time.strftime('%Y-%m-%d %H:%M')} UTC,",
+        f"wsheart echo path profile: commit {commit}, {time.strftime('%Y-%m-%d %H:%M')} UTC,",
         f"py-spy record --nonblocking -r {args.rate} for {args.seconds:.0f} s on wsheart (CPU 0) under S3's load",
         "(bench/loadgen.py echo: 100 connections x 10 in flight, 32-byte text, CPU 1);",
         f"load average before {' '.join(la0)}, after {' '.join(run.loadavg())};",
