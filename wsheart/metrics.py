@@ -225,8 +225,9 @@ class ServerMetrics:
         self.admission_refusals = Counter(
             "wsheart_admission_refusals",
             "Handshakes refused by admission control, by reason (rate: over --accept-rate; full: at "
-            "--max-connections) and answer (hint: accepted and closed 1013 with a retry window; 503: HTTP 503 "
-            "with Retry-After; drop: closed at accept, before TLS).",
+            "--max-connections; address: one client address over its share of slots or arrivals) and answer "
+            "(hint: accepted and closed 1013 with a retry window; 503 or 429: HTTP with Retry-After; drop: closed "
+            "at accept, before TLS).",
             ["reason", "answer"],
             registry=r,
         )

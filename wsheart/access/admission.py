@@ -268,7 +268,7 @@ class Admission:
             held = [end for end in self._slots.get(key, ()) if end > now]
             if len(held) >= SLOTS_PER_ADDRESS:
                 self._slots[key] = held
-                self._refuse("address", "429")
+                self._refuse("address", "hint" if reads_hints else "429")
                 # Come back when its earliest slot is over, on its backoff.
                 return Refusal(min(held) - now, SLOT_JITTER, "address")
         if len(self._slots) > 10 * SLOTS_PER_ADDRESS * max(1.0, rate):
