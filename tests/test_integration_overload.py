@@ -65,6 +65,13 @@ class OverloadTests(unittest.TestCase):
         worker = Worker()
         factory = ServerFactory(hub=Hub(reactor), clock=reactor, heartbeat_settings=settings, handler=worker)
         port = (await listen(self, factory)).getHost().port
+        # Each death's time to detect (seconds from the peer's last sign of
+        # life), as the server measures it - recorded from the start: a
+        # silent peer may die while the others still connect.
+        detected: list[float] = []
+        observe = factory.metrics.time_to_detect.observe
+        factory.metrics.time_to_detect.observe = lambda value: (detected.append(value), observe(value))  # type: ignore[method-assign]
+
         peers = Process(
             self,
             [sys.executable, os.path.join(HERE, "pingpeers.py"), str(port), "203", "3", "1", "40"],
@@ -72,12 +79,6 @@ class OverloadTests(unittest.TestCase):
         )
         await threads.deferToThread(read_until, peers.popen.stdout, b"ready", 20)
         await wait_until(self, lambda: len(factory.hub) + int(factory.metrics.dead_peers._value.get()) == 203)
-
-        # Each death's time to detect (seconds from the peer's last sign
-        # of life), as the server measures it.
-        detected: list[float] = []
-        observe = factory.metrics.time_to_detect.observe
-        factory.metrics.time_to_detect.observe = lambda value: (detected.append(value), observe(value))  # type: ignore[method-assign]
 
         lag = LagMonitor(reactor, period=0.1)
         lag.start()
