@@ -48,6 +48,22 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def upgrade(sock: socket.socket) -> None:
+    """
+    The opening handshake of a raw client on a connected socket; the 101
+    answer is read byte by byte, so nothing after it is consumed.
+    """
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+
+
 class RealSocketTests(unittest.TestCase):
     """
     A wsheart server in this process; clients in threads.
@@ -72,15 +88,7 @@ class RealSocketTests(unittest.TestCase):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(10)
             sock.connect(("127.0.0.1", port))
-            key = base64.b64encode(os.urandom(16)).decode()
-            sock.sendall(
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-            )
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += sock.recv(1)
-            assert head.startswith(b"HTTP/1.1 101"), head
+            upgrade(sock)
             batch = masked_frame(0x9, b"p" * 125) * 500
             sent = 0
             try:
@@ -117,15 +125,7 @@ class RealSocketTests(unittest.TestCase):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
             sock.settimeout(20)
             sock.connect(("127.0.0.1", port))
-            key = base64.b64encode(os.urandom(16)).decode()
-            sock.sendall(
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-            )
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += sock.recv(1)
-            assert head.startswith(b"HTTP/1.1 101"), head
+            upgrade(sock)
             mask = os.urandom(4)
             masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask * (len(payload) // 4), "big")).to_bytes(len(payload), "big")
             sock.sendall(b"\x81\xff" + len(payload).to_bytes(8, "big") + mask + masked)

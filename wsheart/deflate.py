@@ -255,11 +255,8 @@ def compressed_text_frame(payload: bytes, window_bits: int, mem_level: int) -> b
     compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
     body = data[:-4]
-    n = len(body)
-    if n < 126:
-        head = bytes((0xC1, n))
-    elif n < 1 << 16:
-        head = bytes((0xC1, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0xC1, 127)) + n.to_bytes(8, "big")
-    return head + body
+    # FIN, RSV1 (compressed), text.  Imported here: wsheart.frames imports
+    # this module.
+    from wsheart.frames import frame_head
+
+    return frame_head(0xC1, len(body)) + body

@@ -18,20 +18,24 @@ from wsheart.deflate import FrameKey, compressed_text_frame
 from wsheart.hub import IConnection
 
 
+def frame_head(first: int, n: int) -> bytes:
+    """
+    An unmasked frame's header: its first byte (FIN, RSV, opcode) and the
+    payload length C{n} in its minimal form.
+    """
+    if n < 126:
+        return bytes((first, n))
+    if n < 1 << 16:
+        return bytes((first, 126)) + n.to_bytes(2, "big")
+    return bytes((first, 127)) + n.to_bytes(8, "big")
+
+
 def data_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """
     A final, unmasked data frame carrying C{payload}: text (opcode 1) or
     binary (2).
     """
-    n = len(payload)
-    first = 0x80 | opcode
-    if n < 126:
-        head = bytes((first, n))
-    elif n < 1 << 16:
-        head = bytes((first, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((first, 127)) + n.to_bytes(8, "big")
-    return head + payload
+    return frame_head(0x80 | opcode, len(payload)) + payload
 
 
 def text_frame(payload: bytes) -> bytes:
