@@ -9,14 +9,17 @@ from __future__ import annotations
 import heapq
 import json
 import random
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial import unittest
 
 from wsheart.access.admission import (
+    ADDRESS_ARRIVAL_SHARE,
     ADDRESS_ARRIVALS_MIN,
+    ADDRESS_QUEUE_SECONDS,
+    ADDRESS_RESERVE,
     BURST_SECONDS,
     DROP_FACTOR,
     FULL_HINT,
@@ -30,7 +33,7 @@ from wsheart.access.admission import (
 )
 from wsheart.backoff import hint_from_close
 from wsheart.handler import EchoHandler
-from wsheart.access.limits import LimitSettings
+from wsheart.access.limits import LimitSettings, address_key
 
 from .memory import connect_client, make_server_factory
 
@@ -185,22 +188,36 @@ class AdmissionTests(unittest.TestCase):
         self.assertEqual((refusal.retry_after, refusal.jitter), (MAX_WAIT, MAX_WAIT))
         self.assertEqual(admission.queue_seconds(), queue)
 
+    def test_slots_per_address_follow_the_rate(self) -> None:
+        """
+        Ten seconds' worth of slots at the full rate, at least
+        SLOTS_PER_ADDRESS.
+        """
+        self.assertEqual(self.admission(500).slots_per_address, int(ADDRESS_QUEUE_SECONDS * 500))
+        self.assertEqual(self.admission(1).slots_per_address, SLOTS_PER_ADDRESS)
+
     def test_one_address_cannot_push_the_queue_back(self) -> None:
         """
-        An address holding SLOTS_PER_ADDRESS unexpired slots gets no more
-        (reason "address", until its earliest slot is over) and the queue
-        does not move; another address gets the next slot as before; once
-        its slots have passed, the first address gets slots again.
+        An address holding its share of unexpired slots gets no more
+        (reason "address"; come back once they are over, spread over as long
+        as they span) and the queue does not move; another address gets the
+        next slot as before; once its slots have passed, the first address
+        gets slots again.
         """
         admission = self.admission(10)
         admission.admit(True, "attacker")  # the burst of one
-        for _ in range(SLOTS_PER_ADDRESS):
+        for _ in range(admission.slots_per_address):
             self.assertEqual(admission.admit(True, "attacker").reason, "rate")  # type: ignore[union-attr]
         queue = admission.queue_seconds()
+        self.assertAlmostEqual(queue, ADDRESS_QUEUE_SECONDS, msg="ten seconds' worth at the full rate")
         for _ in range(1000):
             refusal = admission.admit(False, "attacker")
             assert refusal is not None
             self.assertEqual(refusal.reason, "address")
+        # Its last slot ends at the queue's end plus that slot's jitter; its
+        # first, SLOT_JITTER after the first slot.
+        self.assertAlmostEqual(refusal.retry_after, queue + SLOT_JITTER)
+        self.assertAlmostEqual(refusal.jitter, queue - 0.1)
         self.assertAlmostEqual(admission.queue_seconds(), queue, msg="a thousand more did not push the queue back")
         other = admission.admit(True, "someone else")
         assert other is not None
@@ -212,16 +229,20 @@ class AdmissionTests(unittest.TestCase):
 
     def test_one_address_cannot_spend_the_arrival_budget(self) -> None:
         """
-        One address's arrivals past its share of a second (a tenth of the
-        drop threshold, at least ADDRESS_ARRIVALS_MIN) are dropped at accept;
-        other addresses still arrive; the next second it may again.
+        Past its share of a second's arrivals (half the drop threshold, at
+        least ADDRESS_ARRIVALS_MIN), one address is dropped at accept once
+        the arrival budget is down to the reserve kept for the others; the
+        others still arrive, up to that reserve; the next second the
+        address may again.
         """
         admission = self.admission(100)
-        share = int(max(ADDRESS_ARRIVALS_MIN, 0.1 * DROP_FACTOR * 100))
-        taken = sum(1 for _ in range(500) if admission.arrived("flooder"))
-        self.assertEqual(taken, share)
-        self.assertTrue(admission.arrived("someone else"))
+        full = DROP_FACTOR * 100
+        taken = sum(1 for _ in range(1000) if admission.arrived("flooder"))
+        self.assertEqual(taken, full - ADDRESS_RESERVE * full)
+        self.assertGreaterEqual(taken, max(ADDRESS_ARRIVALS_MIN, ADDRESS_ARRIVAL_SHARE * full))
         self.assertIn(("address", "drop"), self.refused)
+        others = sum(1 for i in range(1000) if admission.arrived(f"client {i}"))
+        self.assertEqual(others, ADDRESS_RESERVE * full)
         self.clock.advance(1)
         self.assertTrue(admission.arrived("flooder"))
 
@@ -263,7 +284,9 @@ class AdmissionTests(unittest.TestCase):
 
 
 class FleetTests(unittest.TestCase):
-    def simulate(self, fleet: int, rate: float, ramp: float, seed: int) -> tuple[list[float], int]:
+    def simulate(
+        self, fleet: int, rate: float, ramp: float, seed: int, address: Optional[str] = None
+    ) -> tuple[list[float], int]:
         """
         C{fleet} wsheart clients arrive within one second of a start (no
         drain hint) and each retries as L{wsheart.client} does: dropped at
@@ -271,7 +294,8 @@ class FleetTests(unittest.TestCase):
         failure, 60 s at most); told 1013 with a hint, after the hint if it
         is at least the next backoff window, else after max(hint, its
         backoff), a failure.  Returns when each was admitted and the
-        attempts made.
+        attempts made.  C{address}: the one client address of the whole
+        fleet (None: no address, as from a Unix socket).
         """
         rng = random.Random(seed)
         clock = Clock()
@@ -292,10 +316,10 @@ class FleetTests(unittest.TestCase):
             clock.advance(max(0.0, at - clock.seconds()))
             attempts += 1
             self.assertLess(attempts, fleet * 20, "the fleet must converge")
-            if not admission.arrived():
+            if not admission.arrived(address):
                 heapq.heappush(pending, (clock.seconds() + backoff(client), client))
                 continue
-            refusal = admission.admit(True)
+            refusal = admission.admit(True, address)
             if refusal is None:
                 admitted_at.append(clock.seconds())
                 continue
@@ -311,9 +335,21 @@ class FleetTests(unittest.TestCase):
         5 s ramp: all are admitted; no second admits more than 10% over the
         rate; and the last is in within 30% of the time the rate needs.
         """
+        self.converges(address=None)
+
+    def test_a_fleet_behind_one_address_converges_at_the_rate(self) -> None:
+        """
+        The same fleet sharing one client address (behind NAT, or a load
+        balancer that does not pass addresses on) is not held back by the
+        per-address share: it too is all in within 30% of the time the rate
+        needs.
+        """
+        self.converges(address="203.0.113.9")
+
+    def converges(self, address: Optional[str]) -> None:
         rate, ramp, fleet = 200.0, 5.0, 2000
         for seed in (1, 2, 3):
-            admitted_at, attempts = self.simulate(fleet, rate, ramp, seed)
+            admitted_at, attempts = self.simulate(fleet, rate, ramp, seed, address)
             self.assertEqual(len(admitted_at), fleet)
             per_second: dict[int, int] = {}
             for t in admitted_at:
@@ -476,9 +512,13 @@ class ServerAdmissionTests(unittest.TestCase):
         slots get 429 with a Retry-After (no slot, the queue unmoved).
         """
         factory = self.factory(admission=AdmissionSettings(accept_rate=10, ramp=0))
+        admission = factory.admission
+        # Its handshakes so far took the burst and all but two of its slots.
+        for _ in range(admission.slots_per_address - 1):
+            admission.admit(False, address_key("198.51.100.7"))
         answers = []
-        for _ in range(SLOTS_PER_ADDRESS + 3):
+        for _ in range(4):
             client, _, _ = self.connect_from(factory, "198.51.100.7")
             answers.append(client.http_response_data.split(b" ", 2)[1] if client.http_response_data else b"101")
-        self.assertEqual(answers, [b"101"] + [b"503"] * SLOTS_PER_ADDRESS + [b"429"] * 2)
+        self.assertEqual(answers, [b"503"] * 2 + [b"429"] * 2)
         self.assertRegex(client.http_response_data, rb"\r\nRetry-After: \d+\r\n")

@@ -18,10 +18,15 @@ refuses a place in a queue of future admissions:
   of all at once again.  A slot is a time to come back, not a reservation:
   a client that finds no admission left then (newcomers took it) gets a
   new slot at the end of the queue;
-- one client address may hold at most L{SLOTS_PER_ADDRESS} slots at a time
-  (more get 429 with a Retry-After and no slot) and take at most a tenth of
-  the arrivals (more are dropped at accept), so one host cannot push
-  everyone's slots back or spend the shared budget;
+- one client address may hold at most ten seconds' worth of slots
+  (L{ADDRESS_QUEUE_SECONDS} times the rate, at least L{SLOTS_PER_ADDRESS};
+  more get 429 with a Retry-After and no slot), and past half of the
+  arrivals the process takes before it drops, it cannot use the quarter of
+  that budget kept for the others (more are dropped at accept): one host
+  can neither push everyone's slots back by more than that nor spend the
+  whole shared budget - while a fleet that shares one address (behind NAT,
+  or a load balancer that does not pass the client's address on) still
+  comes back at the full rate;
 - a wsheart client that can read the hint in-band (one that offers a
   C{wsheart.*} subprotocol: wsheart.js, wsheart.v1 clients) is accepted
   and closed at once with 1013 and C{{"retry_after": R, "jitter": J}}; any
@@ -43,6 +48,7 @@ Pure: a clock and counters, no I/O.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -61,13 +67,22 @@ BURST_SECONDS = 0.1
 # it is longer waits this long (spread over the jitter).
 MAX_WAIT = 300.0
 # One client address (an IPv4 address, an IPv6 /64) may hold at most this
-# many unexpired slots; past them it is told 429 with a Retry-After and
-# takes no slot, so that one host cannot push the whole queue back.
+# many seconds' worth of unexpired slots at the full rate (and at least
+# SLOTS_PER_ADDRESS); past them it is told 429 with a Retry-After and takes
+# no slot, so that one host cannot push the whole queue back by more.  Not
+# fewer: a whole fleet may share one address (CGNAT, a corporate proxy, a
+# load balancer without the PROXY protocol), and with a few slots it would
+# trickle in at a fraction of the rate.
+ADDRESS_QUEUE_SECONDS = 10.0
 SLOTS_PER_ADDRESS = 16
-# One address may take at most this share of the arrivals a second before
-# its connections are dropped at accept (and at least ADDRESS_ARRIVALS_MIN
-# a second): one host cannot spend the budget everyone shares.
-ADDRESS_ARRIVAL_SHARE = 0.1
+# One address may take this share of the arrivals a second (and at least
+# ADDRESS_ARRIVALS_MIN a second); past it, its connections are dropped at
+# accept once the arrival budget is down to ADDRESS_RESERVE of a second's
+# worth, which stays for the other addresses.  One host cannot spend the
+# whole budget everyone shares, yet a fleet that shares one address still
+# arrives at three times the admitted rate.
+ADDRESS_ARRIVAL_SHARE = 0.5
+ADDRESS_RESERVE = 0.25
 ADDRESS_ARRIVALS_MIN = 20.0
 # A slot's jitter: a client comes back up to this long after it (at least
 # one admission interval, so neighbours do not land on one instant).
@@ -170,9 +185,10 @@ class Admission:
         self._next_slot = self.started_at
         self._unlogged: dict[str, int] = {}
         self._logged_at: Optional[float] = None
-        # Per client address: the ends of its unexpired slots, and its
-        # arrivals in the current second.
-        self._slots: dict[str, list[float]] = {}
+        # Per client address: the ends of its unexpired slots (in the order
+        # given, which is the order they end), and its arrivals in the
+        # current second.
+        self._slots: dict[str, deque[float]] = {}
         self._arrivals: dict[str, int] = {}
         self._arrivals_second = 0
         self.restart()
@@ -201,6 +217,13 @@ class Admission:
         if ramp <= 0 or elapsed >= ramp:
             return full
         return full * (RAMP_FROM + (1 - RAMP_FROM) * max(0.0, elapsed) / ramp)
+
+    @property
+    def slots_per_address(self) -> int:
+        """
+        The most unexpired slots one client address may hold.
+        """
+        return max(SLOTS_PER_ADDRESS, int(ADDRESS_QUEUE_SECONDS * self.settings.accept_rate))
 
     @staticmethod
     def _burst(rate: float) -> float:
@@ -239,8 +262,9 @@ class Admission:
                 self._arrivals.clear()
             count = self._arrivals.get(key, 0) + 1
             self._arrivals[key] = count
-            share = max(ADDRESS_ARRIVALS_MIN, ADDRESS_ARRIVAL_SHARE * DROP_FACTOR * self.settings.accept_rate)
-            if count > share:
+            full = DROP_FACTOR * self.settings.accept_rate
+            share = max(ADDRESS_ARRIVALS_MIN, ADDRESS_ARRIVAL_SHARE * full)
+            if count > share and self._arrival_tokens < 1 + ADDRESS_RESERVE * full:
                 self._refuse("address", "drop")
                 return False
         if self._arrival_tokens >= 1:
@@ -263,17 +287,26 @@ class Admission:
         if self._tokens >= 1:
             self._tokens -= 1
             return None
-        held: Optional[list[float]] = None
+        held: Optional[deque[float]] = None
         if key is not None:
-            held = [end for end in self._slots.get(key, ()) if end > now]
-            if len(held) >= SLOTS_PER_ADDRESS:
-                self._slots[key] = held
+            held = self._slots.get(key)
+            if held is None:
+                held = self._slots[key] = deque()
+            while held and held[0] <= now:
+                held.popleft()
+            if len(held) >= self.slots_per_address:
                 self._refuse("address", "hint" if reads_hints else "429")
-                # Come back when its earliest slot is over, on its backoff.
-                return Refusal(min(held) - now, SLOT_JITTER, "address")
+                # Come back once the slots this address holds are over,
+                # spread over as long as they span (the address's own
+                # queue, which takes no room in everyone's).
+                # (Slot ends follow the order given but for the jitter's
+                # shrinking as the rate ramps up: the last is about the
+                # latest.)
+                last = max(held[0], held[-1])
+                return Refusal(last - now, max(SLOT_JITTER, last - held[0]), "address")
         if len(self._slots) > 10 * SLOTS_PER_ADDRESS * max(1.0, rate):
             # Forget addresses whose slots have all passed.
-            self._slots = {k: v for k, v in self._slots.items() if v and max(v) > now}
+            self._slots = {k: v for k, v in self._slots.items() if v and v[-1] > now}
         # Slots are spaced at the rate of their own time: during the ramp
         # a later slot comes round faster.
         base = max(self._next_slot, now)
@@ -286,9 +319,8 @@ class Admission:
         else:
             self._next_slot = slot
             refusal = Refusal(slot - now, max(SLOT_JITTER, interval), "rate")
-            if key is not None and held is not None:
+            if held is not None:
                 held.append(slot + refusal.jitter)
-                self._slots[key] = held
         self._refuse("rate", "hint" if reads_hints else "503")
         return refusal
 
