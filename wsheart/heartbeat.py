@@ -194,7 +194,7 @@ class Heartbeat:
         "_clock", "_timers", "settings", "_send_ping", "_on_dead", "_on_miss", "_call",
         "_seq", "_in_flight", "_life_since_ping", "_ping_due", "misses", "last_rtt",
         "smoothed_rtt", "last_seen", "pings_sent", "pongs_received", "dead",
-        "_after_reads", "_meter", "_last_ping_at",
+        "_after_reads", "_meter", "_last_ping_at", "_call_at",
     )  # fmt: skip
 
     def __init__(
@@ -211,7 +211,16 @@ class Heartbeat:
         self._clock = clock
         # Where the ping and check timers go: the clock itself, or a shared
         # timer wheel (wsheart.wheel) that serves many connections at once.
-        self._timers = scheduler if scheduler is not None else clock
+        self._timers = timers = scheduler if scheduler is not None else clock
+        # Timers are set for a known moment (when the ping or check is due):
+        # the wheel takes that moment as it is; a plain clock wants a delay.
+        call_at = getattr(timers, "call_at", None)
+        if call_at is None:
+
+            def call_at(when: float, func: Callable[[], None]) -> IDelayedCall:
+                return timers.callLater(max(0.0, when - clock.seconds()), func)
+
+        self._call_at: Callable[[float, Callable[[], None]], IDelayedCall] = call_at
         self.settings = settings
         self._send_ping = send_ping
         self._on_dead = on_dead
@@ -274,11 +283,14 @@ class Heartbeat:
         and return it; otherwise (a late or foreign pong) return L{None}.
         Either way it counts as traffic.
         """
-        self.traffic_received()
-        seq = decode_ping(payload)
-        if self._in_flight is None or seq != self._in_flight[0]:
+        # Called for every pong of every connection: one clock read, no
+        # helper calls (traffic_received and decode_ping, inlined).
+        now = self.last_seen = self._clock.seconds()
+        self._life_since_ping = True
+        in_flight = self._in_flight
+        if in_flight is None or len(payload) != _PAYLOAD.size or _PAYLOAD.unpack(payload)[0] != in_flight[0]:
             return None
-        rtt = self._clock.seconds() - self._in_flight[1]
+        rtt = now - in_flight[1]
         self._in_flight = None
         self.pongs_received += 1
         self.misses = 0
@@ -290,38 +302,43 @@ class Heartbeat:
         return rtt
 
     def _ping(self) -> None:
+        # Runs for every connection every interval: plain local arithmetic.
         now = self._clock.seconds()
-        late = now - self._ping_due
-        if late > self.settings.interval:
+        settings = self.settings
+        due = self._ping_due
+        late = now - due
+        if late > settings.interval:
             # More than an interval behind: the server cannot keep the
             # cadence.  Stretch it from now rather than send the pings it
             # owes back to back (which would only add to the load).
-            self._ping_due = now
+            self._ping_due = due = now
+        last = self._last_ping_at
         if self._meter is not None:
-            self._meter.pinged(late, None if self._last_ping_at is None else now - self._last_ping_at, now)
+            self._meter.pinged(late, None if last is None else now - last, now)
         self._last_ping_at = now
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        self._in_flight = (self._seq, now)
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        self._in_flight = (seq, now)
         self._life_since_ping = False
         self.pings_sent += 1
         # The check is due a timeout after the ping was *due*, so a late
         # timer does not stretch every cycle (with timeout == interval that
         # lost ~10% of the pings); a ping sent late still gets its whole
         # timeout: an unanswered check moves to a timeout after the send.
-        timeout = self.settings.timeout
-        check_at = max(self._ping_due + timeout, now + timeout / 2)
-        self._call = self._timers.callLater(check_at - now, self._check)
-        self._send_ping(encode_ping(self._seq, now))
+        timeout = settings.timeout
+        check_at = due + timeout
+        if check_at < now + timeout / 2:
+            check_at = now + timeout / 2
+        self._call = self._call_at(check_at, self._check)
+        self._send_ping(encode_ping(seq, now))
 
     def _check(self) -> None:
         in_flight = self._in_flight
         if in_flight is not None and not self._life_since_ping:
             # No answer yet.  First, the peer must have had its whole
             # timeout since the ping actually went out.
-            now = self._clock.seconds()
-            remaining = in_flight[1] + self.settings.timeout - now
-            if remaining > 0:
-                self._call = self._timers.callLater(remaining, self._check)
+            full_timeout_at = in_flight[1] + self.settings.timeout
+            if full_timeout_at > self._clock.seconds():
+                self._call = self._call_at(full_timeout_at, self._check)
                 return
             # Then judge after the reactor's next read of its sockets: an
             # answer already in the kernel's buffer is an answer.
@@ -351,8 +368,7 @@ class Heartbeat:
         # Keep the cadence: the next ping is due an interval after the last
         # one was due, not after this (possibly late) check; if that moment
         # has passed, ping at once.
-        now = self._clock.seconds()  # read once: a real clock moves between reads
         self._ping_due += self.settings.interval
-        self._call = self._timers.callLater(max(0.0, self._ping_due - now), self._ping)
+        self._call = self._call_at(self._ping_due, self._ping)
         if self.misses and self._on_miss is not None:
             self._on_miss(self)

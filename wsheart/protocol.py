@@ -187,11 +187,12 @@ class _Liveness:
     def dataReceived(self, data: bytes) -> None:
         heartbeat = self.heartbeat
         if heartbeat is not None:
+            # (A pong taken here is life as well: pong_received says so.)
+            if len(data) in (14, 18) and data[0] == 0x8A and self._pong_fast_path(data):
+                return
             # Any inbound bytes are life: a busy link is not a dead link
             # (a large frame on a slow link arrives over many reads).
             heartbeat.traffic_received()
-            if len(data) in (14, 18) and data[0] == 0x8A and self._pong_fast_path(data):
-                return
             data = self._fast_messages(data)
             if not data:
                 return
@@ -212,7 +213,8 @@ class _Liveness:
         payload, between frames: match it here instead of running
         Autobahn's general frame parser.  Anything else goes the long way.
         """
-        if self.state != self.STATE_OPEN or self._peer_mid_frame():  # type: ignore[attr-defined]
+        # _peer_mid_frame, inlined: this runs for every pong.
+        if self.state != self.STATE_OPEN or self.data or getattr(self, "current_frame", None) is not None:  # type: ignore[attr-defined]
             return False
         if self.factory.isServer:  # type: ignore[attr-defined]
             if data[1] != 0x8C or len(data) != 18:  # clients must mask
@@ -450,7 +452,8 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         super()._handshake_timed_out()
 
     def _send_heartbeat_ping(self, payload: bytes) -> None:
-        if self.state == self.STATE_OPEN and not self._peer_mid_frame():
+        # _peer_mid_frame, inlined: this runs for every ping.
+        if self.state == self.STATE_OPEN and not self.data and getattr(self, "current_frame", None) is None:
             # A server frame is unmasked: FIN + opcode 9, then the length.
             write_small(self.transport, b"\x89\x0c" + payload)
             self.factory.metrics.heartbeat.pings_sent += 1

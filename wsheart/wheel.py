@@ -93,7 +93,14 @@ class TimerWheel:
         return self._clock.seconds()
 
     def callLater(self, delay: float, func: Callable[..., Any], *args: Any) -> WheelTimer:
-        when = self._clock.seconds() + max(0.0, delay)
+        return self.call_at(self._clock.seconds() + max(0.0, delay), func, *args)
+
+    def call_at(self, when: float, func: Callable[..., Any], *args: Any) -> WheelTimer:
+        """
+        Call C{func(*args)} at clock time C{when} (a time already past: in
+        the current or next slot).  A heartbeat knows when its next ping or
+        check is due; this spares it a clock read per timer.
+        """
         timer = WheelTimer(self, when, func, args)
         self._pending += 1
         slot = math.ceil(when / self.resolution)
