@@ -309,8 +309,11 @@ def server_command(ctx: Context, peer: str, port: int, hb: tuple, admin_port: in
     interval, timeout, max_missed = hb
     if peer == "wsheart":
         env = dict(os.environ, PYTHONPATH=str(ctx.wsheart_root))
+        # As the systemd units run it: `--reactor wsheart` (wsheart.reactor),
+        # unless --wsheart-reactor says otherwise ("" for twistd's default).
+        reactor = ["--reactor", ctx.args.wsheart_reactor] if ctx.args.wsheart_reactor else []
         cmd = [
-            str(ctx.venv / "bin" / "twistd"), "-n", "--pidfile=", "wsheart",
+            str(ctx.venv / "bin" / "twistd"), *reactor, "-n", "--pidfile=", "wsheart",
             "--endpoint", f"tcp:{port}:interface=127.0.0.1",
             "--ping-interval", str(interval), "--ping-timeout", str(timeout),
             "--max-missed", str(max_missed),
@@ -806,6 +809,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--window", type=float, help="S1 measuring window, s (quick: 10; full: 15)")
     p.add_argument("--settle", type=float, help="S1 wait after the last connection opened, s (quick: 3; full: 5)")
     p.add_argument("--echo-seconds", type=float, help="S3 measured window, s (quick: 5; full: 10)")
+    p.add_argument("--wsheart-reactor", default="wsheart",
+                   help="twistd --reactor for wsheart (wsheart: as the systemd units; '' for twistd's default)")
     p.add_argument("--venv", default=str(BENCH / ".venv"), help="the bench's own virtualenv (created if missing)")
     p.add_argument("--output", default=str(RESULTS), help="results directory (bench/results)")
     p.add_argument("--live-checkout", action="store_true",

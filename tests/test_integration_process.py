@@ -78,6 +78,31 @@ class DaemonProcessTests(unittest.TestCase):
         line = read_until(process.popen.stdout, b"connections", 20)
         self.assertIn(f"open files: up to {hard} (was {min(512, hard)}): room for about {hard - 64} connections".encode(), line)
 
+    def test_runs_on_the_wsheart_reactor(self) -> None:
+        """
+        C{twistd --reactor wsheart} (what the systemd units run) serves an
+        independent client: a message is echoed, a text ping answered, a
+        100 kB message (many reads) echoed whole.
+        """
+        port = free_port()
+        daemon = Process(
+            self,
+            twistd_command()
+            + ["--reactor", "wsheart", "-n", "--pidfile=", "wsheart", "--endpoint", f"tcp:{port}:interface=127.0.0.1",
+               "--ping-interval", "0.5", "--ping-timeout", "0.5"],
+            cwd=REPO,
+        )  # fmt: skip
+        wait_for_port(port)
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=10) as ws:
+            ws.send("over the wsheart reactor")
+            self.assertEqual(ws.recv(timeout=10), "over the wsheart reactor")
+            ws.send("ping")
+            self.assertEqual(ws.recv(timeout=10), "pong")
+            ws.send(b"\x00" * 100_000)
+            self.assertEqual(ws.recv(timeout=10), b"\x00" * 100_000)
+        daemon.stop(signal.SIGTERM)
+        self.assertIn(b"WsheartEPollReactor", daemon.stdout + daemon.stderr)
+
     def test_bad_option_is_a_usage_error(self) -> None:
         """
         A bad option stops twistd with the option's message.
