@@ -171,3 +171,53 @@ class WheelEdgeTests(unittest.TestCase):
         for resolution in (0, -0.05):
             with self.assertRaises(ValueError):
                 TimerWheel(self.clock, resolution=resolution)
+
+
+class CallAtTests(unittest.TestCase):
+    """
+    L{TimerWheel.call_at}: a moment instead of a delay.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.wheel = TimerWheel(self.clock, resolution=0.05)
+        self.fired: list[tuple[str, float]] = []
+
+    def record(self, name: str) -> None:
+        self.fired.append((name, self.clock.seconds()))
+
+    def test_a_moment_ahead_is_never_early_and_at_most_a_slot_late(self) -> None:
+        self.clock.advance(3.0)
+        self.wheel.call_at(4.012, self.record, "ahead")
+        self.clock.advance(1.0)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.05)
+        [(name, at)] = self.fired
+        self.assertGreaterEqual(at, 4.012)
+        self.assertLessEqual(at, 4.012 + 0.05)
+
+    def test_a_moment_past_runs_on_the_next_turn(self) -> None:
+        """
+        Set from outside a slot for a moment already past: the next turn
+        of the reactor runs it, however long ago the moment was.
+        """
+        self.clock.advance(10.0)
+        self.wheel.call_at(2.0, self.record, "past")
+        self.clock.advance(0)
+        self.assertEqual(self.fired, [("past", 10.0)])
+        self.assertEqual(len(self.wheel), 0)
+
+    def test_a_moment_past_set_while_a_slot_runs_runs_in_that_slot(self) -> None:
+        """
+        A check that finds the next ping already due (timeout == interval)
+        sends it in the same slot, not a slot later.
+        """
+
+        def check() -> None:
+            self.record("check")
+            self.wheel.call_at(self.clock.seconds() - 0.01, self.record, "ping")
+
+        self.wheel.call_at(1.0, check)
+        self.clock.advance(1.0)
+        self.assertEqual(self.fired, [("check", 1.0), ("ping", 1.0)])
+        self.assertEqual(len(self.wheel), 0)
