@@ -147,7 +147,8 @@ def run_server(args: argparse.Namespace, cases: list[str], outdir: Path) -> None
     }
     spec_file = outdir / "spec.json"
     spec_file.write_text(json.dumps(spec, indent=2))
-    daemon_args = [
+    reactor = ["--reactor", args.reactor] if args.reactor else []
+    daemon_args = reactor + [
         "-n", "--pidfile=", "wsheart",
         "--endpoint", f"tcp:{port}:interface=127.0.0.1",
         "--max-message-size", str(MAX_MESSAGE_SIZE),
@@ -279,6 +280,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         default=[],
         metavar="NAME=JSON",
         help="client mode: a ReconnectingClientService keyword argument, e.g. handshake_timeout=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--reactor", default="", metavar="NAME", help="server mode: twistd's --reactor (e.g. wsheart; default: twistd's own)"
     )
     parser.add_argument("--wstest", type=Path, default=DEFAULT_WSTEST, help=f"default: {DEFAULT_WSTEST}")
     parser.add_argument("--reports", type=Path, default=DEFAULT_REPORTS, help=f"default: {DEFAULT_REPORTS}")
