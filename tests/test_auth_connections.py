@@ -8,6 +8,7 @@ fake connections and in-memory transports.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Optional
 
 import jwt
@@ -15,6 +16,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from wsheart import closecodes
+from wsheart.access.limits import USER_HINT, LimitSettings
+from wsheart.backoff import hint_from_close
 from wsheart.auth import AuthPolicy, Grants, Identity, TokenSettings, TokenVerifier
 from wsheart.channels.broker import Broker, ChannelSettings
 from wsheart.channels.v1 import ChannelProtocolHandler
@@ -366,3 +369,92 @@ class HandshakeAuthTests(unittest.TestCase):
         self.clock.advance(60)
         pump.flush()
         self.assertEqual(client.closes, [])
+
+
+class PerUserLimitTests(unittest.TestCase):
+    """
+    --max-connections-per-user: counted once the token is read (at the
+    handshake or in a wsheart.v1 auth frame), refused past it in a way
+    each kind of client reads, freed when a connection closes.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.broker = Broker(self.clock, ChannelSettings())
+        self.factory = make_server_factory(
+            self.clock, channels=self.broker, auth=policy(self), limits=LimitSettings(max_connections_per_user=2)
+        )
+
+    def connect(self, sub: str = "ann", **kwargs: Any) -> tuple[Any, Any, Any]:
+        kwargs.setdefault("headers", {"Authorization": "Bearer " + token(sub=sub)})
+        return connect_client(self.factory, self.clock, **kwargs)
+
+    def test_a_third_handshake_gets_429_with_retry_after(self) -> None:
+        first, _, _ = self.connect()
+        second, _, _ = self.connect()
+        other, _, _ = self.connect(sub="bob")
+        self.assertTrue(first.opened and second.opened and other.opened)
+        third, server, _ = self.connect()
+        self.assertFalse(third.opened)
+        self.assertTrue(third.http_response_data.startswith(b"HTTP/1.1 429 "), third.http_response_data)
+        self.assertIn(b"too many connections for this user (at most 2)", third.data)
+        retry_after = int(re.search(rb"\r\nRetry-After: (\d+)\r\n", third.http_response_data).group(1))  # type: ignore[union-attr]
+        self.assertGreaterEqual(retry_after, USER_HINT[0])
+        self.assertLessEqual(retry_after, USER_HINT[0] + USER_HINT[1] + 1)
+        self.assertEqual(self.factory.metrics.limit_refusals.labels(limit="connections_per_user")._value.get(), 1)
+        self.assertEqual(self.factory.limits.users, {"ann": 2, "bob": 1})
+
+    def test_a_wsheart_client_is_told_in_band_when_to_come_back(self) -> None:
+        for _ in range(2):
+            self.connect()
+        client, server, pump = self.connect(protocols=["wsheart.hints"])
+        pump.flush()
+        [(_, code, reason)] = [(c[0], c[1], c[2]) for c in client.closes]
+        self.assertEqual(code, closecodes.TRY_AGAIN_LATER)
+        hint = hint_from_close(code, reason)
+        self.assertEqual((hint.retry_after, hint.jitter), USER_HINT)  # type: ignore[union-attr]
+        self.assertEqual(self.factory.limits.users, {"ann": 2}, "the refused one never counted")
+        self.assertEqual(len(self.factory.hub), 2)
+
+    def test_a_closed_connection_makes_room(self) -> None:
+        first, server, pump = self.connect()
+        self.connect()
+        first.sendClose(1000)
+        pump.flush()
+        self.assertEqual(self.factory.limits.users, {"ann": 1})
+        again, _, _ = self.connect()
+        self.assertTrue(again.opened)
+
+    def test_an_auth_frame_over_the_limit_closes_with_1013(self) -> None:
+        """
+        Anonymous wsheart.v1 connections are not counted; the auth frame
+        that would make a third connection of the user closes it with 1013
+        and the retry window, without an authed reply; a refresh of a
+        counted connection is not counted twice.
+        """
+        factory = make_server_factory(
+            self.clock, channels=self.broker, auth=policy(self, anonymous=("public.*",)),
+            limits=LimitSettings(max_connections_per_user=2),
+        )  # fmt: skip
+        connections = [connect_client(factory, self.clock, protocols=["wsheart.v1"]) for _ in range(3)]
+        self.assertEqual(factory.limits.users, {})
+        for client, _, pump in connections[:2]:
+            client.sendMessage(json.dumps({"op": "auth", "token": token()}).encode())
+            pump.flush()
+            self.assertEqual(json.loads(client.messages[-1])["op"], "authed")
+        client, _, pump = connections[0]
+        client.sendMessage(json.dumps({"op": "auth", "token": token(exp=NOW + 900)}).encode())
+        pump.flush()
+        self.assertEqual(json.loads(client.messages[-1])["op"], "authed", "a refresh")
+        self.assertEqual(factory.limits.users, {"ann": 2})
+        client, server, pump = connections[2]
+        client.sendMessage(json.dumps({"op": "auth", "token": token()}).encode())
+        pump.flush()
+        self.assertNotIn("authed", "".join(client.messages))
+        [close] = client.closes
+        self.assertEqual(close[1], closecodes.TRY_AGAIN_LATER)
+        self.assertEqual(hint_from_close(close[1], close[2]).retry_after, USER_HINT[0])  # type: ignore[union-attr]
+        self.assertTrue(server.identity.anonymous, "it never became ann")
+        self.assertEqual(factory.limits.users, {"ann": 2})
+

@@ -90,6 +90,34 @@ class CountingTests(unittest.TestCase):
     def test_negative_settings_refused(self) -> None:
         with self.assertRaises(ValueError):
             LimitSettings(max_connections=-1)
+        with self.assertRaises(ValueError):
+            LimitSettings(max_connections_per_user=-1)
+
+    def test_per_user(self) -> None:
+        """
+        A user may hold max_connections_per_user; one more is refused
+        (counted and logged), another user is not affected, and a
+        connection that leaves makes room; off (0), nobody is refused.
+        """
+        limits = ConnectionLimits(
+            LimitSettings(max_connections_per_user=2), self.clock, refused=self.refused.append,
+            log=lambda fmt, **kw: self.logged.append(kw),
+        )  # fmt: skip
+        for _ in range(2):
+            self.assertTrue(limits.user_may_join("ann"))
+            limits.user_joined("ann")
+        self.assertFalse(limits.user_may_join("ann"))
+        self.assertTrue(limits.user_may_join("bob"))
+        self.assertEqual(self.refused, ["connections_per_user"])
+        self.assertEqual(self.logged[-1]["address"], "user 'ann'")
+        limits.user_left("ann")
+        self.assertTrue(limits.user_may_join("ann"))
+        limits.user_left("ann")
+        self.assertEqual(limits.users, {}, "nothing kept for a user with no connection")
+        off = ConnectionLimits(LimitSettings(), self.clock)
+        for _ in range(100):
+            self.assertTrue(off.user_may_join("ann"))
+            off.user_joined("ann")
 
 
 class ServerLimitTests(unittest.TestCase):

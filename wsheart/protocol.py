@@ -42,7 +42,7 @@ from wsheart.frames import data_frame
 from wsheart.heartbeat import CadenceMeter, Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
-from wsheart.access.limits import LOG_EVERY, ConnectionLimits, LimitSettings, address_key
+from wsheart.access.limits import LOG_EVERY, USER_HINT, ConnectionLimits, LimitSettings, address_key
 from wsheart.access.origin import OriginPolicy, suggestion
 from wsheart.access.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
 from wsheart.pages import Pages, parse_request_head, wants_upgrade
@@ -328,6 +328,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     # and whether it is counted as a pending handshake or an open connection.
     _limit_key: Optional[str] = None
     _counted: Optional[str] = None
+    # The user (token sub) this connection counts against
+    # --max-connections-per-user, once it does.
+    _user_counted: Optional[str] = None
     _refused_at_accept = False
     # Admission control turned this handshake away (wsheart.access.admission): it
     # opens only to be closed with 1013 and this retry window.
@@ -381,6 +384,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         counted, self._counted = self._counted, None
         if counted is not None:
             self.factory.limits.connection_lost(self._limit_key, was_open=counted == "open", was_pending=counted == "pending")
+        user, self._user_counted = self._user_counted, None
+        if user is not None:
+            self.factory.limits.user_left(user)
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -492,7 +498,25 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             return chosen
         if self.factory.auth is not None:
             self._authenticate(request, chosen)
+            identity = self.identity
+            if identity is not None and identity.sub is not None and not self.factory.limits.user_may_join(identity.sub):
+                self._refuse_user(request)
         return chosen
+
+    def _refuse_user(self, request: Any) -> None:
+        """
+        This user holds --max-connections-per-user already: a wsheart
+        client opens only to be closed with 1013 and a long retry window
+        (room comes back as the user closes connections); anyone else gets
+        429 with that window as Retry-After.
+        """
+        self._refusal = "limit"
+        refusal = Refusal(USER_HINT[0], USER_HINT[1], "user")
+        if reads_hints(request.protocols):
+            self._admission_refusal = refusal
+            return
+        self._retry_after = refusal.retry_after_header(self.factory.random)
+        raise ConnectionDeny(429, f"too many connections for this user (at most {self.factory.limits.settings.max_connections_per_user})")
 
     def _admit(self, request: Any) -> Optional[Refusal]:
         """
@@ -556,13 +580,27 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
                 raise ConnectionDeny(503, f"{e}; try again in {e.retry_after:g} s")
             raise ConnectionDeny(401, str(e))
 
-    def set_identity(self, identity: Identity) -> None:
+    def set_identity(self, identity: Identity) -> bool:
         """
         The peer is now C{identity} (a token sent in a frame, or a refresh):
-        the connection closes with 4001 when its token expires.
+        the connection closes with 4001 when its token expires.  False: the
+        user holds --max-connections-per-user already, and this connection
+        is closing with 1013 and a retry window.
         """
+        if self._user_counted is None and identity.sub is not None:  # not anonymous
+            if not self.factory.limits.user_may_join(identity.sub):
+                self.close(closecodes.TRY_AGAIN_LATER, Refusal(USER_HINT[0], USER_HINT[1], "user").close_reason())
+                return False
         self.identity = identity
+        self._count_user()
         self._arm_auth_timer()
+        return True
+
+    def _count_user(self) -> None:
+        identity = self.identity
+        if self._user_counted is None and identity is not None and identity.sub is not None:
+            self.factory.limits.user_joined(identity.sub)
+            self._user_counted = identity.sub
 
     def _arm_auth_timer(self) -> None:
         auth = self.factory.auth
@@ -656,6 +694,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         factory.hub.add(self.connection_id, str(self.peer), self, self.heartbeat)
         factory.limits.opened(self._limit_key)
         self._counted = "open"
+        self._count_user()
         self._arm_auth_timer()
         # The opening handshake is over: thousands of idle connections
         # should not each keep a copy of its request and response.

@@ -8,6 +8,12 @@ daemon, may hold, so that one host cannot take every file descriptor.
 - C{--max-connections-per-address}: open WebSocket connections from one
   address; one over gets HTTP 429 (the wsheart clients wait and retry).
 - C{--max-connections}: open connections in all; one over gets HTTP 503.
+- C{--max-connections-per-user}: open connections of one authenticated
+  user (the token's C{sub}; anonymous connections are not counted), in this
+  process.  One over is refused once its token is read: HTTP 429 with a
+  Retry-After at the handshake, or - for a wsheart client, which reads it -
+  close 1013 with a retry window (L{USER_HINT}), also when the token came in
+  a wsheart.v1 C{auth} frame.
 
 An address is an IPv4 address, or an IPv6 /64 (one host's share: a client
 picks any address in its /64 at will).  Each refusal counts in
@@ -27,6 +33,11 @@ from typing import Any, Callable, Optional
 from twisted.internet.interfaces import IReactorTime
 
 LOG_EVERY = 10.0
+
+# The retry window of a user over --max-connections-per-user: room comes
+# back when that user closes a connection (another tab, another device),
+# not at a rate the server knows; come back in 30 to 60 s, not at once.
+USER_HINT = (30.0, 30.0)
 
 
 def address_key(host: Optional[str]) -> Optional[str]:
@@ -56,10 +67,12 @@ class LimitSettings:
     # haproxy: endpoint, or X-Forwarded-For from a --trusted-proxy).
     max_pending_per_address: int = 0
     max_connections_per_address: int = 0
+    # Per authenticated user (token sub), in this process; 0: off.
+    max_connections_per_user: int = 0
     max_connections: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_pending_per_address", "max_connections_per_address", "max_connections"):
+        for name in ("max_pending_per_address", "max_connections_per_address", "max_connections", "max_connections_per_user"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be 0 (off) or more")
 
@@ -84,6 +97,9 @@ class ConnectionLimits:
         self.pending: dict[str, int] = {}
         self.open: dict[str, int] = {}
         self.open_total = 0
+        # Open connections per user (token sub), counted once the token is
+        # known: at the open, or at a wsheart.v1 auth frame.
+        self.users: dict[str, int] = {}
         self._unlogged: dict[str, int] = {}
         self._logged_at: dict[str, float] = {}
 
@@ -144,6 +160,27 @@ class ConnectionLimits:
                     self.open[key] = left
                 else:
                     self.open.pop(key, None)
+
+    def user_may_join(self, sub: str) -> bool:
+        """
+        Whether one more connection of user C{sub} may open (or
+        authenticate); refusals are counted and logged.
+        """
+        limit = self.settings.max_connections_per_user
+        if limit and self.users.get(sub, 0) >= limit:
+            self._refuse("connections_per_user", f"user {sub!r}", limit)
+            return False
+        return True
+
+    def user_joined(self, sub: str) -> None:
+        self.users[sub] = self.users.get(sub, 0) + 1
+
+    def user_left(self, sub: str) -> None:
+        left = self.users.get(sub, 0) - 1
+        if left > 0:
+            self.users[sub] = left
+        else:
+            self.users.pop(sub, None)
 
     def _handshake_over(self, key: Optional[str]) -> None:
         if key is None:

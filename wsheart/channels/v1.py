@@ -246,7 +246,9 @@ class ChannelProtocolHandler(MessageHandler):
         if current is not None and not current.anonymous and current.sub != identity.sub:
             connection.close(closecodes.FORBIDDEN, "a token for another user")
             return
-        connection.set_identity(identity)  # type: ignore[attr-defined]
+        if connection.set_identity(identity) is False:  # type: ignore[attr-defined]
+            # This user holds --max-connections-per-user: closing with 1013.
+            return
         reply: dict[str, Any] = {"op": "authed", "sub": identity.sub}
         if identity.expires_at is not None:
             reply["expires_in"] = max(0, round(identity.expires_at - now))
