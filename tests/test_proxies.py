@@ -18,7 +18,7 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from wsheart.access.limits import LimitSettings
-from wsheart.access.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
+from wsheart.access.proxies import FORWARDED, ForwardedForError, TrustedProxies, forwarded_for_entries, parse_address, peer_name
 
 from .memory import RecordingClientProtocol, make_server_factory
 
@@ -154,6 +154,53 @@ class ClientAddressTests(unittest.TestCase):
         self.assertEqual(PROXIES.client_address("127.0.0.1", ["203.0.113.7", "10.0.0.2"]), ip("203.0.113.7"))
 
 
+class ForwardedHeaderTests(unittest.TestCase):
+    """
+    --forwarded-header forwarded: the standard header's for= parameters,
+    walked as X-Forwarded-For is.
+    """
+
+    proxies = TrustedProxies.parse(["127.0.0.1/32,10.0.0.0/8", "::1/128"], header="Forwarded")
+
+    def test_the_header_is_chosen_and_checked(self) -> None:
+        self.assertEqual(self.proxies.header, FORWARDED)
+        self.assertEqual(TrustedProxies.parse(["10.0.0.0/8"]).header, "x-forwarded-for", "the default")
+        with self.assertRaisesRegex(ValueError, "x-forwarded-for or forwarded"):
+            TrustedProxies.parse(["10.0.0.0/8"], header="x-real-ip")
+
+    def test_for_values_as_rfc_7239_writes_them(self) -> None:
+        """
+        Elements by comma, pairs by semicolon, names in any case, values
+        bare or quoted (a quoted comma or semicolon does not split), IPv6
+        in brackets with a port; an element without for= is "".
+        """
+        header = 'for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8:cafe::17]:4711", proto=https, for="a,b;c"'
+        self.assertEqual(forwarded_for_entries(header), ["192.0.2.60", "[2001:db8:cafe::17]:4711", "", "a,b;c"])
+        self.assertEqual(forwarded_for_entries('for="\\"quoted\\""'), ['"quoted"'])
+
+    def test_client_behind_proxies(self) -> None:
+        proxies = self.proxies
+        self.assertEqual(proxies.client_address("127.0.0.1", ["for=203.0.113.7;proto=https"]), ip("203.0.113.7"))
+        self.assertEqual(
+            proxies.client_address("127.0.0.1", ['for=1.1.1.1, for="[2001:db8:1::7]:4711", for=10.0.0.2;by=10.0.0.1']),
+            ip("2001:db8:1::7"),
+            "trusted hops skipped, what the client wrote left of its own address not believed",
+        )
+        self.assertIsNone(proxies.client_address("203.0.113.66", ["for=198.51.100.1"]), "an untrusted peer's header")
+        self.assertIsNone(proxies.client_address("127.0.0.1", ["203.0.113.7"][:0]), "no header")
+
+    def test_unknown_obfuscated_or_missing_for_refuses_the_header(self) -> None:
+        for header in ["for=unknown", 'for="_hidden"', "proto=https", "for=203.0.113.7, proto=http", "for=203.0.113.7, "]:
+            with self.assertRaises(ForwardedForError, msg=header):
+                self.proxies.client_address("127.0.0.1", [header])
+        # Garbage left of the client's own address is never read.
+        self.assertEqual(self.proxies.client_address("127.0.0.1", ["for=unknown, for=203.0.113.7"]), ip("203.0.113.7"))
+
+    def test_x_forwarded_for_syntax_is_no_forwarded_header(self) -> None:
+        with self.assertRaises(ForwardedForError):
+            self.proxies.client_address("127.0.0.1", ["203.0.113.7"])  # no for=
+
+
 class ForwardedForServerTests(unittest.TestCase):
     """
     The server protocol names and counts the client a trusted proxy's
@@ -163,19 +210,23 @@ class ForwardedForServerTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
 
-    def factory(self, trusted: str = "127.0.0.1/32,::1/128", **limits: int) -> Any:
+    def factory(self, trusted: str = "127.0.0.1/32,::1/128", header: str = "x-forwarded-for", **limits: int) -> Any:
         return make_server_factory(
             self.clock,
             limits=LimitSettings(**limits),
-            trusted_proxies=TrustedProxies.parse([trusted] if trusted else []),
+            trusted_proxies=TrustedProxies.parse([trusted] if trusted else [], header),
         )
 
-    def connect(self, factory: Any, peer: str, forwarded_for: Optional[str]) -> tuple[RecordingClientProtocol, Any]:
+    def connect(
+        self, factory: Any, peer: str, forwarded_for: Optional[str], headers: Optional[dict[str, str]] = None
+    ) -> tuple[RecordingClientProtocol, Any]:
         """
         A client whose TCP peer address is C{peer}, sending
-        C{X-Forwarded-For} if not None.
+        C{X-Forwarded-For} if not None, and C{headers}.
         """
-        headers = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
+        headers = dict(headers or {})
+        if forwarded_for is not None:
+            headers["X-Forwarded-For"] = forwarded_for
         client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=self.clock, headers=headers)
         client_factory.protocol = RecordingClientProtocol
         client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
@@ -208,6 +259,20 @@ class ForwardedForServerTests(unittest.TestCase):
         self.assertEqual(self.status(third), b"429")
         self.assertEqual(factory.limits.open, {"203.0.113.7": 1, "198.51.100.9": 1})
         self.assertEqual(factory.limits.pending, {}, "nothing left counted against the proxy")
+
+    def test_only_the_chosen_header_is_read(self) -> None:
+        """
+        --forwarded-header forwarded: the client is the one Forwarded names,
+        and an X-Forwarded-For (the client's own: these proxies do not
+        write it) is not read; by default it is the other way round.
+        """
+        both = {"Forwarded": "for=198.51.100.9;proto=https"}
+        _, server = self.connect(self.factory(header="forwarded"), "127.0.0.1", "203.0.113.66", both)
+        self.assertEqual(server.peer, "tcp4:198.51.100.9")
+        _, server = self.connect(self.factory(), "127.0.0.1", "203.0.113.66", both)
+        self.assertEqual(server.peer, "tcp4:203.0.113.66")
+        _, server = self.connect(self.factory(), "127.0.0.1", None, both)
+        self.assertEqual(server.peer, "tcp4:127.0.0.1:40000", "Forwarded alone is not read by default")
 
     def test_untrusted_peers_header_is_ignored(self) -> None:
         """
@@ -273,14 +338,14 @@ class ForwardedForServerTests(unittest.TestCase):
         self.assertEqual({server.peer for _, server in results}, {"tcp4:127.0.0.1:40000"})
         self.assertEqual(factory.limits.open, {"127.0.0.1": 3})
         self.assertEqual(factory.metrics.forwarded_for_ignored._value.get(), 3)
-        lines = [e for e in events if "X-Forwarded-For" in e.get("log_format", "")]
+        lines = [e for e in events if e.get("header") == "X-Forwarded-For"]
         self.assertEqual(len(lines), 1)
         self.assertIn("'unknown' is not an IP address", lines[0]["why"])
         self.clock.advance(10)
         with capturedLogs() as events:
             self.connect(factory, "127.0.0.1", "unknown")
         self.assertEqual(
-            [e["count"] for e in events if "X-Forwarded-For" in e.get("log_format", "")], [3], "the two unlogged and this one"
+            [e["count"] for e in events if e.get("header") == "X-Forwarded-For"], [3], "the two unlogged and this one"
         )
 
     def test_pending_limit_does_not_cap_a_trusted_proxy(self) -> None:

@@ -127,6 +127,8 @@ class OptionsTests(unittest.TestCase):
             (["--trusted-proxy", "10.0.0.0/33"], "--trusted-proxy takes CIDR ranges"),
             (["--trusted-proxy", "127.0.0.1/32,proxy.example.com"], "'proxy.example.com'"),
             (["--trusted-proxy", "10.0.0.1/8"], "has host bits set"),
+            (["--trusted-proxy", "10.0.0.0/8", "--forwarded-header", "x-real-ip"], "x-forwarded-for or forwarded"),
+            (["--max-connections-per-user", "-1"], "--max-connections-per-user"),
         ]
         for argv, text in cases:
             with self.assertRaises(usage.UsageError, msg=argv) as e:
@@ -273,6 +275,14 @@ class MakeServiceTests(unittest.TestCase):
         trusted = makeService(options, reactor=MemoryReactorClock()).factory.trusted_proxies
         self.assertEqual([str(n) for n in trusted.networks], ["127.0.0.1/32", "10.0.0.0/8", "::1/128"])
         self.assertFalse(makeService(parse(), reactor=MemoryReactorClock()).factory.trusted_proxies)
+        self.assertEqual(trusted.header, "x-forwarded-for")
+        options = parse("--trusted-proxy", "10.0.0.0/8", "--forwarded-header", "Forwarded")
+        self.assertEqual(makeService(options, reactor=MemoryReactorClock()).factory.trusted_proxies.header, "forwarded")
+
+    def test_max_connections_per_user(self) -> None:
+        options = parse("--max-connections-per-user", "16")
+        self.assertEqual(makeService(options, reactor=MemoryReactorClock()).factory.limits.settings.max_connections_per_user, 16)
+        self.assertEqual(makeService(parse(), reactor=MemoryReactorClock()).factory.limits.settings.max_connections_per_user, 0)
 
     def test_auth_options(self) -> None:
         """

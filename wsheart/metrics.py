@@ -233,7 +233,7 @@ class ServerMetrics:
         )
         self.forwarded_for_ignored = Counter(
             "wsheart_forwarded_for_ignored",
-            "X-Forwarded-For headers from a trusted proxy ignored as malformed (the TCP peer was kept).",
+            "X-Forwarded-For (or Forwarded) headers from a trusted proxy ignored as malformed (the TCP peer was kept).",
             registry=r,
         )
         self.accept_paused = Counter(

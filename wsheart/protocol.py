@@ -625,14 +625,16 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         haproxy: endpoint) its address is known only once its header is
         read, after connectionMade; behind an HTTP proxy that
         C{--trusted-proxy} trusts, it is the one its C{X-Forwarded-For}
-        names (L{wsheart.access.proxies}).
+        (or C{Forwarded}) names (L{wsheart.access.proxies}).
         """
         address = self.transport.getPeer()
         host = getattr(address, "host", None)
         key = address_key(host)
         peer = peer2str(self.transport) if key != self._limit_key else None
         trusted = self.factory.trusted_proxies
-        forwarded = request.headers.get("x-forwarded-for") if trusted else None
+        # X-Forwarded-For, or Forwarded (--forwarded-header): only the one the
+        # proxies write; the other is whatever the client sent.
+        forwarded = request.headers.get(trusted.header) if trusted else None
         if forwarded is not None:
             # Autobahn joins repeated header lines with ", ", in order.
             try:
@@ -1110,8 +1112,9 @@ class ServerFactory(WebSocketServerFactory):
         last = self._forwarded_for_logged_at
         if last is None or now - last >= LOG_EVERY:
             _proxies_log.warn(
-                "ignored X-Forwarded-For from trusted proxy {peer}: {why}; the connection keeps the proxy's "
+                "ignored {header} from trusted proxy {peer}: {why}; the connection keeps the proxy's "
                 "address ({count} such header(s) since the last line, this one included)",
+                header="Forwarded" if self.trusted_proxies.header == "forwarded" else "X-Forwarded-For",
                 peer=peer,
                 why=why,
                 count=self._forwarded_for_unlogged,

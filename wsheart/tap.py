@@ -186,6 +186,7 @@ class Options(usage.Options):
         ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; behind a proxy every connection has its address, unless --trusted-proxy or an haproxy: endpoint names the clients).", non_negative_int("max-connections-per-address")],
         ["max-connections-per-user", None, 0, "Open connections of one authenticated user (the token's sub; anonymous ones are not counted), in this process; one more is refused once its token is read: 429 with Retry-After, or for wsheart clients close 1013 with a 30-60 s retry window (0: off).", non_negative_int("max-connections-per-user")],
         ["max-pending-per-address", None, 0, "Connections from one client address still in the opening handshake; one more is dropped at once (0: off).", non_negative_int("max-pending-per-address")],
+        ["forwarded-header", None, "x-forwarded-for", "The header the --trusted-proxy proxies name the client in: x-forwarded-for, or forwarded (RFC 7239, its for= parameters); the other header is never read."],
         ["allow-missing-origin", None, "yes", "yes or no: whether a handshake without an Origin header (a program, not a browser: browsers always send one) may connect."],
         ["api-token-file", None, None, "File of the bearer tokens of the channel HTTP API on --admin-endpoint, one a line (at least 16 characters; blank lines and # comments ignored; any of them is let in, so a token is rotated by adding the new one first); SIGHUP re-reads it (default: API off)."],
     ]
@@ -363,7 +364,7 @@ class Options(usage.Options):
         self["deflate-settings"] = self._deflate_settings()
         try:
             self["admission"] = AdmissionSettings(accept_rate=self["accept-rate"], ramp=self["accept-ramp"])
-            self["trusted-proxies"] = TrustedProxies.parse(self["trusted-proxy"])
+            self["trusted-proxies"] = TrustedProxies.parse(self["trusted-proxy"], self["forwarded-header"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["redis-address"] = None
