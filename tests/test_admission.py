@@ -23,7 +23,10 @@ from wsheart.access.admission import (
     BURST_SECONDS,
     DROP_FACTOR,
     FULL_HINT,
+    LAG_HIGH,
+    LAG_LOW,
     MAX_WAIT,
+    RAMP_FROM,
     SLOT_JITTER,
     SLOTS_PER_ADDRESS,
     Admission,
@@ -281,6 +284,72 @@ class AdmissionTests(unittest.TestCase):
         admission.admit(False)
         self.assertEqual(len(self.logged), 2)
         self.assertEqual(self.logged[1]["counts"], "1 rate/503, 3 rate/hint")
+
+
+class LagTests(unittest.TestCase):
+    """
+    The admitted rate follows the reactor's lag: halved (at most once a
+    second, down to a tenth) while it is over LAG_HIGH, grown back by a
+    tenth a second once it is under LAG_LOW.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.lag = 0.0
+        self.logged: list[dict[str, Any]] = []
+        self.admission = Admission(
+            AdmissionSettings(accept_rate=100, ramp=0), self.clock, log=lambda fmt, **kw: self.logged.append(kw)
+        )
+        self.admission.follow_lag(lambda: self.lag)
+
+    def rate_after(self, seconds: float) -> float:
+        self.clock.advance(seconds)
+        self.admission.arrived()  # any question to it looks at the lag
+        return self.admission.rate()
+
+    def test_a_late_reactor_halves_the_rate_down_to_a_tenth(self) -> None:
+        self.assertEqual(self.rate_after(0), 100)
+        self.lag = LAG_HIGH + 0.1
+        self.assertEqual(self.rate_after(0.1), 50)
+        self.assertEqual(self.rate_after(0.5), 50, "at most once a second")
+        self.assertEqual(self.rate_after(0.5), 25)
+        for _ in range(5):
+            self.rate_after(1)
+        self.assertAlmostEqual(self.admission.rate(), 100 * RAMP_FROM)
+        self.assertEqual([e["what"] for e in self.logged], ["slowing down"])
+
+    def test_it_grows_back_by_a_tenth_a_second(self) -> None:
+        self.lag = 1.0
+        self.rate_after(0)
+        self.rate_after(1)
+        self.assertEqual(self.admission.rate(), 25)
+        self.lag = (LAG_LOW + LAG_HIGH) / 2
+        self.assertEqual(self.rate_after(1), 25, "between the two: unchanged")
+        self.lag = 0.0
+        rates = [round(self.rate_after(1)) for _ in range(9)]
+        self.assertEqual(rates, [35, 45, 55, 65, 75, 85, 95, 100, 100])
+        self.assertEqual([e["what"] for e in self.logged], ["slowing down", "back to its rate"])
+
+    def test_refused_clients_get_slots_at_the_slower_rate(self) -> None:
+        """
+        Slots are spaced at the rate of the moment: a fleet told to come
+        back returns at what the process manages.
+        """
+        self.lag = 1.0
+        self.clock.advance(1)
+        while self.admission.admit(True) is None:
+            pass  # the burst the rate allows
+        self.assertEqual(self.admission.rate(), 50)
+        first, second = self.admission.admit(True), self.admission.admit(True)
+        assert first is not None and second is not None
+        self.assertAlmostEqual(second.retry_after - first.retry_after, 1 / 50)
+
+    def test_without_a_lag_source_the_rate_is_as_configured(self) -> None:
+        admission = Admission(AdmissionSettings(accept_rate=100, ramp=0), self.clock)
+        self.clock.advance(10)
+        admission.arrived()
+        self.assertEqual(admission.rate(), 100)
 
 
 class FleetTests(unittest.TestCase):

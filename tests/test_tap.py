@@ -279,6 +279,10 @@ class MakeServiceTests(unittest.TestCase):
         options = parse("--trusted-proxy", "10.0.0.0/8", "--forwarded-header", "Forwarded")
         self.assertEqual(makeService(options, reactor=MemoryReactorClock()).factory.trusted_proxies.header, "forwarded")
 
+    def test_admission_follows_the_reactor_lag(self) -> None:
+        service = makeService(parse("--accept-rate", "100"), reactor=MemoryReactorClock())
+        self.assertEqual(service.factory.admission._lag, service.health.lag.current_lag)
+
     def test_max_connections_per_user(self) -> None:
         options = parse("--max-connections-per-user", "16")
         self.assertEqual(makeService(options, reactor=MemoryReactorClock()).factory.limits.settings.max_connections_per_user, 16)

@@ -297,7 +297,7 @@ class ServerMetrics:
         """
         Gauge(
             "wsheart_admission_rate",
-            "Opening handshakes admitted per second now (--accept-rate, ramping after a start; 0: no limit).",
+            "Opening handshakes admitted per second now (--accept-rate, ramping after a start, slowed while the reactor is late; 0: no limit).",
             registry=self.registry,
         ).set_function(rate)
         Gauge(

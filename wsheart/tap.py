@@ -500,6 +500,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
     )
     drainer = Drainer(reactor, hub, options["drain"], options["close-timeout"])
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
+    # The admitted rate (--accept-rate) slows down while the reactor is late.
+    factory.admission.follow_lag(lag.current_lag)
     tls = options["tls"]
     service = WsheartService(
         reactor,

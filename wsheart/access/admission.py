@@ -42,6 +42,15 @@ A full process (C{--max-connections}) answers the same way, with a fixed
 hint (L{FULL_HINT}): when room frees up depends on the clients, not on a
 rate.
 
+The rate also follows the reactor's own lag (L{Admission.follow_lag}): a
+configured rate is a guess at what the process can take, and a process
+whose timers run late is taking more than it can - its heartbeats are late
+too.  While the lag is over L{LAG_HIGH} the admitted rate halves, at most
+once a second, down to a tenth of C{--accept-rate}; once it is under
+L{LAG_LOW} it grows back by a tenth a second.  Refused clients are told
+slots at the rate of the moment, so they come back spread at what the
+process managed, not at what it was told.
+
 Pure: a clock and counters, no I/O.
 """
 
@@ -92,6 +101,13 @@ SLOT_JITTER = 1.0
 FULL_HINT = (5.0, 25.0)
 # Refusals are logged at most once per this many seconds, with a count.
 LOG_EVERY = 10.0
+# The reactor's lag that halves the admitted rate (at most once every
+# LAG_STEP seconds, down to RAMP_FROM of it), and the lag under which it
+# grows back by LAG_RECOVERY of the rate each LAG_STEP.
+LAG_HIGH = 0.2
+LAG_LOW = 0.05
+LAG_STEP = 1.0
+LAG_RECOVERY = 0.1
 
 HINT_SUBPROTOCOL_PREFIX = "wsheart."
 # What wsheart.js offers on a plain connection to say it reads hints; the
@@ -191,7 +207,43 @@ class Admission:
         self._slots: dict[str, deque[float]] = {}
         self._arrivals: dict[str, int] = {}
         self._arrivals_second = 0
+        # The share of the rate the reactor's lag allows (1: all of it).
+        self.lag_factor = 1.0
+        self._lag: Optional[Callable[[], float]] = None
+        self._lag_changed_at: Optional[float] = None
         self.restart()
+
+    def follow_lag(self, lag: Callable[[], float]) -> None:
+        """
+        Let the admitted rate follow C{lag()}, the reactor's lag in seconds
+        now (L{wsheart.health.LagMonitor.current_lag}).
+        """
+        self._lag = lag
+
+    def _follow_lag(self, now: float) -> None:
+        if self._lag is None:
+            return
+        lag = self._lag()
+        before = self.lag_factor
+        if lag > LAG_HIGH:
+            wanted = max(RAMP_FROM, before / 2)
+        elif lag < LAG_LOW:
+            wanted = min(1.0, before + LAG_RECOVERY)
+        else:
+            return
+        if wanted == before:
+            return
+        if self._lag_changed_at is not None and now - self._lag_changed_at < LAG_STEP:
+            return  # one step a second: the lag a change makes takes that long to show
+        self._lag_changed_at = now
+        self.lag_factor = wanted
+        if (wanted < 1.0) != (before < 1.0):
+            self._log(
+                "admission control {what}: the reactor is {lag:.2f} s late; admitting {admitting}",
+                what="slowing down" if self.lag_factor < 1.0 else "back to its rate",
+                lag=lag,
+                admitting=f"{self.rate(now):.0f}/s",
+            )
 
     def restart(self) -> None:
         """
@@ -214,9 +266,9 @@ class Admission:
         if now is None:
             now = self.clock.seconds()
         elapsed = now - self.started_at
-        if ramp <= 0 or elapsed >= ramp:
-            return full
-        return full * (RAMP_FROM + (1 - RAMP_FROM) * max(0.0, elapsed) / ramp)
+        if ramp > 0 and elapsed < ramp:
+            full *= RAMP_FROM + (1 - RAMP_FROM) * max(0.0, elapsed) / ramp
+        return full * self.lag_factor
 
     @property
     def slots_per_address(self) -> int:
@@ -230,6 +282,7 @@ class Admission:
         return max(1.0, rate * BURST_SECONDS)
 
     def _refill(self, now: float) -> float:
+        self._follow_lag(now)
         rate = self.rate(now)
         elapsed = max(0.0, now - self._at)
         self._at = now
