@@ -8,6 +8,7 @@ the client's.
 from __future__ import annotations
 
 import ipaddress
+import random
 from typing import Any, Optional, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory
@@ -195,6 +196,23 @@ class ForwardedHeaderTests(unittest.TestCase):
                 self.proxies.client_address("127.0.0.1", [header])
         # Garbage left of the client's own address is never read.
         self.assertEqual(self.proxies.client_address("127.0.0.1", ["for=unknown, for=203.0.113.7"]), ip("203.0.113.7"))
+
+    def test_any_header_is_an_address_none_or_a_clear_error(self) -> None:
+        """
+        Whatever a proxy (or a client behind it) writes - random mixtures of
+        the syntax's own characters - the walk gives an address, nothing,
+        or ForwardedForError: never another exception.
+        """
+        rng = random.Random(7239)
+        alphabet = 'for=by;proto,"\\[]:_unknown 0123456789abcdef.:FoR=\t'
+        for _ in range(3000):
+            header = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+            for proxies in (self.proxies, PROXIES):
+                try:
+                    result = proxies.client_address("127.0.0.1", [header])
+                except ForwardedForError:
+                    continue
+                self.assertTrue(result is None or isinstance(result, (ipaddress.IPv4Address, ipaddress.IPv6Address)), header)
 
     def test_x_forwarded_for_syntax_is_no_forwarded_header(self) -> None:
         with self.assertRaises(ForwardedForError):
