@@ -77,6 +77,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sample", type=float, default=2.0, help="seconds between /metrics samples")
     p.add_argument("--tree", default=str(REPO), help="the checkout wsheart runs from (PYTHONPATH)")
     p.add_argument("--label", default="now", help="this run's name in the results")
+    p.add_argument("--reactor", default="", help="twistd --reactor for wsheart (e.g. wsheart, as the systemd units; default: twistd's own)")
     p.add_argument("--json", default=str(RESULTS / "overload.json"))
     p.add_argument("--venv", default=str(BENCH / ".venv"))
     return p.parse_args()
@@ -140,7 +141,7 @@ def measure(args: argparse.Namespace, run: Any) -> dict:
     tree = str(Path(args.tree).resolve())
     env = dict(os.environ, PYTHONPATH=tree)
     twistd = str(Path(args.venv).resolve() / "bin" / "twistd")
-    cmd = [twistd, "-n", "--pidfile=", "wsheart", "--endpoint", f"tcp:{port}:interface=127.0.0.1",
+    cmd = [twistd, *(["--reactor", args.reactor] if args.reactor else []), "-n", "--pidfile=", "wsheart", "--endpoint", f"tcp:{port}:interface=127.0.0.1",
            "--ping-interval", str(INTERVAL), "--ping-timeout", str(TIMEOUT), "--max-missed", str(MAX_MISSED),
            "--admin-endpoint", f"tcp:{admin}:interface=127.0.0.1"]  # fmt: skip
     base = f"http://127.0.0.1:{admin}"
