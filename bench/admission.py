@@ -68,11 +68,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from run import free_port, loadavg, proc_cpu_s, stop_process  # noqa: E402  (bench/run.py's helpers)
+
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
 LOGS = RESULTS / "logs"
 SERVER_CPU, CLIENT_CPU = 0, 1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 HEARTBEAT = ["--ping-interval", "5", "--ping-timeout", "5", "--max-missed", "2"]
 SOURCES = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
 
@@ -81,14 +83,6 @@ def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
@@ -104,17 +98,6 @@ def listening(port: int) -> bool:
             if parts[1] == local and parts[3] == "0A":
                 return True
     return False
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def loadavg() -> list[str]:
-    with open("/proc/loadavg") as f:
-        return f.read().split()[:3]
 
 
 def metrics(admin_port: int) -> dict[str, float]:
@@ -159,13 +142,7 @@ class Procs:
             self.live.remove(p)
 
     def stop(self, p: subprocess.Popen, grace: float = 5.0) -> None:
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGTERM)
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(5)
+        stop_process(p, grace)
         if p in self.live:
             self.live.remove(p)
 

@@ -46,7 +46,6 @@ import json
 import os
 import random
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -58,8 +57,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import run as bench_run  # noqa: E402  (bench/run.py: process and /proc helpers)
+
 SERVER_CPU, CLIENT_CPU = 0, 1
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOGS = BENCH / "results" / "logs"
 
 # ------------------------------------------------------------ messages
@@ -141,20 +141,6 @@ MESSAGES = {
 # ------------------------------------------------------------ processes
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -167,17 +153,6 @@ def start(cmd: list[str], cpu: int, tag: str, **kw: Any) -> subprocess.Popen:
                          env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True, **kw)  # fmt: skip
     log.close()
     return p
-
-
-def stop(p: Optional[subprocess.Popen]) -> None:
-    if p is None or p.poll() is not None:
-        return
-    os.kill(p.pid, signal.SIGTERM)
-    try:
-        p.wait(5)
-    except subprocess.TimeoutExpired:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(5)
 
 
 def server_cmd(kind: str, deflate: bool, port: int) -> list[str]:
@@ -213,7 +188,7 @@ def idle_run(kind: str, deflate: bool, n: int, settle: float) -> dict[str, Any]:
     try:
         run.wait_port(port, server)
         time.sleep(1.0)
-        rss0 = rss_kb(server.pid)
+        rss0 = bench_run.proc_rss_kb(server.pid)
         load0 = load()
         gen = start([sys.executable, str(BENCH / "loadgen.py"), "hold", "--port", str(port), "--connections", str(n),
                      "--deflate", "--max-seconds", "300"], CLIENT_CPU, tag + "-loadgen",
@@ -231,7 +206,7 @@ def idle_run(kind: str, deflate: bool, n: int, settle: float) -> dict[str, Any]:
         if opened is None:
             raise RuntimeError(f"{tag}: the load generator did not open its connections")
         time.sleep(settle)
-        rss1 = rss_kb(server.pid)
+        rss1 = bench_run.proc_rss_kb(server.pid)
         established = run.established(port)
         sample = {
             "server": kind, "deflate": deflate, "connections": n, "open": opened["open"], "failed": opened["failed"],
@@ -249,8 +224,8 @@ def idle_run(kind: str, deflate: bool, n: int, settle: float) -> dict[str, Any]:
             try:
                 gen.wait(10)
             except subprocess.TimeoutExpired:
-                stop(gen)
-        stop(server)
+                bench_run.stop_process(gen)
+        bench_run.stop_process(server)
 
 
 # ------------------------------------------------------------ 2. echo
@@ -338,7 +313,7 @@ async def echo_client(a: argparse.Namespace) -> dict[str, Any]:
     def snap() -> tuple:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return (state["echoed"], sum(ws.sent for ws in conns), sum(ws.received for ws in conns),
-                cpu_s(a.server_pid), r.ru_utime + r.ru_stime, time.perf_counter())  # fmt: skip
+                bench_run.proc_cpu_s(a.server_pid), r.ru_utime + r.ru_stime, time.perf_counter())  # fmt: skip
 
     s0 = snap()
     await asyncio.sleep(a.seconds)
@@ -389,11 +364,11 @@ def echo_run(kind: str, deflate: bool, message: str, connections: int, seconds: 
         if client.returncode != 0 or not out.strip():
             raise RuntimeError(f"{tag}: echo client exited {client.returncode}; see {LOGS}/deflate-{tag}-client.log")
         sample = json.loads(out.decode().strip().splitlines()[-1])
-        sample.update(server=kind, deflate=deflate, load_before=load0, load_after=load(), server_rss_kb=rss_kb(server.pid))
+        sample.update(server=kind, deflate=deflate, load_before=load0, load_after=load(), server_rss_kb=bench_run.proc_rss_kb(server.pid))
         return sample
     finally:
-        stop(client)
-        stop(server)
+        bench_run.stop_process(client)
+        bench_run.stop_process(server)
 
 
 # ------------------------------------------------------------ 3. fan-out
@@ -434,16 +409,7 @@ async def fanout_run(variant: str, n: int, seconds: float) -> dict[str, Any]:
         gen.extra_headers = loadgen.DEFLATE_OFFER  # every subscriber offers, as browsers do
         gen.text_payload_bytes = 0
         Counting.subprotocol = b"wsheart.v1" if wsheart else None
-        loop = asyncio.get_running_loop()
-
-        async def one() -> None:
-            opened = loop.create_future()
-            _, client = await loop.create_connection(lambda: Counting(gen, opened), "127.0.0.1", port)
-            await asyncio.wait_for(opened, 30)
-            clients.append(client)
-
-        for first in range(0, n + 1, 250):
-            await asyncio.gather(*(one() for _ in range(min(250, n + 1 - first))))
+        await fanout.open_clients(clients, lambda opened: Counting(gen, opened), port, n + 1)
         publisher, subscribers = clients[0], clients[1:]
         sub_frame = json.dumps({"op": "subscribe", "channel": "chat.bench"}) if wsheart else "sub"
         for s in subscribers:
@@ -501,7 +467,7 @@ async def fanout_run(variant: str, n: int, seconds: float) -> dict[str, Any]:
             "deliveries": delivered,
             "payload_bytes_per_text_frame": round((gen.text_payload_bytes - b0) / texts, 1),
             "published_bytes": round(statistics.mean(len(p) for p in pubs), 1),
-            "server_rss_kb": rss_kb(server.process.pid),
+            "server_rss_kb": bench_run.proc_rss_kb(server.process.pid),
             "lost_connections": gen.lost_after_open,
             "load_before": load0,
             "load_after": load(),

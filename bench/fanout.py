@@ -157,6 +157,24 @@ def subscriber_classes() -> Any:
     return loadgen, Sub
 
 
+async def open_clients(clients: list[Any], make: Any, port: int, count: int, batch: int = 250) -> None:
+    """
+    Open C{count} WebSocket clients to 127.0.0.1:C{port}, C{batch}
+    handshakes at a time, appending each to C{clients} once open;
+    C{make(opened)} builds a client protocol that resolves C{opened}.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def one() -> None:
+        opened = loop.create_future()
+        _, client = await loop.create_connection(lambda: make(opened), "127.0.0.1", port)
+        await asyncio.wait_for(opened, 30)
+        clients.append(client)
+
+    for first in range(0, count, batch):
+        await asyncio.gather(*(one() for _ in range(min(batch, count - first))))
+
+
 async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
     loadgen, Sub = subscriber_classes()
     port = run_helpers().free_port()
@@ -164,17 +182,8 @@ async def fanout_run(name: str, n: int, seconds: float) -> dict[str, Any]:
     try:
         gen = loadgen.Generator(port)
         Sub.subprotocol = b"wsheart.v1" if name.startswith("wsheart") else None
-        loop = asyncio.get_running_loop()
         clients: list[Any] = []
-
-        async def one() -> None:
-            opened = loop.create_future()
-            _, client = await loop.create_connection(lambda: Sub(gen, opened), "127.0.0.1", port)
-            await asyncio.wait_for(opened, 30)
-            clients.append(client)
-
-        for start in range(0, n + 1, 250):
-            await asyncio.gather(*(one() for _ in range(min(250, n + 1 - start))))
+        await open_clients(clients, lambda opened: Sub(gen, opened), port, n + 1)
         publisher, subscribers = clients[0], clients[1:]
         sub_frame = json.dumps({"op": "subscribe", "channel": "chat.bench"}) if name.startswith("wsheart") else "sub"
         for s in subscribers:

@@ -124,6 +124,28 @@ def loadavg() -> list[str]:
         return f.read().split()[:3]
 
 
+def stop_process(p: Optional[subprocess.Popen], grace: float = 5.0) -> None:
+    """
+    Stop C{p} by its pid if it still runs: SIGTERM (and SIGCONT, in case it
+    is frozen), SIGKILL after C{grace} seconds.
+    """
+    if p is None or p.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            os.kill(p.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(5)
+
+
 class Processes:
     """
     Every child this run started; stop_all() ends the ones still alive.
@@ -147,20 +169,7 @@ class Processes:
         return p
 
     def stop(self, p: subprocess.Popen, grace: float = 5.0) -> None:
-        if p.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT: it may be frozen
-                try:
-                    os.kill(p.pid, sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(5)
+        stop_process(p, grace)
         if p in self.live:
             self.live.remove(p)
 

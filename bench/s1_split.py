@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,42 +31,14 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 VENV = BENCH / ".venv"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        os.killpg(proc.pid, signal.SIGCONT)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+sys.path.insert(0, str(BENCH))
+from run import CLIENT_CPU, SERVER_CPU, free_port, pinned, stop_process, wait_port  # noqa: E402
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
+    """utime and stime of a process, in clock ticks (run.proc_cpu_s sums them)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])  # utime, stime
-
-
-def wait_port(port: int, proc: subprocess.Popen, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port} after {seconds} s")
+    return int(fields[11]), int(fields[12])
 
 
 def measure(label: str, tree: str | None, reactor: str, n: int, window: float, pyspy: str | None) -> dict:
@@ -81,14 +51,14 @@ def measure(label: str, tree: str | None, reactor: str, n: int, window: float, p
                "wsheart", "--endpoint", f"tcp:{port}:interface=127.0.0.1",
                "--ping-interval", "1", "--ping-timeout", "1", "--max-missed", "2"]  # fmt: skip
         kwargs = {"cwd": tree, "env": dict(os.environ, PYTHONPATH=tree)}
-    server = subprocess.Popen(["taskset", "-c", "0", *cmd], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen(pinned(cmd, SERVER_CPU), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True, **kwargs)  # fmt: skip
     loadgen = None
     try:
         wait_port(port, server)
         loadgen = subprocess.Popen(
-            ["taskset", "-c", "1", str(VENV / "bin" / "python"), str(BENCH / "loadgen.py"), "hold",
-             "--port", str(port), "--connections", str(n), "--max-seconds", str(int(window) + 120)],
+            pinned([str(VENV / "bin" / "python"), str(BENCH / "loadgen.py"), "hold",
+                    "--port", str(port), "--connections", str(n), "--max-seconds", str(int(window) + 120)], CLIENT_CPU),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             start_new_session=True,
         )  # fmt: skip
@@ -120,9 +90,8 @@ def measure(label: str, tree: str | None, reactor: str, n: int, window: float, p
         if spy is not None:
             spy.wait(60)
     finally:
-        if loadgen is not None:
-            stop(loadgen)
-        stop(server)
+        stop_process(loadgen)
+        stop_process(server)
     hz = os.sysconf("SC_CLK_TCK")
     rounds = n * (t1 - t0)  # one ping and its pong per connection per second
     user, system = (u1 - u0) / hz / rounds * 1e6, (s1 - s0) / hz / rounds * 1e6

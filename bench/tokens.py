@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
 
 from admission import free_port, listening, loadavg, proc_cpu_s  # noqa: E402
+from run import stop_process as stop  # noqa: E402
 from wsheart.auth.tokens import TokenSettings, TokenVerifier  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -122,16 +122,6 @@ def start(cmd: list[str], cpu: int, log: Path, **kw) -> subprocess.Popen:
     with open(log, "ab") as f:
         return subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=kw.pop("stdout", f), stderr=f,
                                 start_new_session=True, **kw)
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        os.kill(p.pid, signal.SIGTERM)
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(5)
 
 
 def burst(python: str, config: str, key_file: Path | None, bearer_file: Path | None, n: int, tag: str, live: list) -> dict:

@@ -6,6 +6,7 @@ condition until a deadline, and the one way a test may skip.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
 import ipaddress
@@ -370,3 +371,21 @@ class SentinelServer:
             )
         self.process = Process(test, [binary, config, "--sentinel"], stdout=subprocess.DEVNULL)
         wait_for_port(self.port)
+
+
+def upgrade(sock: socket.socket) -> None:
+    """
+    The opening handshake of a raw client on a connected socket; the 101
+    answer is read byte by byte, so nothing after it is consumed.
+    """
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        byte = sock.recv(1)
+        assert byte, f"the handshake ended early: {head!r}"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 101"), head

@@ -13,6 +13,7 @@ import json
 import os
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from zope.interface import implementer
@@ -77,17 +78,24 @@ def connect_client(
     greet: bool = True,
     protocols: Optional[list[str]] = None,
     headers: Optional[dict[str, str]] = None,
+    peer: Optional[str] = None,
 ) -> tuple[RecordingClientProtocol, Any, iosim.IOPump]:
     """
-    Connect a recording client (offering C{protocols}) to a fresh server
-    protocol; with C{greet}, pump until the opening handshake is done.
+    Connect a recording client (offering C{protocols}, sending C{headers})
+    to a fresh server protocol, which sees it come from the IP address
+    C{peer} (iosim's default when None); with C{greet}, pump until the
+    opening handshake is done.
     """
     client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=clock, protocols=protocols, headers=headers)
     client_factory.protocol = RecordingClientProtocol
     client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
     server = server_factory.buildProtocol(None)
     client = client_factory.buildProtocol(None)
-    server_io = iosim.makeFakeServer(server)
+    if peer is None:
+        server_io = iosim.makeFakeServer(server)
+    else:
+        address = IPv6Address("TCP", peer, 40000) if ":" in peer else IPv4Address("TCP", peer, 40000)
+        server_io = iosim.FakeTransport(server, isServer=True, peerAddress=address)
     client_io = iosim.makeFakeClient(client)
     pump = iosim.connect(server, server_io, client, client_io, greet=greet, clock=clock)
     return client, server, pump

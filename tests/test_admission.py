@@ -445,19 +445,7 @@ class ServerAdmissionTests(unittest.TestCase):
         return factory
 
     def connect_from(self, factory: Any, host: str) -> tuple[Any, Any, iosim.IOPump]:
-        from autobahn.twisted.websocket import WebSocketClientFactory
-        from twisted.internet.address import IPv4Address
-
-        from .memory import RecordingClientProtocol
-
-        client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=self.clock)
-        client_factory.protocol = RecordingClientProtocol
-        client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
-        server = factory.buildProtocol(None)
-        client = client_factory.buildProtocol(None)
-        server_io = iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 40000))
-        pump = iosim.connect(server, server_io, client, iosim.makeFakeClient(client), clock=self.clock)
-        return client, server, pump
+        return connect_client(factory, self.clock, peer=host)
 
     def test_a_wsheart_client_is_told_in_band_when_to_come_back(self) -> None:
         """

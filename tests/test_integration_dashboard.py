@@ -17,7 +17,6 @@ over that load with bench/dashboard_png.py: how docs/dashboard.png is made.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Any, Iterator
 
 from twisted.trial import unittest
 
-from .loopback import REPO, Process, RedisServer, free_port, poll_until, require_tool, twistd_command, wait_for_port
+from .loopback import REPO, Process, RedisServer, free_port, poll_until, require_tool, twistd_command, upgrade, wait_for_port
 
 DASHBOARD = os.path.join(REPO, "etc", "grafana-dashboard.json")
 RULES = os.path.join(REPO, "etc", "wsheart-alerts.yml")
@@ -199,17 +198,7 @@ class SyntheticLoad:
         A WebSocket opened by hand, that then answers nothing.
         """
         s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            assert chunk, f"the handshake ended early: {head!r}"
-            head += chunk
-        assert head.startswith(b"HTTP/1.1 101"), head
+        upgrade(s)
         return s
 
     def publish(self, text: str) -> None:

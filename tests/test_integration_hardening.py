@@ -9,7 +9,6 @@ prove the fixes hold on a real TCP stack.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -37,6 +36,7 @@ from .loopback import (
     read_line,
     read_until,
     twistd_command,
+    upgrade,
     wait_for_port,
     wait_until,
 )
@@ -46,22 +46,6 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     assert len(payload) < 126
     return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def upgrade(sock: socket.socket) -> None:
-    """
-    The opening handshake of a raw client on a connected socket; the 101
-    answer is read byte by byte, so nothing after it is consumed.
-    """
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
 
 
 class RealSocketTests(unittest.TestCase):

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from wsheart.access.limits import ConnectionLimits, LimitSettings, TokenBucket, address_key, raise_open_files_limit
 
-from .memory import RecordingClientProtocol, make_server_factory
+from .memory import RecordingClientProtocol, connect_client, make_server_factory
 
 
 class AddressKeyTests(unittest.TestCase):
@@ -129,17 +129,7 @@ class ServerLimitTests(unittest.TestCase):
         self.clock = Clock()
 
     def connect(self, factory: Any, host: str) -> tuple[RecordingClientProtocol, Any, iosim.IOPump]:
-        from autobahn.twisted.websocket import WebSocketClientFactory
-
-        client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=self.clock)
-        client_factory.protocol = RecordingClientProtocol
-        client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
-        server = factory.buildProtocol(None)
-        client = client_factory.buildProtocol(None)
-        server_io = iosim.FakeTransport(server, isServer=True, peerAddress=IPv4Address("TCP", host, 40000))
-        client_io = iosim.makeFakeClient(client)
-        pump = iosim.connect(server, server_io, client, client_io, clock=self.clock)
-        return client, server, pump
+        return connect_client(factory, self.clock, peer=host)
 
     def test_per_address_limit_refuses_with_429_and_frees_on_close(self) -> None:
         factory = make_server_factory(self.clock, limits=LimitSettings(max_connections_per_address=2))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.test import iosim
@@ -21,7 +20,7 @@ from twisted.trial import unittest
 from wsheart.access.limits import LimitSettings
 from wsheart.access.proxies import FORWARDED, ForwardedForError, TrustedProxies, forwarded_for_entries, parse_address, peer_name
 
-from .memory import RecordingClientProtocol, make_server_factory
+from .memory import RecordingClientProtocol, connect_client, make_server_factory
 
 PROXIES = TrustedProxies.parse(["127.0.0.1/32,10.0.0.0/8", "::1/128", "2001:db8:ff::/48"])
 
@@ -245,14 +244,7 @@ class ForwardedForServerTests(unittest.TestCase):
         headers = dict(headers or {})
         if forwarded_for is not None:
             headers["X-Forwarded-For"] = forwarded_for
-        client_factory = WebSocketClientFactory("ws://127.0.0.1:9000/", reactor=self.clock, headers=headers)
-        client_factory.protocol = RecordingClientProtocol
-        client_factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, serverConnectionDropTimeout=0)
-        server: Any = factory.buildProtocol(None)
-        client = cast(RecordingClientProtocol, client_factory.buildProtocol(None))
-        address = IPv6Address("TCP", peer, 40000) if ":" in peer else IPv4Address("TCP", peer, 40000)
-        server_io = iosim.FakeTransport(server, isServer=True, peerAddress=address)
-        iosim.connect(server, server_io, client, iosim.makeFakeClient(client), clock=self.clock)
+        client, server, _ = connect_client(factory, self.clock, headers=headers, peer=peer)
         return client, server
 
     def status(self, client: RecordingClientProtocol) -> Optional[bytes]:

@@ -191,7 +191,7 @@ class Heartbeat:
 
     # One per connection: slots keep thousands of them small.
     __slots__ = (
-        "_clock", "_timers", "settings", "_send_ping", "_on_dead", "_on_miss", "_call",
+        "_clock", "settings", "_send_ping", "_on_dead", "_on_miss", "_call",
         "_seq", "_in_flight", "_life_since_ping", "_ping_due", "misses", "last_rtt",
         "smoothed_rtt", "last_seen", "pings_sent", "pongs_received", "dead",
         "_after_reads", "_meter", "_last_ping_at", "_call_at",
@@ -211,7 +211,7 @@ class Heartbeat:
         self._clock = clock
         # Where the ping and check timers go: the clock itself, or a shared
         # timer wheel (wsheart.wheel) that serves many connections at once.
-        self._timers = timers = scheduler if scheduler is not None else clock
+        timers = scheduler if scheduler is not None else clock
         # Timers are set for a known moment (when the ping or check is due):
         # the wheel takes that moment as it is; a plain clock wants a delay.
         call_at = getattr(timers, "call_at", None)
@@ -259,7 +259,7 @@ class Heartbeat:
         if self._call is not None or self.dead:
             return
         self._ping_due = self._clock.seconds() + max(0.0, first_delay)
-        self._call = self._timers.callLater(max(0.0, first_delay), self._ping)
+        self._call = self._call_at(self._ping_due, self._ping)
 
     def stop(self) -> None:
         """

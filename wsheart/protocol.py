@@ -309,6 +309,9 @@ def _autobahn_options(max_message_size: int) -> dict[str, Any]:
 
 
 _limits_log = Logger(namespace="wsheart.access.limits")
+# What a connection over --max-connections-per-user is told, in-band or as
+# Retry-After.
+_USER_REFUSAL = Refusal(USER_HINT[0], USER_HINT[1], "user")
 _admission_log = Logger(namespace="wsheart.access.admission")
 _heartbeat_log = Logger(namespace="wsheart.heartbeat")
 _proxies_log = Logger(namespace="wsheart.access.proxies")
@@ -511,11 +514,10 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         429 with that window as Retry-After.
         """
         self._refusal = "limit"
-        refusal = Refusal(USER_HINT[0], USER_HINT[1], "user")
         if reads_hints(request.protocols):
-            self._admission_refusal = refusal
+            self._admission_refusal = _USER_REFUSAL
             return
-        self._retry_after = refusal.retry_after_header(self.factory.random)
+        self._retry_after = _USER_REFUSAL.retry_after_header(self.factory.random)
         raise ConnectionDeny(429, f"too many connections for this user (at most {self.factory.limits.settings.max_connections_per_user})")
 
     def _admit(self, request: Any) -> Optional[Refusal]:
@@ -589,7 +591,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         """
         if self._user_counted is None and identity.sub is not None:  # not anonymous
             if not self.factory.limits.user_may_join(identity.sub):
-                self.close(closecodes.TRY_AGAIN_LATER, Refusal(USER_HINT[0], USER_HINT[1], "user").close_reason())
+                self.close(closecodes.TRY_AGAIN_LATER, _USER_REFUSAL.close_reason())
                 return False
         self.identity = identity
         self._count_user()

@@ -351,10 +351,9 @@ class Admission:
                 self._refuse("address", "hint" if reads_hints else "429")
                 # Come back once the slots this address holds are over,
                 # spread over as long as they span (the address's own
-                # queue, which takes no room in everyone's).
-                # (Slot ends follow the order given but for the jitter's
-                # shrinking as the rate ramps up: the last is about the
-                # latest.)
+                # queue, which takes no room in everyone's).  Slot ends
+                # follow the order given but for the jitter shrinking as the
+                # rate ramps up: the last is about the latest.
                 last = max(held[0], held[-1])
                 return Refusal(last - now, max(SLOT_JITTER, last - held[0]), "address")
         if len(self._slots) > 10 * SLOTS_PER_ADDRESS * max(1.0, rate):
