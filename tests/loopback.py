@@ -235,19 +235,23 @@ def make_ca(directory: str, ca_name: str = "wsheart test CA") -> tuple[Any, Any,
     return key, cert, path
 
 
-def make_server_cert(directory: str, ca_key: Any, ca_cert: Any, hostname: str, stem: str = "server") -> tuple[str, str]:
+def make_server_cert(
+    directory: str, ca_key: Any, ca_cert: Any, hostname: str, stem: str = "server", san: bool = True
+) -> tuple[str, str]:
     """
     A server key and certificate for C{hostname} signed by the CA; returns
-    (key path, certificate path).
+    (key path, certificate path).  C{san=False} makes the certificate the
+    usual C{openssl req -subj /CN=...} one-liner makes: the name in the
+    subject's CN only, no subjectAltName.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    names: list[x509.GeneralName]
     try:
-        names.append(x509.IPAddress(ipaddress.ip_address(hostname)))
+        names = [x509.IPAddress(ipaddress.ip_address(hostname))]
     except ValueError:
-        pass
-    cert = (
+        names = [x509.DNSName(hostname)]
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
         .issuer_name(ca_cert.subject)
@@ -255,8 +259,11 @@ def make_server_cert(directory: str, ca_key: Any, ca_cert: Any, hostname: str, s
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )

@@ -37,6 +37,7 @@ from wsheart.deflate import DeflateSettings
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.metrics import ClientMetrics
 from wsheart.protocol import ClientFactory, ClientProtocol
+from wsheart.tls import ClientTLS, describe_tls_failure
 
 Message = Union[str, bytes]
 
@@ -138,13 +139,12 @@ def endpoint_for_url(
     The client endpoint for a C{ws://} or C{wss://} URL.  For C{wss://} the
     server's certificate chain is checked against C{trust_root} (default:
     the platform's roots) and its name against the URL's host through
-    service-identity.
+    service-identity, inside the handshake (L{wsheart.tls.ClientTLS}).
     """
     is_secure, host, port, _resource, _path, _params = parse_url(url)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
     if is_secure:
-        options = ssl.optionsForClientTLS(host, trustRoot=trust_root)
-        endpoint = wrapClientTLS(options, endpoint)
+        endpoint = wrapClientTLS(ClientTLS(host, trust_root), endpoint)
     return endpoint
 
 
@@ -154,32 +154,6 @@ def _describe_failure(failure: Failure) -> str:
         return tls
     text = failure.getErrorMessage() or getattr(failure.type, "__name__", "error")
     return text.strip().rstrip(".")
-
-
-def describe_tls_failure(failure: Optional[Failure]) -> Optional[str]:
-    """
-    Say which TLS check refused the server, or L{None} if C{failure} is not
-    a TLS refusal: the name in its certificate (service-identity) or its
-    chain of trust (OpenSSL).
-    """
-    if failure is None:
-        return None
-    from OpenSSL.SSL import Error as OpenSSLError
-    from service_identity.exceptions import VerificationError
-
-    if failure.check(VerificationError):
-        names = []
-        for error in getattr(failure.value, "errors", []):
-            name = getattr(getattr(error, "mismatched_id", None), "hostname", None) or error
-            names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else str(name))
-        mismatches = ", ".join(names)
-        return f"TLS: the server's certificate does not match hostname {mismatches or '?'}"
-    if failure.check(OpenSSLError):
-        details = str(failure.value)
-        if "certificate verify failed" in details:
-            return "TLS: the server's certificate is not trusted (certificate verify failed; see --ca)"
-        return f"TLS handshake failed: {details}"
-    return None
 
 
 class ReconnectingClientService(Service):

@@ -27,7 +27,7 @@ from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny
 from autobahn.websocket import protocol as _autobahn_protocol
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocolNegotiationFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -987,10 +987,16 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.dropConnection(abort=True)
 
 
+@implementer(IProtocolNegotiationFactory)
 class ServerFactory(WebSocketServerFactory):
     """
     Builds L{ServerProtocol}s that share one hub, one handler and one set of
     heartbeat settings.
+
+    It names C{http/1.1} for ALPN, so that it also serves ALPN-offering
+    clients (every browser) behind a TLS listener of Twisted's own (an
+    application that embeds it under C{ssl:} of its own making); the
+    daemon's listeners use L{wsheart.tls}.
     """
 
     protocol = ServerProtocol  # type: ignore[assignment]
@@ -1100,6 +1106,12 @@ class ServerFactory(WebSocketServerFactory):
         )
         if deflate is not None:
             self.setProtocolOptions(perMessageCompressionAccept=server_accept(deflate, max_message_size))
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        ALPN: WebSocket's opening handshake is HTTP/1.1 (RFC 6455).
+        """
+        return [b"http/1.1"]
 
     def forwarded_for_ignored(self, peer: str, why: str) -> None:
         """

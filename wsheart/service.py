@@ -7,7 +7,7 @@ stop accepting and drain every connection with a reconnect hint.
 from __future__ import annotations
 
 import signal
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
@@ -46,7 +46,7 @@ class WsheartService(MultiService):
         drainer: Drainer,
         lag: LagMonitor,
         notifier: Optional[Notifier] = None,
-        tls: Optional[ReloadableServerTLS] = None,
+        tls: Sequence[ReloadableServerTLS] = (),
         install_signal_handlers: bool = True,
         api_tokens: Optional[ApiTokens] = None,
     ) -> None:
@@ -66,7 +66,7 @@ class WsheartService(MultiService):
             healthy=self.lag.healthy,
             status=self.status,
         )
-        self.tls = tls
+        self.tls = tuple(tls)
         # The channel API's tokens (--api-token-file), re-read on SIGHUP.
         self.api_tokens = api_tokens
         self._install_signal_handlers = install_signal_handlers
@@ -127,7 +127,7 @@ class WsheartService(MultiService):
         # they cannot: once here, every endpoint listens.
         super().startService()
         self.lag.start()
-        if (self.tls is not None or self.api_tokens is not None) and self._install_signal_handlers:
+        if (self.tls or self.api_tokens is not None) and self._install_signal_handlers:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
         # Ready once the reactor runs: only then are twistd's SIGTERM
         # handlers in place, so a stop right after READY drains instead of
@@ -179,9 +179,9 @@ class WsheartService(MultiService):
         """
         self.notifier.notify(RELOADING=1)
         try:
-            if self.tls is not None:
+            for tls in self.tls:
                 try:
-                    self.tls.reload()
+                    tls.reload()
                 except Exception:
                     self.log.failure("TLS reload failed")
             if self.api_tokens is not None:
@@ -194,13 +194,14 @@ class WsheartService(MultiService):
 
     def reload_tls(self) -> bool:
         """
-        Re-read the TLS key and certificate (SIGHUP does it in L{reload}).
+        Re-read every TLS listener's key and certificate (SIGHUP does it in
+        L{reload}); whether all of them took the new files.
         """
-        if self.tls is None:
+        if not self.tls:
             return False
         self.notifier.notify(RELOADING=1)
         try:
-            return self.tls.reload()
+            return all([tls.reload() for tls in self.tls])
         finally:
             self.notifier.notify(READY=1)
 

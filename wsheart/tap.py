@@ -39,7 +39,7 @@ from wsheart.pages import url_origin
 from wsheart.protocol import ServerFactory
 from wsheart.access.proxies import TrustedProxies
 from wsheart.service import WsheartService
-from wsheart.tls import ReloadableServerTLS, TLSConfigError
+from wsheart.tls import ReloadableServerTLS, SSLEndpoint, TLSConfigError
 
 DEFAULT_ENDPOINT = "tcp:8080"
 
@@ -319,10 +319,12 @@ class Options(usage.Options):
         for key in ("endpoint", "tls-endpoint"):
             self[key] = [with_backlog(d, self["backlog"]) for d in self[key]]
             for description in self[key]:
-                _check_endpoint(description, f"--{key}")
+                if not description.startswith("ssl:"):  # read in _tls_listeners
+                    _check_endpoint(description, f"--{key}")
         if self["admin-endpoint"]:
             _check_endpoint(self["admin-endpoint"], "--admin-endpoint")
         self["tls"] = self._load_tls()
+        self["tls-listeners"] = self._tls_listeners()
         try:
             self["drain"] = DrainSettings(
                 drain_time=self["drain-time"],
@@ -408,6 +410,29 @@ class Options(usage.Options):
             return ReloadableServerTLS(key, cert)
         except TLSConfigError as e:
             raise usage.UsageError(f"--tls-key/--tls-cert: {e}")
+
+
+    def _tls_listeners(self) -> list[tuple[str, ReloadableServerTLS]]:
+        """
+        Every TLS listener as (plain endpoint, its TLS): each ssl:
+        --endpoint with its own files, every --tls-endpoint with
+        --tls-key/--tls-cert.  wsheart's TLS policy serves them all
+        (wsheart.tls).
+        """
+        listeners = []
+        for description in self["endpoint"]:
+            if not description.startswith("ssl:"):
+                continue
+            try:
+                endpoint = SSLEndpoint.parse(description)
+                tls = ReloadableServerTLS(endpoint.key_path, endpoint.cert_path, endpoint.chain_path)
+            except ValueError as e:  # TLSConfigError included
+                raise usage.UsageError(f"invalid --endpoint {description!r}: {e}")
+            _check_endpoint(endpoint.listen, "--endpoint")
+            listeners.append((endpoint.listen, tls))
+        if self["tls"] is not None:
+            listeners += [(description, self["tls"]) for description in self["tls-endpoint"]]
+        return listeners
 
 
 def _patterns(value: str) -> tuple[str, ...]:
@@ -502,7 +527,6 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
     lag = LagMonitor(reactor, threshold=options["max-reactor-lag"])
     # The admitted rate (--accept-rate) slows down while the reactor is late.
     factory.admission.follow_lag(lag.current_lag)
-    tls = options["tls"]
     service = WsheartService(
         reactor,
         hub,
@@ -510,7 +534,7 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         options["endpoint"] + options["tls-endpoint"],
         drainer,
         lag,
-        tls=tls,
+        tls=[tls for _description, tls in options["tls-listeners"]],
         api_tokens=options["api-tokens"],
     )
     service.broker = broker
@@ -530,11 +554,11 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
     # strports.service raises from privilegedStartService when the bind
     # fails, so twistd stops instead of running without a listener.
     for description in options["endpoint"]:
-        service.add_listener(strports.service(description, factory, reactor=reactor))
-    if options["tls-endpoint"]:
+        if not description.startswith("ssl:"):
+            service.add_listener(strports.service(description, factory, reactor=reactor))
+    for description, tls in options["tls-listeners"]:
         tls_factory = TLSMemoryBIOFactory(tls, False, factory, clock=reactor)
-        for description in options["tls-endpoint"]:
-            service.add_listener(strports.service(description, tls_factory, reactor=reactor))
+        service.add_listener(strports.service(description, tls_factory, reactor=reactor))
     if options["admin-endpoint"]:
         site = admin_site(hub, service.health, factory.metrics, reactor, broker=broker, api_tokens=options["api-tokens"])
         service.set_admin(strports.service(options["admin-endpoint"], site, reactor=reactor))

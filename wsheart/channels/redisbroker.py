@@ -669,7 +669,9 @@ class RedisAddress:
         )
 
     def endpoint(self, reactor: Any) -> Any:
-        from twisted.internet import endpoints, ssl
+        from twisted.internet import endpoints
+
+        from wsheart.tls import ClientTLS
 
         if self.sentinels:
             return SentinelMasterEndpoint(reactor, self.sentinels, self.service or "")
@@ -677,7 +679,7 @@ class RedisAddress:
             return endpoints.UNIXClientEndpoint(reactor, self.path)
         endpoint: Any = endpoints.HostnameEndpoint(reactor, self.host, self.port)
         if self.tls:
-            endpoint = endpoints.wrapClientTLS(ssl.optionsForClientTLS(self.host), endpoint)
+            endpoint = endpoints.wrapClientTLS(ClientTLS(self.host, alpn=()), endpoint)
         return endpoint
 
     def __str__(self) -> str:
