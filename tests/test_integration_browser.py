@@ -59,7 +59,11 @@ def artifacts_dir() -> str:
     return path
 
 
-class BrowserTests(unittest.TestCase):
+class BrowserTestCase(unittest.TestCase):
+    """
+    Chromium started per test, and the helpers the stories share.
+    """
+
     timeout = 120
 
     def setUp(self) -> None:
@@ -70,16 +74,16 @@ class BrowserTests(unittest.TestCase):
             skip_unless_allowed("the browser tests need playwright (pip install '.[test]')")
         self.playwright = sync_playwright().start()
         self.addCleanup(self.playwright.stop)
-        self.browser = self.playwright.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
-        )
+        self.browser = self.playwright.chromium.launch(executable_path=chromium, args=self.browser_args())
         self.addCleanup(self.browser.close)
         self.port = free_port()
         self.admin_port = free_port()
         self.console: list[str] = []
 
     # -- helpers ------------------------------------------------------------
+
+    def browser_args(self) -> list[str]:
+        return ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
     def start_daemon(self, *extra: str) -> Process:
         argv = twistd_command() + [
@@ -125,7 +129,12 @@ class BrowserTests(unittest.TestCase):
         unexpected = [line for line in self.console if "WebSocket connection to" not in line]
         self.assertEqual(unexpected, [])
 
-    # -- stories ------------------------------------------------------------
+
+
+class BrowserTests(BrowserTestCase):
+    """
+    The demo page, the status page and wsheart.js over plain ws://.
+    """
 
     def test_echo_rtt_and_status_page(self) -> None:
         """
@@ -448,7 +457,7 @@ class BrowserTests(unittest.TestCase):
         self.assert_no_page_errors()
 
 
-class TwoProcessesBrowserTests(unittest.TestCase):
+class TwoProcessesBrowserTests(BrowserTestCase):
     """
     The demo chat room in two Chromium tabs served by two processes that
     share their channels through Redis (--redis).
@@ -457,7 +466,7 @@ class TwoProcessesBrowserTests(unittest.TestCase):
     timeout = 120
 
     def setUp(self) -> None:
-        BrowserTests.setUp(self)  # type: ignore[arg-type]
+        super().setUp()
         from .loopback import RedisServer
 
         self.redis = RedisServer(self)
@@ -512,24 +521,24 @@ class TwoProcessesBrowserTests(unittest.TestCase):
             pages.append(page)
         ann, bob = pages
         for page in pages:
-            BrowserTests.wait(self, page, "() => document.querySelectorAll('#presence li').length === 2")  # type: ignore[arg-type]
+            self.wait(page, "() => document.querySelectorAll('#presence li').length === 2")
         self.assertEqual(sorted(bob.inner_text("#presence").split()), ["ann", "bob"])
 
         ann.fill("#message", "hello from ann on A")
         ann.click("#send")
         publish(b_admin, "from B's API")
         publish(a_admin, "from A's API")
-        BrowserTests.wait(self, bob, "() => window.wsheartDemo.publications.length >= 3")  # type: ignore[arg-type]
+        self.wait(bob, "() => window.wsheartDemo.publications.length >= 3")
         total = 3
         publish(b_admin, "the end")
         total += 1
         for page in pages:
-            BrowserTests.wait(self, page, "(n) => window.wsheartDemo.publications.length >= n", 15, arg=total)  # type: ignore[arg-type]
+            self.wait(page, "(n) => window.wsheartDemo.publications.length >= n", 15, arg=total)
             seqs = page.evaluate("() => window.wsheartDemo.publications.map(p => p.seq)")
             self.assertEqual(seqs, list(range(1, total + 1)), "missed, repeated or reordered messages")
-        BrowserTests.screenshot(self, bob, "chat-two-processes.png")  # type: ignore[arg-type]
+        self.screenshot(bob, "chat-two-processes.png")
         contexts[1].close()  # bob closes his tab: process A's tab sees him leave
-        BrowserTests.wait(self, ann, "() => document.querySelectorAll('#presence li').length === 1")  # type: ignore[arg-type]
+        self.wait(ann, "() => document.querySelectorAll('#presence li').length === 1")
         self.assertEqual(ann.inner_text("#presence").split(), ["ann"])
         unexpected = [line for line in self.console if "WebSocket connection to" not in line]
         self.assertEqual(unexpected, [])
