@@ -342,3 +342,52 @@ class ClientRefusesWrongNamesTests(CertificatesTestCase):
         cli.popen.stdin.write(b"right address\n")
         cli.popen.stdin.flush()
         read_until(cli.popen.stdout, b"right address", 10)
+
+
+def walkthrough_commands(path: str) -> list[list[str]]:
+    """
+    The shell commands between <!-- walkthrough --> and <!-- /walkthrough
+    --> in a Markdown file, continuation lines joined, split as the shell
+    would.
+    """
+    import shlex
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- walkthrough -->", 1)[1].split("<!-- /walkthrough -->", 1)[0]
+    lines = [line for line in block.splitlines() if not line.startswith("```")]
+    return [shlex.split(command) for command in "\n".join(lines).replace("\\\n", " ").splitlines() if command.strip()]
+
+
+class DocsWalkthroughTests(unittest.TestCase):
+    """
+    The "Try it" walkthrough of docs/tls.md, run as written: the openssl
+    command makes the certificate, twistd serves it on an ssl: endpoint,
+    and wsheart connect trusting it opens and echoes.  (The port is a free
+    one instead of 8443; the venv's commands are this environment's.)
+    """
+
+    timeout = 60
+
+    def test_docs_tls_walkthrough(self) -> None:
+        openssl = require_tool("openssl", "the TLS walkthrough needs openssl")
+        make_cert, serve, connect = walkthrough_commands(os.path.join(REPO, "docs", "tls.md"))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.assertEqual(make_cert[0], "openssl")
+        subprocess.run([openssl, *make_cert[1:]], cwd=directory, check=True, capture_output=True, timeout=30)
+        port = free_port()
+
+        def local(argv: list[str]) -> list[str]:
+            return [arg.replace("8443", str(port)) for arg in argv]
+
+        self.assertEqual(serve[0], ".venv/bin/twistd")
+        Process(self, twistd_command() + local(serve[1:]), cwd=directory)
+        wait_for_port(port)
+        self.assertEqual(connect[:2], [".venv/bin/wsheart", "connect"])
+        cli = Process(self, [sys.executable, "-m", "wsheart", *local(connect[1:])], cwd=directory, stdin=subprocess.PIPE)
+        assert cli.popen.stderr is not None and cli.popen.stdin is not None and cli.popen.stdout is not None
+        read_until(cli.popen.stderr, b"open, RTT", 20)
+        cli.popen.stdin.write(b"hello from the docs\n")
+        cli.popen.stdin.flush()
+        read_until(cli.popen.stdout, b"hello from the docs", 10)
