@@ -209,8 +209,16 @@ class SocketActivationTLSTests(unittest.TestCase):
         self.ca_key, self.ca_cert, self.ca_path = make_ca(self.dir)
         self.key, self.cert = make_server_cert(self.dir, self.ca_key, self.ca_cert, "localhost")
 
-    def peer_cert_serial(self, port: int) -> int:
+    def client_context(self) -> ssl.SSLContext:
+        """
+        A client that trusts the test CA and offers ALPN as browsers do.
+        """
         context = ssl.create_default_context(cafile=self.ca_path)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        return context
+
+    def peer_cert_serial(self, port: int) -> int:
+        context = self.client_context()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 der = tls.getpeercert(binary_form=True)
@@ -238,8 +246,7 @@ class SocketActivationTLSTests(unittest.TestCase):
             cwd=REPO,
         )  # fmt: skip
         wait_for_port(port)
-        context = ssl.create_default_context(cafile=self.ca_path)
-        old = ws_open(f"wss://localhost:{port}/", ssl=context)
+        old = ws_open(f"wss://localhost:{port}/", ssl=self.client_context())
         self.addCleanup(old.close)
         old.send("before")
         self.assertEqual(old.recv(timeout=5), "before")

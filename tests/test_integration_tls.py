@@ -233,6 +233,36 @@ class WSSClientsTests(CertificatesTestCase):
                         session = tls.session
             self.assertEqual(reused, [False, True, True])
 
+    def test_reuseport_group(self) -> None:
+        """
+        Two daemons on one reuseport: TLS port, each with its own ticket
+        key: every connection of a client offering ALPN gets http/1.1 and
+        a 101, whichever process the kernel picks, and one that presents a
+        ticket of the other process falls back to a full handshake instead
+        of failing.
+        """
+        port = free_port()
+        for _ in range(2):
+            Process(
+                self,
+                twistd_command() + [
+                    "-n", "--pidfile=", "wsheart",
+                    "--tls-endpoint", f"reuseport:{port}:interface=127.0.0.1",
+                    "--tls-key", self.key, "--tls-cert", self.cert,
+                ],
+            )  # fmt: skip
+            wait_for_port(port)
+        context = python_client_context(self.ca_path, ["h2", "http/1.1"])
+        session = None
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                    self.assertEqual(tls.selected_alpn_protocol(), "http/1.1")
+                    self.assertTrue(upgrade_over(tls).startswith(b"HTTP/1.1 101"))
+                    session = tls.session
+        # Not asserted: how often the kernel sent a connection back to the
+        # process whose ticket it held (about half the time with two).
+
     def test_node_websocket_and_ws(self) -> None:
         """
         Node's own WebSocket (undici, which offers ALPN http/1.1) and the
