@@ -38,6 +38,7 @@ from wsheart.access.origin import OriginPolicy
 from wsheart.pages import url_origin
 from wsheart.protocol import ServerFactory
 from wsheart.access.proxies import TrustedProxies
+from wsheart.memory import MemoryReleaser, glibc_malloc_trim
 from wsheart.service import WsheartService
 from wsheart.tls import ReloadableServerTLS, SSLEndpoint, TLSConfigError
 
@@ -545,6 +546,8 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> WsheartServi
         service.add_background(Housekeeping(broker))
     if redis is not None:
         service.add_background(redis)
+    # RSS comes down after thousands of connections close (wsheart.memory).
+    service.add_background(MemoryReleaser(reactor, lambda: len(hub), glibc_malloc_trim()))
     auth = options["auth-policy"]
     if auth is not None and auth.verifier.settings.jwks_url is not None:
         # Fetched at start; the daemon starts even if that fails (tokens are
