@@ -67,7 +67,12 @@ class ChannelServer:
     A wsheart server with channels and the admin API, in this process.
     """
 
-    def __init__(self, test: unittest.TestCase, settings: ChannelSettings = ChannelSettings()) -> None:
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        settings: ChannelSettings = ChannelSettings(),
+        heartbeat: HeartbeatSettings = HeartbeatSettings(1, 0.5, 2),
+    ) -> None:
         self.test = test
         self.hub = Hub(reactor)
         self.broker = Broker(reactor, settings)
@@ -77,7 +82,7 @@ class ChannelServer:
             clock=reactor,
             subprotocols=serve(self.broker, self.hub, metrics),
             metrics=metrics,
-            heartbeat_settings=HeartbeatSettings(1, 0.5, 2),
+            heartbeat_settings=heartbeat,
         )
         health = Health(LagMonitor(reactor))
         self.site = admin_site(self.hub, health, self.factory.metrics, reactor, broker=self.broker, api_tokens=ApiTokens([TOKEN.encode()]))
@@ -370,7 +375,10 @@ class SlowReaderTests(unittest.TestCase):
         import base64
         import socket as socketlib
 
-        server = ChannelServer(self, ChannelSettings(history_size=10, max_data_bytes=100000))
+        # A heartbeat slower than the test: the slow reader never answers a
+        # ping, and must be closed for its backlog, not found dead first
+        # (which a slow machine made happen at 1 s / 0.5 s / 2).
+        server = ChannelServer(self, ChannelSettings(history_size=10, max_data_bytes=100000), HeartbeatSettings(30, 10, 2))
         server.factory.max_send_buffer = 2 * 1024 * 1024
         await server.start()
         port = int(server.url.rsplit(":", 1)[1].strip("/"))

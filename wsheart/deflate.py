@@ -34,6 +34,7 @@ Pure policy and frame building; no reactor.
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -104,21 +105,66 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
         return data
 
     def end_decompress_message(self) -> None:
-        super().end_decompress_message()
+        try:
+            super().end_decompress_message()
+        except zlib.error:
+            # Autobahn before 26.10.1 feeds the stripped sync-flush tail to
+            # a decompressor it stopped at the message size limit (the
+            # connection is already being closed with 1009), and lets
+            # zlib's error out of the frame parser.  Such a stream cannot
+            # go on: drop it.
+            self._decompressor = None
+            return
         if self._peer_no_takeover():
             self._decompressor = None
+
+    # The protocol this extension belongs to (set by make_lean), for the
+    # size check below.
+    owner: Any = None
+
+    if "max_output_len" not in inspect.signature(PerMessageDeflate.decompress_message_data).parameters:
+        # Autobahn before 26.10.1 checks a message's size on its compressed
+        # frames only, and inflates each frame up to exactly the limit,
+        # passing a bomb on truncated.  Here the inflated size of the whole
+        # message is counted, and one byte past the limit fails the
+        # connection with 1009 as the newer Autobahn does, without
+        # inflating more than that.
+        _inflated = 0
+
+        def start_decompress_message(self) -> None:
+            super().start_decompress_message()
+            self._inflated = 0
+
+        def decompress_message_data(self, data: bytes) -> bytes:  # type: ignore[override]
+            decompressor = self._decompressor
+            assert decompressor is not None
+            limit = self.max_message_size
+            if limit is None:
+                return decompressor.decompress(data)  # type: ignore[no-any-return]
+            if self._inflated > limit:
+                return b""  # already failing; inflate nothing more
+            out: bytes = decompressor.decompress(data, limit - self._inflated + 1)
+            self._inflated += len(out)
+            if self._inflated > limit and self.owner is not None:
+                self.owner._max_message_size_exceeded(
+                    self._inflated, limit, f"inflated WebSocket message exceeds payload limit of {limit} octets"
+                )
+                return b""
+            return out
 
     def holds_zlib_state(self) -> bool:
         return self._compressor is not None or self._decompressor is not None
 
 
-def make_lean(pmce: Any) -> None:
+def make_lean(pmce: Any, owner: Any = None) -> None:
     """
     Turn the permessage-deflate object Autobahn negotiated into a
     L{LeanDeflate} (same state, same class layout).
     """
     if type(pmce) is PerMessageDeflate:
         pmce.__class__ = LeanDeflate
+    if isinstance(pmce, LeanDeflate):
+        pmce.owner = owner
 
 
 class _Accept(PerMessageDeflateOfferAccept):  # type: ignore[misc]

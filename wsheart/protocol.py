@@ -716,7 +716,7 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         settings = self.factory.deflate
         if pmce is None or settings is None:
             return
-        make_lean(pmce)
+        make_lean(pmce, self)
         key = FrameKey(
             window_bits=pmce.server_max_window_bits,
             mem_level=pmce.mem_level,
@@ -1220,7 +1220,7 @@ class ClientProtocol(_Liveness, WebSocketClientProtocol):  # type: ignore[misc]
     def onOpen(self) -> None:
         self.opened = True
         if self._perMessageCompress is not None:
-            make_lean(self._perMessageCompress)
+            make_lean(self._perMessageCompress, self)
         # The first ping goes out at once so the application learns the
         # RTT right away; a fleet's clients are already spread by their
         # jittered reconnects.

@@ -297,6 +297,17 @@ class Options(usage.Options):
         """
         self["tls-endpoint"].append(description)
 
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise  # called directly (tests, embedding): the error itself
+            # Under twistd: say what is wrong and exit 1.  twistd before
+            # 26.10 printed its help and exited 0 on a usage error, so a
+            # service manager saw a clean stop.
+            raise SystemExit(f"twistd wsheart: {e}\n(see: twistd wsheart --help)")
+
     def opt_version(self) -> None:
         """
         Print the wsheart version and exit.
