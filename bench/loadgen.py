@@ -20,6 +20,10 @@ Modes (each prints JSON lines on stdout; the last one is the result):
          flight on each for --seconds (after --warmup), print round trips
          per second and latency percentiles.
 
+With --tls-ca CA.pem (hold, burst, echo) every connection is wss: TLS
+through asyncio with Python's default client context trusting that CA,
+no ALPN offered.
+
     python bench/loadgen.py hold --port 9000 --connections 1000
 """
 
@@ -102,6 +106,8 @@ class Generator:
         # every connection (--header), and bearer tokens, one per
         # connection in turn (--bearer-file).
         self.extra_headers = b""
+        # --tls-ca: wss, an ssl.SSLContext trusting that CA (no ALPN offered)
+        self.tls: dict = {}
         self.bearers: list[bytes] = []
         self._next_bearer = 0
         self.open_now = 0
@@ -304,7 +310,7 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 async def connect(loop: asyncio.AbstractEventLoop, gen: Generator, opened: asyncio.Future) -> tuple:
     if gen.local_addr is None:
-        return await loop.create_connection(lambda: Client(gen, opened), "127.0.0.1", gen.port)
+        return await loop.create_connection(lambda: Client(gen, opened), "127.0.0.1", gen.port, **gen.tls)
     # From a source address of its own: bind() with port 0 would search
     # for a free port itself (slower and slower as thousands are taken);
     # IP_BIND_ADDRESS_NO_PORT leaves the choice to connect(), as without
@@ -318,7 +324,7 @@ async def connect(loop: asyncio.AbstractEventLoop, gen: Generator, opened: async
     except BaseException:
         sock.close()
         raise
-    return await loop.create_connection(lambda: Client(gen, opened), sock=sock)
+    return await loop.create_connection(lambda: Client(gen, opened), sock=sock, **gen.tls)
 
 
 async def open_one(gen: Generator, timeout: float) -> tuple[Client, float]:
@@ -373,6 +379,12 @@ def make_generator(args) -> Generator:
         # What browsers offer.  Idle or counting-only use: this client never
         # sends compressed data and does not inflate what it receives.
         gen.extra_headers += DEFLATE_OFFER
+    if getattr(args, "tls_ca", None):
+        import ssl
+
+        # Python's default client context: TLS 1.2-1.3, the server's
+        # certificate checked against this CA for 127.0.0.1, no ALPN.
+        gen.tls = {"ssl": ssl.create_default_context(cafile=args.tls_ca), "server_hostname": "127.0.0.1"}
     if args.bearer_file:
         with open(args.bearer_file, "rb") as f:
             gen.bearers = [line.strip() for line in f if line.strip()]
@@ -1011,6 +1023,7 @@ def main() -> None:
     p.add_argument("--header", action="append", help="an extra request header 'Name: value' on every handshake (repeatable)")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate (as browsers do; counts the 101s that accepted it; hold mode: never inflates)")
     p.add_argument("--bearer-file", help="tokens, one a line: each handshake sends 'Authorization: Bearer' with the next one")
+    p.add_argument("--tls-ca", help="connect with TLS (wss) trusting this CA certificate (PEM); hold, burst, echo")
     p.add_argument("--silent", action="store_true", help="hold: never answer a ping (frozen peers)")
     p.add_argument("--report-losses", action="store_true",
                    help="hold: a JSON line for every connection lost after its open")
