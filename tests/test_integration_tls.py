@@ -32,6 +32,7 @@ from .loopback import (
     read_until,
     require_tool,
     twistd_command,
+    upgrade,
     wait_for_port,
 )
 
@@ -90,23 +91,6 @@ def python_client_context(ca_path: str, alpn: list[str]) -> stdlib_ssl.SSLContex
     return context
 
 
-def upgrade_over(sock: Any, host: str = "localhost") -> bytes:
-    """
-    Send a WebSocket upgrade on C{sock}; the response head.
-    """
-    sock.sendall(
-        b"GET / HTTP/1.1\r\nHost: " + host.encode() + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head
-
-
 class WSSClientsTests(CertificatesTestCase):
     """
     The clients users run, over real TLS to both kinds of listener.
@@ -152,7 +136,7 @@ class WSSClientsTests(CertificatesTestCase):
                 with context.wrap_socket(raw, server_hostname="localhost") as tls:
                     self.assertEqual(tls.selected_alpn_protocol(), "http/1.1")
                     self.assertEqual(tls.version(), "TLSv1.3")
-                    self.assertTrue(upgrade_over(tls).startswith(b"HTTP/1.1 101"))
+                    upgrade(tls)
             with connect(f"wss://localhost:{port}/", ssl=context, proxy=None, open_timeout=5) as ws:
                 ws.send("over alpn")
                 self.assertEqual(ws.recv(timeout=5), "over alpn")
@@ -180,7 +164,7 @@ class WSSClientsTests(CertificatesTestCase):
             self.assertIn(alert, str(caught.exception).lower())
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                 with python_client_context(self.ca_path, ["http/1.1"]).wrap_socket(raw, server_hostname="localhost") as tls:
-                    self.assertTrue(upgrade_over(tls).startswith(b"HTTP/1.1 101"))
+                    upgrade(tls)
         output = daemon.output()
         import twisted
 
@@ -240,7 +224,7 @@ class WSSClientsTests(CertificatesTestCase):
                 with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                     with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
                         # TLS 1.3 tickets come after the handshake: read the 101.
-                        self.assertTrue(upgrade_over(tls).startswith(b"HTTP/1.1 101"))
+                        upgrade(tls)
                         reused.append(tls.session_reused)
                         session = tls.session
             self.assertEqual(reused, [False, True, True])
@@ -270,7 +254,7 @@ class WSSClientsTests(CertificatesTestCase):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
                 with context.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
                     self.assertEqual(tls.selected_alpn_protocol(), "http/1.1")
-                    self.assertTrue(upgrade_over(tls).startswith(b"HTTP/1.1 101"))
+                    upgrade(tls)
                     session = tls.session
         # Not asserted: how often the kernel sent a connection back to the
         # process whose ticket it held (about half the time with two).
