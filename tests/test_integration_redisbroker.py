@@ -354,6 +354,47 @@ class SharedPresenceTests(RedisBrokerCase):
         self.assertEqual([c["id"] for c in await b.presence("room")], ["a.c1"])
 
     @async_test
+    async def test_live_messages_wait_behind_recovered_ones_while_presence_is_read(self) -> None:
+        """
+        A subscriber recovering on A with since, while the shared member
+        list is being read (held open here) and a message is published on
+        B and reaches A: it gets the missed messages, then the live one -
+        never the live one first (it did: the buffering of live messages
+        ended before the member list was read, and ChannelSession then
+        dropped the late recovered ones as duplicates).
+        """
+        a, b = await self.broker(node="a"), await self.broker(node="b")
+        first = FakeConnection("a.c1")
+        subscribed = await a.subscribe("a.c1", first, "room")
+        for i in range(3):
+            await b.publish("room", i)
+        await wait_until(self, lambda: len(seqs(first)) == 3)
+        a.remove_connection("a.c1")
+        for i in range(3, 6):
+            await b.publish("room", i)
+        assert a.shared_presence is not None
+        members = a.shared_presence.members
+        held: list[defer.Deferred[Any]] = []
+
+        def held_members(channel: str) -> "defer.Deferred[Any]":
+            gate: defer.Deferred[Any] = defer.Deferred()
+            held.append(gate)
+            return members(channel).addCallback(lambda result: gate.addCallback(lambda _: result))
+
+        a.shared_presence.members = held_members  # type: ignore[method-assign]
+        again = FakeConnection("a.c2")
+        answer = defer.ensureDeferred(a.subscribe("a.c2", again, "room", since=Position(subscribed.position.epoch, 3)))
+        await wait_until(self, lambda: held)
+        await b.publish("room", 6)
+        await wait_until(self, lambda: a._channels["room"].seq == 7)
+        held[0].callback(None)
+        result = await answer
+        self.assertTrue(result.recovered)
+        for frame in result.missed:
+            again.send_text(frame)
+        self.assertEqual(seqs(again), [4, 5, 6, 7])
+
+    @async_test
     async def test_dead_process_members_leave_once(self) -> None:
         """
         B beats once and then dies (no more beats, its connections never

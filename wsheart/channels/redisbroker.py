@@ -352,18 +352,23 @@ class RedisBroker(Broker):
             return self.store.read(channel_name, since.seq)
 
         def answer(read: Optional[HistoryRead]) -> Any:
-            pending = subscriber.pending  # type: ignore[attr-defined]
-            del subscriber.pending  # type: ignore[attr-defined]
-            recovered, missed = self._recovered(channel, since, read, pending)
-            if self.shared_presence is None or not self.settings.presence_events(channel_name):
-                return Subscribed(channel.position(), recovered, missed, result.presence, result.presence_total)
-            budget = presence_budget if presence_budget is not None else self.settings.max_data_bytes - SUBSCRIBED_ENVELOPE
-
-            def with_members(members: list[str]) -> Subscribed:
+            def finish(members: Optional[list[str]]) -> Subscribed:
+                # Live messages wait behind the missed ones until this very
+                # moment, whatever the subscribe waited for (history, then
+                # the shared member list): the reply and the missed frames
+                # are written in the same turn, so nothing can overtake them.
+                pending = subscriber.pending  # type: ignore[attr-defined]
+                del subscriber.pending  # type: ignore[attr-defined]
+                recovered, missed = self._recovered(channel, since, read, pending)
+                if members is None:
+                    return Subscribed(channel.position(), recovered, missed, result.presence, result.presence_total)
+                budget = presence_budget if presence_budget is not None else self.settings.max_data_bytes - SUBSCRIBED_ENVELOPE
                 listed, total = self._members_that_fit(channel, members, subscriber, budget)
                 return Subscribed(channel.position(), recovered, missed, listed, total)
 
-            return self.shared_presence.members(channel_name).addCallback(with_members)
+            if self.shared_presence is None or not self.settings.presence_events(channel_name):
+                return finish(None)
+            return self.shared_presence.members(channel_name).addCallback(finish)
 
         def failed(failure: Any) -> Any:
             if channel.subscribers.get(connection_id) is subscriber:
