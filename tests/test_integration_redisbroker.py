@@ -395,6 +395,31 @@ class SharedPresenceTests(RedisBrokerCase):
         self.assertEqual(seqs(again), [4, 5, 6, 7])
 
     @async_test
+    async def test_member_list_too_slow_is_a_503(self) -> None:
+        """
+        A subscribe whose shared member list does not come in time (a
+        Redis stall) is refused with the engine's 503 and its retry hint,
+        and leaves no subscriber behind (the timeout escaped before, and
+        the connection was closed with 1011).
+        """
+        a = await self.broker(node="a")
+        assert a.shared_presence is not None
+        members = a.shared_presence.members
+        a.shared_presence.members = lambda channel: defer.fail(defer.TimeoutError("Redis too slow"))  # type: ignore[method-assign]
+        with self.assertRaises(ChannelError) as caught:
+            await a.subscribe("a.c1", FakeConnection("a.c1"), "room")
+        self.assertEqual(caught.exception.code, 503)
+        self.assertIsNotNone(caught.exception.retry_after)
+        self.assertNotIn("a.c1", a._channels["room"].subscribers if "room" in a._channels else {})
+        # Its join was recorded in Redis and is taken back.
+        a.shared_presence.members = members  # type: ignore[method-assign]
+        for _ in range(100):
+            if not await a.presence("room"):
+                break
+            await sleep(0.02)
+        self.assertEqual(await a.presence("room"), [])
+
+    @async_test
     async def test_dead_process_members_leave_once(self) -> None:
         """
         B beats once and then dies (no more beats, its connections never

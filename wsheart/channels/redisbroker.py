@@ -375,7 +375,10 @@ class RedisBroker(Broker):
                 self.unsubscribe(connection_id, channel_name)
             return _unavailable(failure)
 
-        return self._listen(channel_name).addCallback(read_history).addCallbacks(answer, failed)
+        # failed() also takes what answer() waits for (the shared member
+        # list): a stall there is a 503 too, never an error that closes the
+        # connection.
+        return self._listen(channel_name).addCallback(read_history).addCallback(answer).addErrback(failed)
 
     def _recovered(
         self, channel: Channel, since: Optional[Position], read: Optional[HistoryRead], pending: list[tuple[int, str]]
