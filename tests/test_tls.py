@@ -717,3 +717,61 @@ class SSLEndpointTests(unittest.TestCase):
             with self.assertRaises(ValueError) as caught:
                 SSLEndpoint.parse(description)
             self.assertIn(words, str(caught.exception), description)
+
+
+class TLSOptionsTests(TLSTestCase):
+    """
+    How twistd wsheart's options make TLS listeners: an ssl: --endpoint and
+    --tls-endpoint both end up as a plain listener wrapped in wsheart's TLS,
+    both reloaded by SIGHUP; mistakes are usage errors that say what to do.
+    """
+
+    def parse(self, *argv: str) -> Any:
+        from wsheart.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_ssl_endpoint_and_tls_endpoint(self) -> None:
+        """
+        An ssl: endpoint becomes tcp: with its own files; a --tls-endpoint
+        keeps its description with --tls-key/--tls-cert; the daemon
+        reloads both.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from wsheart.tap import makeService
+
+        options = self.parse(
+            "--endpoint", f"ssl:8443:interface=127.0.0.1:privateKey={self.key_path}:certKey={self.cert_path}",
+            "--tls-endpoint", "tcp:9443:interface=127.0.0.1", "--tls-key", self.key_path, "--tls-cert", self.cert_path,
+        )  # fmt: skip
+        [(first, first_tls), (second, second_tls)] = options["tls-listeners"]
+        self.assertEqual(first, "tcp:port=8443:interface=127.0.0.1:backlog=4096")
+        self.assertEqual(second, "tcp:9443:interface=127.0.0.1:backlog=4096")
+        self.assertIsNot(first_tls, second_tls)
+        service = makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(service.tls, (first_tls, second_tls))
+        self.install(*self.other_pair("localhost", "renewed"))
+        renewed = read_certificate(self.cert_path)
+        self.assertTrue(service.reload_tls())
+        self.assertEqual([tls.certificate.digest() for tls in service.tls], [renewed.digest()] * 2)
+
+    def test_mistakes_are_usage_errors(self) -> None:
+        """
+        A missing file, an ssl: option that would change the TLS policy, an
+        ssl: description given to --tls-endpoint: each a UsageError naming
+        the problem.
+        """
+        from twisted.python import usage
+
+        missing = os.path.join(self.directory, "missing.pem")
+        for argv, words in [
+            (["--endpoint", f"ssl:8443:privateKey={missing}"], "cannot read"),
+            (["--endpoint", f"ssl:8443:privateKey={self.key_path}:certKey={self.cert_path}:sslmethod=TLSv1_2_METHOD"], "drop sslmethod="),
+            (["--tls-endpoint", f"ssl:8443:privateKey={self.key_path}", "--tls-key", self.key_path, "--tls-cert", self.cert_path], "give a plain endpoint"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse(*argv)
+            self.assertIn(words, str(caught.exception), argv)

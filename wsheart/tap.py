@@ -331,8 +331,13 @@ class Options(usage.Options):
         for key in ("endpoint", "tls-endpoint"):
             self[key] = [with_backlog(d, self["backlog"]) for d in self[key]]
             for description in self[key]:
-                if not description.startswith("ssl:"):  # read in _tls_listeners
+                if not description.startswith("ssl:"):
                     _check_endpoint(description, f"--{key}")
+                elif key == "tls-endpoint":
+                    raise usage.UsageError(
+                        f"--tls-endpoint {description!r}: give a plain endpoint (tcp:, reuseport:, systemd:), "
+                        "wsheart adds the TLS; or use --endpoint ssl:... with its own files"
+                    )
         if self["admin-endpoint"]:
             _check_endpoint(self["admin-endpoint"], "--admin-endpoint")
         self["tls"] = self._load_tls()
@@ -422,7 +427,6 @@ class Options(usage.Options):
             return ReloadableServerTLS(key, cert)
         except TLSConfigError as e:
             raise usage.UsageError(f"--tls-key/--tls-cert: {e}")
-
 
     def _tls_listeners(self) -> list[tuple[str, ReloadableServerTLS]]:
         """
