@@ -181,7 +181,11 @@ class NpmPackageTests(unittest.TestCase):
             return events[name]
 
         expect("echo")
-        self.assertGreater(expect("heartbeat")["rtt"], 0)
+        # wsheart.js times the text ping with Date.now(): on loopback the
+        # answer often comes within the same millisecond, so 0 is a true RTT.
+        rtt = expect("heartbeat")["rtt"]
+        self.assertIsInstance(rtt, (int, float))
+        self.assertGreaterEqual(rtt, 0)
         self.assertEqual(expect("recovered")["texts"], ["one", "two"])
         expect("restart-now")
         daemon.stop()
