@@ -476,3 +476,34 @@ class RedisOverV1Tests(unittest.TestCase):
         [error] = a.frames()
         self.assertEqual((error["op"], error["code"], error["ref"], error["retry_after"]), ("error", 503, 2, 2))
         self.assertIsNone(a.closed)
+
+
+class RedisAclUserTests(unittest.TestCase):
+    """
+    --redis redis://USER:PASSWORD@...: both of the engine's connections
+    log in as the ACL user, against a real redis-server whose default user
+    is off (the user name was dropped before, so the login failed and the
+    engine stayed down).
+    """
+
+    timeout = 30
+
+    @async_test
+    async def test_both_connections_log_in_as_the_acl_user(self) -> None:
+        from wsheart.channels.redisbroker import RedisAddress, RedisConnections
+
+        server = RedisServer(
+            self, "--user", "default", "off", "--user", "wsh", "on", ">s3cret pass", "~*", "&*", "+@all"
+        )
+        settings = ChannelSettings()
+        broker = RedisBroker(reactor, settings, RedisStore(None, reactor, settings, prefix="t", timeout=2.0))
+        address = RedisAddress.parse(f"redis://wsh:s3cret%20pass@127.0.0.1:{server.port}/0")
+        self.assertEqual((address.username, address.password), ("wsh", "s3cret pass"))
+        connections = RedisConnections(broker, address, reactor)
+        connections.startService()
+        self.addCleanup(connections.stopService)
+        await wait_until(self, lambda: broker.pubsub is not None)
+        listener = FakeConnection("c1")
+        await broker.subscribe("c1", listener, "news")
+        await broker.publish("news", {"n": 1})
+        await wait_until(self, lambda: seqs(listener) == [1])

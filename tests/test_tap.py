@@ -218,6 +218,14 @@ class MakeServiceTests(unittest.TestCase):
         [connections] = [job for job in redis.background if isinstance(job, RedisConnections)]
         self.assertEqual(connections.address, RedisAddress(host="10.0.0.5", port=6380, db=2, password="s3cret"))
         self.assertEqual(RedisAddress.parse("unix:///run/redis.sock?db=1"), RedisAddress(path="/run/redis.sock", db=1))
+        # An ACL user and its password (percent-escapes undone), everywhere.
+        self.assertEqual(
+            RedisAddress.parse("redis://wsh%40app:p%3Ass@10.0.0.5/1"),
+            RedisAddress(host="10.0.0.5", db=1, username="wsh@app", password="p:ss"),
+        )
+        self.assertEqual(RedisAddress.parse("unix://ann:pw@/run/redis.sock").username, "ann")
+        self.assertEqual(RedisAddress.parse("redis+sentinel://ann:pw@10.0.0.1/chat").username, "ann")
+        self.assertIsNone(RedisAddress.parse("redis+sentinel://:pw@10.0.0.1/chat").username)
         self.assertTrue(RedisAddress.parse("rediss://cache.example.org").tls)
         # Sentinel: one or more of them (26379 by default), the service, the
         # master's password and database.

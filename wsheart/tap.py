@@ -161,7 +161,7 @@ class Options(usage.Options):
         ["max-subscriptions", None, 100, "wsheart.v1: channels one connection may subscribe to.", positive_int("max-subscriptions")],
         ["client-publish", None, "chat.*", "wsheart.v1: comma-separated channel patterns clients may publish to (empty: none)."],
         ["quiet-presence", None, "", "wsheart.v1: comma-separated channel patterns without join/leave events."],
-        ["redis", None, None, "wsheart.v1: share channels, history and idempotency keys with every process on this Redis: redis://HOST[:PORT][/DB], rediss://... (TLS), unix:///PATH or redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB] (default: in this process's memory)."],
+        ["redis", None, None, "wsheart.v1: share channels, history and idempotency keys with every process on this Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS), unix:///PATH or redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB] (default: in this process's memory)."],
         ["redis-prefix", None, "wsh", "wsheart.v1: prefix of wsheart's Redis keys (one per deployment sharing a Redis)."],
         ["redis-timeout", None, 2.0, "wsheart.v1: seconds a Redis command may take before the publish or subscribe fails with 503.", positive_float("redis-timeout")],
         ["auth", None, "none", "none or jwt: with jwt, every connection proves who it is with a JSON Web Token (Authorization: Bearer, the wsheart.bearer.TOKEN subprotocol, or a wsheart.v1 auth frame) and may use only the channels its token grants."],

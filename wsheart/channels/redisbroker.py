@@ -571,7 +571,7 @@ def pubsub_factory(broker: RedisBroker) -> Any:
     return factory
 
 
-def command_factory(name: str, db: Optional[int] = None, password: Optional[str] = None) -> Any:
+def command_factory(name: str, db: Optional[int] = None, password: Optional[str] = None, username: Optional[str] = None) -> Any:
     """
     A reconnecting txredisapi factory of the engine's command connection;
     start it with C{factory.startConnecting(endpoint)} and send commands
@@ -582,7 +582,7 @@ def command_factory(name: str, db: Optional[int] = None, password: Optional[str]
     they were sent, so one client's publishes get seqs in its order (over a
     pool of two, consecutive publishes could swap).
     """
-    factory = txredisapi.RedisFactory(name, db, 1, isLazy=True, password=password, convertNumbers=False)
+    factory = txredisapi.RedisFactory(name, db, 1, isLazy=True, password=password, convertNumbers=False, username=username)
     return factory
 
 
@@ -613,10 +613,12 @@ def _unavailable(failure: Any) -> Any:
 @dataclass(frozen=True)
 class RedisAddress:
     """
-    Where Redis is: C{redis://[:PASSWORD@]HOST[:PORT][/DB]},
+    Where Redis is: C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]},
     C{rediss://...} (TLS), C{unix:///PATH[?db=N]}, or the master that
-    Sentinel names: C{redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]}
-    (Sentinel's own port is 26379 by default; the password is the master's).
+    Sentinel names: C{redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]}
+    (Sentinel's own port is 26379 by default; the user and password are
+    the master's).  With a user, the connections log in as that ACL user
+    (C{AUTH USER PASSWORD}, Redis 6 and later).
     """
 
     host: str = "127.0.0.1"
@@ -624,6 +626,7 @@ class RedisAddress:
     path: Optional[str] = None
     db: Optional[int] = None
     password: Optional[str] = None
+    username: Optional[str] = None
     tls: bool = False
     sentinels: tuple[tuple[str, int], ...] = ()
     service: Optional[str] = None
@@ -643,7 +646,12 @@ class RedisAddress:
                 if not parts.path:
                     raise ValueError("no socket path")
                 db = parse_qs(parts.query).get("db", [None])[0]
-                return cls(path=parts.path, db=int(db) if db is not None else None, password=parts.password)
+                return cls(
+                    path=parts.path,
+                    db=int(db) if db is not None else None,
+                    password=unquote(parts.password) if parts.password else None,
+                    username=unquote(parts.username) if parts.username else None,
+                )
             if parts.scheme == "redis+sentinel":
                 return cls._parse_sentinel(parts.netloc, parts.path)
             db_text = parts.path.strip("/")
@@ -652,6 +660,7 @@ class RedisAddress:
                 port=parts.port or 6379,
                 db=int(db_text) if db_text else None,
                 password=unquote(parts.password) if parts.password else None,
+                username=unquote(parts.username) if parts.username else None,
                 tls=parts.scheme == "rediss",
             )
         except ValueError as e:
@@ -662,7 +671,8 @@ class RedisAddress:
         from urllib.parse import unquote, urlsplit
 
         userinfo, _, hosts = netloc.rpartition("@")
-        password = unquote(userinfo.partition(":")[2]) if userinfo else None
+        user, _, password_text = userinfo.partition(":")
+        password = unquote(password_text) if userinfo else None
         sentinels = []
         for host in hosts.split(","):
             one = urlsplit(f"//{host}")  # brackets for IPv6, and the port checked
@@ -673,7 +683,11 @@ class RedisAddress:
         if not service:
             raise ValueError("no service name (redis+sentinel://HOST:26379/SERVICE)")
         return cls(
-            sentinels=tuple(sentinels), service=service, password=password or None, db=int(db_text) if db_text else None
+            sentinels=tuple(sentinels),
+            service=service,
+            password=password or None,
+            username=unquote(user) or None,
+            db=int(db_text) if db_text else None,
         )
 
     def endpoint(self, reactor: Any) -> Any:
@@ -747,7 +761,7 @@ class RedisConnections(Service):
     def startService(self) -> None:
         super().startService()
         address = self.address
-        factory = command_factory(str(address), address.db, address.password)
+        factory = command_factory(str(address), address.db, address.password, address.username)
         # One endpoint for both connections: with Sentinel, one set of
         # connections to the Sentinels asks for the master.
         self._endpoint = address.endpoint(self.reactor)
@@ -757,6 +771,7 @@ class RedisConnections(Service):
         self.broker.store.redis = self.commands
         self.pubsub = pubsub_factory(self.broker)
         self.pubsub.password = address.password
+        self.pubsub.username = address.username
         self.pubsub.dbid = address.db
         self.pubsub.startConnecting(self._endpoint)
         if self.broker.shared_presence is not None:
