@@ -486,7 +486,7 @@ class RedisAclUserTests(unittest.TestCase):
     engine stayed down).
     """
 
-    timeout = 30
+    timeout = 60
 
     @async_test
     async def test_both_connections_log_in_as_the_acl_user(self) -> None:
@@ -507,3 +507,39 @@ class RedisAclUserTests(unittest.TestCase):
         await broker.subscribe("c1", listener, "news")
         await broker.publish("news", {"n": 1})
         await wait_until(self, lambda: seqs(listener) == [1])
+
+    @async_test
+    async def test_a_refused_login_is_tried_again(self) -> None:
+        """
+        The ACL user is disabled when the engine first connects (Redis
+        refuses every login), and enabled a moment later: both connections
+        come up on their own and a publish goes through (txredisapi gave
+        up for good at the first refused login).
+        """
+        from wsheart.channels.redisbroker import RedisAddress, RedisConnections
+
+        server = RedisServer(self, "--user", "wsh", "off", ">pw", "~*", "&*", "+@all")
+        settings = ChannelSettings()
+        broker = RedisBroker(reactor, settings, RedisStore(None, reactor, settings, prefix="t", timeout=2.0))
+        connections = RedisConnections(broker, RedisAddress.parse(f"redis://wsh:pw@127.0.0.1:{server.port}"), reactor)
+        connections.startService()
+        self.addCleanup(connections.stopService)
+        await sleep(1.5)
+        self.assertIsNone(broker.pubsub)
+        admin = await txredisapi.Connection("127.0.0.1", server.port, reconnect=False)
+        await admin.execute_command("ACL", "SETUSER", "wsh", "on")
+        await admin.disconnect()
+        await wait_until(self, lambda: broker.pubsub is not None, timeout=20)
+        await self.publish_until_it_works(broker)
+
+    async def publish_until_it_works(self, broker: RedisBroker) -> None:
+        deadline = reactor.seconds() + 20
+        while True:
+            try:
+                await broker.publish("news", {"n": 1})
+                return
+            except ChannelError as e:
+                self.assertEqual(e.code, 503)
+                if reactor.seconds() > deadline:
+                    self.fail("the command connection did not come back")
+                await sleep(0.2)

@@ -559,12 +559,37 @@ class PubSubProtocol(txredisapi.SubscriberProtocol):
         super().connectionLost(why)
 
 
+class _KeepTrying:
+    """
+    For a txredisapi factory: a login (C{AUTH}) or C{SELECT} that Redis
+    refuses does not stop the reconnecting.  txredisapi stops for good
+    there, which left the engine down for ever after Redis answered a
+    reconnect with an error for a moment (at C{maxclients}, during a
+    password rotation, while loading).  Here the connection is closed and
+    tried again on the factory's backoff (1 s growing to 10 s, jittered),
+    until the daemon stops (L{RedisConnections.stopService} disconnects the
+    factory, which needs no C{stopTrying}).
+    """
+
+    def stopTrying(self) -> Any:
+        log.warn("Redis refused the connection's login or database; trying again")
+        return defer.succeed(None)
+
+
+class _CommandFactory(_KeepTrying, txredisapi.RedisFactory):  # type: ignore[misc]
+    pass
+
+
+class _PubSubFactory(_KeepTrying, txredisapi.SubscriberFactory):  # type: ignore[misc]
+    pass
+
+
 def pubsub_factory(broker: RedisBroker) -> Any:
     """
     A reconnecting txredisapi subscriber factory for C{broker}; start it
     with C{factory.startConnecting(endpoint)}.
     """
-    factory = txredisapi.SubscriberFactory()
+    factory = _PubSubFactory()
     factory.protocol = PubSubProtocol
     factory.broker = broker
     factory.reconnect = True
@@ -582,7 +607,7 @@ def command_factory(name: str, db: Optional[int] = None, password: Optional[str]
     they were sent, so one client's publishes get seqs in its order (over a
     pool of two, consecutive publishes could swap).
     """
-    factory = txredisapi.RedisFactory(name, db, 1, isLazy=True, password=password, convertNumbers=False, username=username)
+    factory = _CommandFactory(name, db, 1, isLazy=True, password=password, convertNumbers=False, username=username)
     return factory
 
 
