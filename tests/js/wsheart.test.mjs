@@ -310,6 +310,26 @@ test("messages queue while not connected and go out in order on open", () => {
   assert.equal(socket().sent.at(-1), "c");
 });
 
+test("a socket the browser is already closing gets nothing: sends queue for the next connection", () => {
+  // Going offline, Chromium starts closing the socket (readyState 2)
+  // before its close event arrives; a send then would be lost and logged.
+  const { client, clock, socket, events } = makeClient();
+  socket().serverOpens();
+  const first = socket();
+  first.readyState = 2;
+  assert.equal(client.send("kept"), true);
+  assert.equal(client.queued, 1);
+  clock.advance(1000); // a heartbeat ping falls due: skipped, nothing thrown
+  assert.deepEqual(first.sent, []);
+  first.serverCloses(1006, "", false);
+  const retry = events.filter((e) => e.type === "state" && e.state === "reconnecting").at(-1);
+  clock.advance(retry.delay);
+  assert.notEqual(socket(), first);
+  socket().serverOpens();
+  assert.deepEqual(socket().sent.slice(0, 1), ["kept"]);
+  assert.equal(client.queued, 0);
+});
+
 test("a full queue reports overflow and keeps what it holds", () => {
   const { client, socket, events } = makeClient({ queueLimit: 2 });
   client.send(1);

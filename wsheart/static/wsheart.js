@@ -244,7 +244,7 @@ var WsHeart = (function () {
      */
     send(data) {
       if (this._stopped) throw new Error("WsHeart: send() after the connection was closed for good");
-      if (this.state === "open" && this._ws) {
+      if (this._socketOpen()) {
         this._ws.send(data);
         return true;
       }
@@ -527,7 +527,7 @@ var WsHeart = (function () {
       if (options && options.name !== undefined) this._names[channel] = options.name;
       if (!(channel in this.positions)) {
         this.positions[channel] = null;
-        if (this.state === "open") this._sendSubscribe(channel);
+        if (this._socketOpen()) this._sendSubscribe(channel);
       }
     }
 
@@ -536,7 +536,7 @@ var WsHeart = (function () {
       if (channel in this.positions) {
         delete this.positions[channel];
         delete this.presence[channel];
-        if (this.state === "open") this._ws.send(JSON.stringify({ op: "unsubscribe", channel: channel }));
+        if (this._socketOpen()) this._ws.send(JSON.stringify({ op: "unsubscribe", channel: channel }));
       }
     }
 
@@ -552,6 +552,15 @@ var WsHeart = (function () {
       if (!this._v1) throw new Error("WsHeart: " + what + "() needs options.protocols to include \"" + V1 + "\"");
     }
 
+    /**
+     * Whether the socket takes data now.  A browser going offline starts
+     * closing the socket before its close event reaches us: sending then
+     * would be lost (and logged as an error), so send() queues instead.
+     */
+    _socketOpen() {
+      return this.state === "open" && !!this._ws && this._ws.readyState === 1;
+    }
+
     _sendSubscribe(channel) {
       var frame = { op: "subscribe", channel: channel };
       var position = this.positions[channel];
@@ -564,7 +573,7 @@ var WsHeart = (function () {
       var self = this;
       var ws = this._ws;
       var send = function (token) {
-        if (self._ws === ws && self.state === "open" && token) ws.send(JSON.stringify({ op: "auth", token: String(token) }));
+        if (self._ws === ws && self._socketOpen() && token) ws.send(JSON.stringify({ op: "auth", token: String(token) }));
       };
       var fail = function (e) {
         self._emit("error", { code: 0, reason: "options.token failed: " + e, channel: null, ref: undefined, retryAfter: undefined });
@@ -641,7 +650,7 @@ var WsHeart = (function () {
             // again when it says, spread so that clients do not return together.
             var self = this;
             this._clock.setTimeout(function () {
-              if (self.state === "open" && channel in self.positions) self._sendSubscribe(channel);
+              if (self._socketOpen() && channel in self.positions) self._sendSubscribe(channel);
             }, Math.min(frame.retry_after, 3600) * 1000 * (1 + this._random()));
           }
           this._emit("error", { code: frame.code, reason: frame.reason, channel: channel || null, ref: frame.ref, retryAfter: frame.retry_after });
@@ -680,7 +689,9 @@ var WsHeart = (function () {
       this._pingSentAt = now;
       this._lifeSincePing = false;
       this._checkDue = now + this.options.timeout;
-      this._ws.send(this.options.pingText);
+      // The check below still runs: a socket the browser is closing
+      // answers nothing, and is found dead like any other.
+      if (this._socketOpen()) this._ws.send(this.options.pingText);
       this._timers.check = this._clock.setTimeout(function () {
         self._timers.check = null;
         self._check(now);
