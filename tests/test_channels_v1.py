@@ -314,8 +314,41 @@ class EngineThatAnswersLaterTests(unittest.TestCase):
         self.handler.message_received(a, '{"op":"publish","channel":"chat.x","data":"hi","ref":2}')
         self.assertEqual(a.sent, [], "nothing before the engine answers")
         self.clock.advance(0.01)
+        # The publish waited behind the subscribe, then for the engine.
+        self.assertEqual([(f["op"], f.get("ref")) for f in a.frames()], [("subscribed", 1)])
+        self.clock.advance(0.01)
         ops = [(f["op"], f.get("ref")) for f in a.frames()]
         self.assertEqual(ops, [("subscribed", 1), ("message", None), ("published", 2)])
+
+    def test_frames_after_a_subscribe_are_answered_after_it(self) -> None:
+        """
+        subscribe then unsubscribe, sent back to back to an engine that
+        answers later: subscribed, then unsubscribed, and the subscription
+        is off (the unsubscribe was answered first before, and the
+        subscription stayed on).  Another connection is not held up.
+        """
+        a, b = FakeConnection("a"), FakeConnection("b")
+        self.handler.message_received(a, '{"op":"subscribe","channel":"chat.x","ref":1}')
+        self.handler.message_received(a, '{"op":"unsubscribe","channel":"chat.x","ref":2}')
+        self.handler.message_received(b, '{"op":"ping"}')
+        self.assertEqual([f["op"] for f in b.frames()], ["pong"], "b waits for nothing of a's")
+        self.clock.advance(0.01)
+        self.assertEqual([(f["op"], f.get("ref")) for f in a.frames()], [("subscribed", 1), ("unsubscribed", 2)])
+        self.assertNotIn("a", self.broker._channels["chat.x"].subscribers if "chat.x" in self.broker._channels else {})
+
+    def test_held_frames_are_bounded(self) -> None:
+        """
+        Behind a subscribe in progress a connection may queue 64 frames;
+        the next ones are refused with 429 at once, and the 64 are handled
+        when the subscribe has been answered.
+        """
+        a = FakeConnection("a")
+        self.handler.message_received(a, '{"op":"subscribe","channel":"chat.x"}')
+        for _ in range(66):
+            self.handler.message_received(a, '{"op":"ping"}')
+        self.assertEqual([(f["op"], f["code"]) for f in a.frames()], [("error", 429)] * 2)
+        self.clock.advance(0.01)
+        self.assertEqual([f["op"] for f in a.frames()[2:]], ["subscribed"] + ["pong"] * 64)
 
     def test_late_refusal_is_an_error_frame(self) -> None:
         """

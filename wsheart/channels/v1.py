@@ -36,6 +36,9 @@ TOO_LARGE = 413
 TOO_MANY = 429  # subscriptions per connection, or channels
 
 MAX_REF = 64
+# Frames a connection may send while one of its subscribes waits for the
+# engine (Redis: at most --redis-timeout); past this they are refused.
+MAX_HELD_FRAMES = 64
 # Refusals for going too fast that end a connection (1013, come back later):
 # this many within ABUSE_WINDOW seconds.
 ABUSE_REFUSALS = 20
@@ -68,6 +71,9 @@ class ChannelProtocolHandler(MessageHandler):
         self._refusals: dict[str, list[float]] = {}
         # Per connection: when it is asked for a fresh token.
         self._refresh_asks: dict[str, Any] = {}
+        # Per connection with a subscribe waiting for the engine: the
+        # frames it sent since, handled once that subscribe is answered.
+        self._held: dict[str, list[Message]] = {}
         if auth is not None:
             # Join and leave events reach only members whose token grants
             # presence on the channel (both engines fan out through it).
@@ -77,6 +83,40 @@ class ChannelProtocolHandler(MessageHandler):
         self._ask_for_refresh_later(connection)
 
     def message_received(self, connection: IConnection, message: Message) -> Any:
+        held = self._held.get(_id(connection))
+        if held is not None:
+            # A subscribe of this connection waits for the engine: what the
+            # client sent after it waits too, so that answers (and the
+            # subscription's state) follow the order of the frames - an
+            # unsubscribe must not overtake its subscribe.
+            if len(held) >= MAX_HELD_FRAMES:
+                self._error(connection, TOO_MANY, f"more than {MAX_HELD_FRAMES} frames behind a subscribe in progress: retry later")
+                return None
+            held.append(message)
+            return None
+        return self._handle(connection, message)
+
+    def _hold_behind(self, connection: IConnection, subscribing: "defer.Deferred[Any]") -> None:
+        """
+        Hold this connection's next frames until C{subscribing} has been
+        answered, then handle them in order (up to the next subscribe that
+        has to wait).
+        """
+        cid = _id(connection)
+        self._held[cid] = []
+
+        def release(result: Any) -> Any:
+            held = self._held.pop(cid, None) or []
+            while held:
+                self._handle(connection, held.pop(0))
+                if cid in self._held:  # another subscribe waits: the rest behind it
+                    self._held[cid].extend(held)
+                    break
+            return result
+
+        subscribing.addBoth(release)
+
+    def _handle(self, connection: IConnection, message: Message) -> Any:
         if isinstance(message, bytes):
             connection.close(closecodes.UNSUPPORTED_DATA, "wsheart.v1 takes JSON text frames")
             return
@@ -136,13 +176,17 @@ class ChannelProtocolHandler(MessageHandler):
                 refusal = failure.value
                 self._error(connection, refusal.code, refusal.reason, channel=channel_name, ref=ref, retry_after=refusal.retry_after)
 
-            return result.addErrback(refused)
+            result.addErrback(refused)
+            if op == "subscribe":
+                self._hold_behind(connection, result)
+            return result
         return None
 
     def connection_closed(self, connection: IConnection, code: int, reason: str) -> None:
         self.broker.remove_connection(_id(connection))
         self._buckets.pop(_id(connection), None)
         self._refusals.pop(_id(connection), None)
+        self._held.pop(_id(connection), None)
         ask = self._refresh_asks.pop(_id(connection), None)
         if ask is not None and ask.active():
             ask.cancel()
