@@ -336,6 +336,26 @@ class EngineThatAnswersLaterTests(unittest.TestCase):
         self.assertEqual([(f["op"], f.get("ref")) for f in a.frames()], [("subscribed", 1), ("unsubscribed", 2)])
         self.assertNotIn("a", self.broker._channels["chat.x"].subscribers if "chat.x" in self.broker._channels else {})
 
+    def test_a_held_frame_that_fails_closes_its_connection(self) -> None:
+        """
+        A frame handled after the subscribe it waited for, whose engine
+        call fails with a defect (not a refusal): logged, and that
+        connection is closed with 1011, as a handler failure is.
+        """
+
+        class Broken(LaterBroker):
+            def publish(self, *args: Any, **kwargs: Any) -> Any:
+                return self._later(lambda: 1 / 0)
+
+        handler = ChannelProtocolHandler(Broken(self.clock, ChannelSettings()))
+        a = FakeConnection("a")
+        handler.message_received(a, '{"op":"subscribe","channel":"chat.x"}')
+        handler.message_received(a, '{"op":"publish","channel":"chat.x","data":1}')
+        self.clock.advance(0.01)  # the subscribe is answered; the publish goes to the engine
+        self.clock.advance(0.01)  # which fails
+        self.assertEqual(a.closed[0], 1011)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
     def test_held_frames_are_bounded(self) -> None:
         """
         Behind a subscribe in progress a connection may queue 64 frames;

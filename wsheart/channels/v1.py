@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from wsheart import closecodes
 from wsheart.auth import AuthPolicy, Identity, TokenRejected
@@ -34,6 +35,8 @@ NOT_SUBSCRIBED = 404  # unsubscribe from a channel not subscribed to
 UNKNOWN_OP = 405
 TOO_LARGE = 413
 TOO_MANY = 429  # subscriptions per connection, or channels
+
+log = Logger()
 
 MAX_REF = 64
 # Frames a connection may send while one of its subscribes waits for the
@@ -108,13 +111,21 @@ class ChannelProtocolHandler(MessageHandler):
         def release(result: Any) -> Any:
             held = self._held.pop(cid, None) or []
             while held:
-                self._handle(connection, held.pop(0))
+                outcome = self._handle(connection, held.pop(0))
+                if isinstance(outcome, defer.Deferred):
+                    # Nobody else waits on it: a defect closes the
+                    # connection, as the protocol does for a handler's.
+                    outcome.addErrback(self._held_frame_failed, connection)
                 if cid in self._held:  # another subscribe waits: the rest behind it
                     self._held[cid].extend(held)
                     break
             return result
 
         subscribing.addBoth(release)
+
+    def _held_frame_failed(self, failure: Any, connection: IConnection) -> None:
+        log.failure("a wsheart.v1 frame held behind a subscribe failed; closing connection {cid}", failure, cid=_id(connection))
+        connection.close(closecodes.INTERNAL_ERROR, "internal error")
 
     def _handle(self, connection: IConnection, message: Message) -> Any:
         if isinstance(message, bytes):
