@@ -113,7 +113,9 @@ class TwoProcessesTests(unittest.TestCase):
             f.write(TOKEN + "\n")
         a, b = Node(self, redis.port, token_file, "a"), Node(self, redis.port, token_file, "b")
         for node in (a, b):
-            self.assertEqual(node.health()["channels"], {"engine": "redis", "redis": "up"})
+            self.assertEqual(
+                node.health()["channels"], {"engine": "redis", "redis": "up", "redis_pubsub": "up", "redis_commands": "up"}
+            )
 
         with ws_v1(a.port) as on_a, ws_v1(b.port) as on_b:
             on_a.send('{"op":"subscribe","channel":"chat.room"}')

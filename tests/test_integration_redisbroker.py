@@ -543,3 +543,44 @@ class RedisAclUserTests(unittest.TestCase):
                 if reactor.seconds() > deadline:
                     self.fail("the command connection did not come back")
                 await sleep(0.2)
+
+
+class FailFastTests(unittest.TestCase):
+    """
+    The engine as the daemon composes it (RedisConnections): while its
+    command connection is down, a publish and a subscribe fail at once with
+    the 503, instead of waiting out --redis-timeout in txredisapi's queue;
+    /healthz's state names the connection that is down.
+    """
+
+    timeout = 60
+
+    @async_test
+    async def test_commands_fail_at_once_while_redis_is_down(self) -> None:
+        from wsheart.channels.redisbroker import RedisAddress, RedisConnections
+
+        server = RedisServer(self)
+        settings = ChannelSettings()
+        broker = RedisBroker(reactor, settings, RedisStore(None, reactor, settings, prefix="t", timeout=3.0))
+        connections = RedisConnections(broker, RedisAddress.parse(f"redis://127.0.0.1:{server.port}"), reactor)
+        connections.startService()
+        self.addCleanup(connections.stopService)
+        await wait_until(self, lambda: broker.pubsub is not None and broker.store.connected())
+        self.assertEqual(broker.engine_state()["redis"], "up")
+        await broker.publish("news", "before")
+        server.kill()
+        await wait_until(self, lambda: not broker.store.connected())
+        self.assertEqual(broker.engine_state()["redis_commands"], "down")
+        self.assertEqual(broker.engine_state()["redis"], "down")
+        started = reactor.seconds()
+        with self.assertRaises(ChannelError) as caught:
+            await broker.publish("news", "while down")
+        self.assertEqual(caught.exception.code, 503)
+        with self.assertRaises(ChannelError) as caught:
+            await broker.subscribe("s1", FakeConnection("s1"), "other")
+        self.assertEqual(caught.exception.code, 503)
+        self.assertLess(reactor.seconds() - started, 0.5, "at once, not after the 3 s timeout")
+        server.start()
+        await wait_until(self, lambda: broker.store.connected() and broker.pubsub is not None, timeout=30)
+        position = await broker.publish("news", "after")
+        self.assertGreaterEqual(position.seq, 1)

@@ -516,12 +516,20 @@ class RedisBroker(Broker):
         return self.store.read(channel_name, since_seq).addCallbacks(document, lambda f: _unavailable(f))
 
     def engine_up(self) -> bool:
-        return self.pubsub is not None
+        return self.pubsub is not None and self.store.connected()
 
     def engine_state(self) -> dict[str, Any]:
-        # "down" while the pub/sub connection is away; /healthz stays 200
-        # (a Redis blip must not empty a load balancer of every process).
-        return {"engine": "redis", "redis": "up" if self.pubsub is not None else "down"}
+        # "down" while either connection is away (pub/sub delivers, the
+        # command one publishes and reads); /healthz stays 200 (a Redis
+        # blip must not empty a load balancer of every process).
+        pubsub = self.pubsub is not None
+        commands = self.store.connected()
+        return {
+            "engine": "redis",
+            "redis": "up" if pubsub and commands else "down",
+            "redis_pubsub": "up" if pubsub else "down",
+            "redis_commands": "up" if commands else "down",
+        }
 
     def expire(self) -> None:
         # Redis bounds history itself (MAXLEN, PEXPIRE); keys expire there.
@@ -572,8 +580,12 @@ class _KeepTrying:
     """
 
     def stopTrying(self) -> Any:
-        log.warn("Redis refused the connection's login or database; trying again")
         return defer.succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        # txredisapi fails a Deferred nobody holds here (a lazy factory's),
+        # which surfaces later as an unhandled error: say it once, plainly.
+        log.warn("{why}; trying again", why=why)
 
 
 class _CommandFactory(_KeepTrying, txredisapi.RedisFactory):  # type: ignore[misc]
@@ -794,6 +806,8 @@ class RedisConnections(Service):
         self.commands = factory.handler
         self._command_factory = factory
         self.broker.store.redis = self.commands
+        # Commands fail at once while this connection is down.
+        self.broker.store.connected = lambda: factory.size > 0
         self.pubsub = pubsub_factory(self.broker)
         self.pubsub.password = address.password
         self.pubsub.username = address.username

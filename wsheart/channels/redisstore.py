@@ -30,6 +30,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import txredisapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
@@ -142,6 +143,9 @@ class RedisStore:
         # Told the seconds each command took, or None when it failed
         # (timed out, connection gone): the engine's latency metric.
         self.observe: Callable[[Optional[float]], None] = lambda seconds: None
+        # Whether the command connection is up (RedisConnections tells);
+        # unknown counts as up, and commands wait for their timeout.
+        self.connected: Callable[[], bool] = lambda: True
 
     def key(self, channel: str, part: str = "") -> str:
         base = f"{self.prefix}:{{{channel}}}"
@@ -164,7 +168,7 @@ class RedisStore:
             int(settings.key_lifetime) + 1 if idempotency_key is not None else "",
             int(self.clock.seconds() * 1000),
         ]
-        d = self._bounded(self.redis.eval(PUBLISH_SCRIPT, keys, args))
+        d = self.command(lambda: self.redis.eval(PUBLISH_SCRIPT, keys, args))
         return d.addCallback(lambda r: Published(Position(_text(r[1]), int(r[0])), bool(int(r[2]))))
 
     def read(
@@ -179,7 +183,7 @@ class RedisStore:
         keys = [self.key(channel, "m"), self.key(channel, "h")]
         fresh = [secrets.token_hex(6), META_TTL_SECONDS] if start_epoch else ["", ""]
         count = max(1, self.settings.history_size) if entries else 0
-        d = self._bounded(self.redis.eval(READ_SCRIPT, keys, [since_seq, count, *fresh]))
+        d = self.command(lambda: self.redis.eval(READ_SCRIPT, keys, [since_seq, count, *fresh]))
         return d.addCallback(self._history)
 
     def _history(self, reply: Any) -> HistoryRead:
@@ -192,6 +196,19 @@ class RedisStore:
                 continue  # older than the history age: gone for recovery
             entries.append((int(_text(entry_id).split("-")[0]), _text(values["d"])))
         return HistoryRead(_text(epoch) if epoch else None, int(seq), tuple(entries))
+
+    def command(self, issue: Callable[[], "defer.Deferred[Any]"]) -> "defer.Deferred[Any]":
+        """
+        Send a command (C{issue} sends it), bounded by the timeout.  While
+        the command connection is known to be down it fails at once, as
+        Redis being unreachable (a 503 for clients), instead of waiting out
+        the timeout in txredisapi's queue - and being sent later, when the
+        caller has long been told it failed.
+        """
+        if not self.connected():
+            self.observe(None)
+            return defer.fail(txredisapi.ConnectionError("Redis not connected"))
+        return self._bounded(issue())
 
     def _bounded(self, d: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
         started = self.clock.seconds()
@@ -273,19 +290,19 @@ class RedisPresence:
 
     def join(self, channel: str, connection_id: str, client_json: str) -> "defer.Deferred[bool]":
         keys = [self.store.key(channel, "p"), self._node_channels(self.node)]
-        d = self.store._bounded(self.store.redis.eval(JOIN_SCRIPT, keys, [connection_id, client_json, self.store.key(channel), channel]))
+        d = self.store.command(lambda: self.store.redis.eval(JOIN_SCRIPT, keys, [connection_id, client_json, self.store.key(channel), channel]))
         return d.addCallback(lambda new: int(new) == 1)
 
     def leave(self, channel: str, connection_id: str) -> "defer.Deferred[bool]":
         keys = [self.store.key(channel, "p")]
-        d = self.store._bounded(self.store.redis.eval(LEAVE_SCRIPT, keys, [connection_id, self.store.key(channel)]))
+        d = self.store.command(lambda: self.store.redis.eval(LEAVE_SCRIPT, keys, [connection_id, self.store.key(channel)]))
         return d.addCallback(lambda left: int(left) == 1)
 
     def members(self, channel: str) -> "defer.Deferred[list[str]]":
         """
         The members' client JSON, in no particular order.
         """
-        d = self.store._bounded(self.store.redis.execute_command("HVALS", self.store.key(channel, "p")))
+        d = self.store.command(lambda: self.store.redis.execute_command("HVALS", self.store.key(channel, "p")))
         return d.addCallback(lambda values: [_text(v) for v in values or ()])
 
     def beat(self) -> "defer.Deferred[Any]":
@@ -294,10 +311,13 @@ class RedisPresence:
         """
         nodes = f"{self.store.prefix}:nodes"
         now = self.store.clock.seconds()
-        d = self.store._bounded(self.store.redis.execute_command("ZADD", nodes, f"{now:.3f}", self.node))
-        d.addCallback(lambda _: self.store._bounded(
-            self.store.redis.execute_command("ZRANGEBYSCORE", nodes, "-inf", f"{now - self.dead_after:.3f}")))  # fmt: skip
+        d = self.store.command(lambda: self.store.redis.execute_command("ZADD", nodes, f"{now:.3f}", self.node))
+        d.addCallback(lambda _: self.store.command(
+            lambda: self.store.redis.execute_command("ZRANGEBYSCORE", nodes, "-inf", f"{now - self.dead_after:.3f}")))  # fmt: skip
         return d.addCallback(self._sweep_all)
+
+    def _sweep(self, keys: list[str], args: list[str]) -> "defer.Deferred[Any]":
+        return self.store.command(lambda: self.store.redis.eval(SWEEP_SCRIPT, keys, args))
 
     def _sweep_all(self, dead: Any) -> "defer.Deferred[Any]":
         sweeps = []
@@ -305,5 +325,5 @@ class RedisPresence:
             node = _text(node)
             keys = [f"{self.store.prefix}:nodes", self._node_channels(node)]
             args = [node, f"{self.store.prefix}:{{", f"{node}."]
-            sweeps.append(self.store._bounded(self.store.redis.eval(SWEEP_SCRIPT, keys, args)))
+            sweeps.append(self._sweep(keys, args))
         return defer.gatherResults(sweeps, consumeErrors=True)
