@@ -31,8 +31,8 @@ No client offers ALPN.
 wsheart: `twistd --reactor wsheart -n --pidfile= wsheart --tls-endpoint
 tcp:PORT:interface=127.0.0.1 --tls-key KEY --tls-cert CERT`, heartbeat
 10 s / 5 s / 2 missed (run.py's S3/S4), from a copy of the checkout taken
-at start (run.py's snapshot) through PYTHONPATH.  Node: peers/ws_tls_server.js
-(https.createServer + ws, the heartbeat of peers/ws_server.js, 10 s).
+at start (run.py's snapshot) through PYTHONPATH.  Node: peers/ws_server.js
+with --key/--cert (https.createServer + ws, its heartbeat, 10 s).
 Servers on CPU 0, clients on CPU 1, 127.0.0.1 only, every process stopped
 by its pid, every wait bounded.
 
@@ -509,7 +509,7 @@ def server_cmd(ctx: bench_run.Context, kind: str, tls: bool, port: int, certs: d
         cmd[i:i + 2] = ["--tls-endpoint", f"tcp:{port}:interface=127.0.0.1",
                         "--tls-key", certs["key"], "--tls-cert", certs["cert"]]
         return cmd, kw
-    return [shutil.which("node") or "node", str(BENCH / "peers" / "ws_tls_server.js"), "--port", str(port),
+    return [shutil.which("node") or "node", str(BENCH / "peers" / "ws_server.js"), "--port", str(port),
             "--ping-interval", str(HB[0]), "--key", certs["key"], "--cert", certs["cert"]], {}
 
 
