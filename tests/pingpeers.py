@@ -8,9 +8,11 @@ handler that works on them, read by the server in one go, just after it
 sent a round of pings).  Prints
 "ready N" when all are open, then runs until its standard input closes or
 LIMIT seconds pass; prints "closed I CODE" for each connection the server
-closes.
+closes.  With DELAY, every answer (a pong, and the chatty ones' burst after
+it) leaves DELAY seconds after its ping came, as over a network: pongs are
+always in flight somewhere, so some land while the server is busy.
 
-    python tests/pingpeers.py PORT COUNT FROZEN CHATTY LIMIT
+    python tests/pingpeers.py PORT COUNT FROZEN CHATTY LIMIT [DELAY]
 
 Its own minimal client on asyncio (masked frames, no extensions), so that
 it stays fast at hundreds of connections and never depends on wsheart.
@@ -24,7 +26,9 @@ import os
 import sys
 
 
-async def peer(index: int, port: int, frozen: bool, chatty: bool, opened: asyncio.Event, counter: list[int], total: int) -> None:
+async def peer(
+    index: int, port: int, frozen: bool, chatty: bool, opened: asyncio.Event, counter: list[int], total: int, delay: float
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
@@ -53,9 +57,13 @@ async def peer(index: int, port: int, frozen: bool, chatty: bool, opened: asynci
             if opcode == 0x9 and not frozen:
                 mask = os.urandom(4)
                 masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-                writer.write(bytes((0x8A, 0x80 | len(payload))) + mask + masked)
+                answer = bytes((0x8A, 0x80 | len(payload))) + mask + masked
                 if chatty and opened.is_set():
-                    writer.write(burst)
+                    answer += burst
+                if delay:
+                    asyncio.get_running_loop().call_later(delay, send_unless_closed, writer, answer)
+                else:
+                    writer.write(answer)
             elif opcode == 0x8:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 print(f"closed {index} {code}", flush=True)
@@ -65,13 +73,19 @@ async def peer(index: int, port: int, frozen: bool, chatty: bool, opened: asynci
         print(f"closed {index} 1006", flush=True)
 
 
+def send_unless_closed(writer: asyncio.StreamWriter, data: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(data)
+
+
 async def main() -> None:
     port, count, frozen, chatty = (int(a) for a in sys.argv[1:5])
     limit = float(sys.argv[5])
+    delay = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
     opened = asyncio.Event()
     counter = [0]
     tasks = [
-        asyncio.ensure_future(peer(i, port, i < frozen, frozen <= i < frozen + chatty, opened, counter, count))
+        asyncio.ensure_future(peer(i, port, i < frozen, frozen <= i < frozen + chatty, opened, counter, count, delay))
         for i in range(count)
     ]
     await asyncio.wait_for(opened.wait(), timeout=limit)
