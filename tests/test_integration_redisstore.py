@@ -14,8 +14,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
-from wsheart.channels.broker import ChannelSettings
-from wsheart.channels.redisstore import RedisStore
+from wsheart.channels.broker import ChannelSettings, Position
+from wsheart.channels.redisstore import RedisPresence, RedisStore
 
 from .loopback import RedisServer, async_test, sleep, wait_until
 
@@ -143,3 +143,124 @@ class StoreTests(unittest.TestCase):
         with self.assertRaises(defer.TimeoutError):
             await store.publish("news", "1")
         self.assertLess(reactor.seconds() - started, 2)
+
+    @async_test
+    async def test_redis_behind_the_floor_starts_a_new_epoch(self) -> None:
+        """
+        Redis restored from an older snapshot: the channel's seq went back
+        from 5 to 2 under the same epoch.  A publish or read that brings
+        the highest position its process has seen (the floor, 5) starts a
+        new epoch instead of handing out 3, 4 and 5 a second time (it
+        did: seq 301 went back to 150 and 151 positions were acknowledged
+        twice); a floor Redis is not behind changes nothing.
+        """
+        store = await self.connect()
+        for i in range(5):
+            last = (await store.publish("news", str(i))).position
+        self.assertFalse((await store.publish("news", "6", floor=last)).rolled_back, "Redis ahead of the floor")
+        floor = Position(last.epoch, 6)
+        # What restoring a snapshot taken at seq 2 leaves.
+        await self.redis.execute_command("HSET", store.key("news", "m"), "s", "2")
+        await self.redis.execute_command("XTRIM", store.key("news", "h"), "MINID", "0-0")
+        published = await store.publish("news", '"after the restore"', floor=floor)
+        self.assertTrue(published.rolled_back)
+        self.assertNotEqual(published.position.epoch, last.epoch)
+        self.assertEqual(published.position.seq, 1)
+        self.assertEqual((await store.read("news", 0)).entries, ((1, '"after the restore"'),))
+        # The same found by a read (a process listening again after Redis restarted).
+        await self.redis.execute_command("HSET", store.key("other", "m"), "e", "old", "s", "2")
+        read = await store.read("other", 0, start_epoch=True, entries=False, floor=Position("old", 9))
+        self.assertTrue(read.rolled_back)
+        self.assertNotIn(read.epoch, (None, "old"))
+        self.assertEqual(read.seq, 0)
+        self.assertFalse((await store.read("other", 0, floor=Position("old", 9))).rolled_back, "a new epoch: the floor is stale")
+
+    @async_test
+    async def test_keys_expire_with_the_history_age(self) -> None:
+        """
+        A channel's meta key lives as long as its history (at least the
+        60 s of an idempotency key), not a day: a channel only subscribed
+        to, or published to once, leaves nothing after that.  An
+        idempotency key lives at least its promised 60 s.
+        """
+        store = await self.connect(ChannelSettings(history_age=120))
+        await store.read("quiet", 0, start_epoch=True, entries=False)
+        await store.publish("news", "1", idempotency_key="k")
+        for key in (store.key("quiet", "m"), store.key("news", "m"), store.key("news", "h")):
+            ttl = await self.redis.execute_command("TTL", key)
+            self.assertTrue(115 <= int(ttl) <= 122, (key, ttl))
+        self.assertGreaterEqual(int(await self.redis.execute_command("PTTL", store.key("news", "i:k"))), 60_000)
+        short = RedisStore(self.redis, reactor, ChannelSettings(history_age=5), prefix="s")
+        await short.publish("news", "1", idempotency_key="k")
+        self.assertTrue(59 <= int(await self.redis.execute_command("TTL", short.key("news", "m"))) <= 61)
+        self.assertGreaterEqual(int(await self.redis.execute_command("PTTL", short.key("news", "i:k"))), 60_000)
+
+
+class PresenceKeysTests(unittest.TestCase):
+    """
+    L{RedisPresence}'s keys: they shrink as members leave and expire unless
+    a live process refreshes them; a paused process is not swept once it
+    beats again, and learns when it was.
+    """
+
+    timeout = 30
+
+    async def presence(self, node: str = "a", dead_after: float = 10.0) -> RedisPresence:
+        if not hasattr(self, "server"):
+            self.server = RedisServer(self)
+            self.redis = await txredisapi.Connection("127.0.0.1", self.server.port, reconnect=False, convertNumbers=False)
+            self.addCleanup(self.redis.disconnect)
+        return RedisPresence(RedisStore(self.redis, reactor, ChannelSettings(), prefix="t"), node, dead_after)
+
+    @async_test
+    async def test_the_channel_set_shrinks_and_keys_expire(self) -> None:
+        """
+        A process's channel set loses a channel with its last member there
+        (it grew by every channel ever joined, with no TTL); presence keys
+        carry a TTL that the process's beat renews, with the meta keys of
+        its channels (only lengthened, never created).
+        """
+        presence = await self.presence()
+        await presence.join("room", "a.1", '{"id":"a.1"}')
+        await presence.join("room", "a.2", '{"id":"a.2"}')
+        await presence.join("hall", "a.1", '{"id":"a.1"}')
+        channels = "t:node:a:ch"
+        for key in (channels, "t:{room}:p"):
+            self.assertEqual(int(await self.redis.execute_command("TTL", key)), presence.key_ttl)
+        await presence.leave("room", "a.1", last=False)
+        self.assertEqual(sorted(await self.redis.smembers(channels)), ["hall", "room"])
+        await presence.leave("room", "a.2", last=True)
+        self.assertEqual(list(await self.redis.smembers(channels)), ["hall"], "left by its last member here")
+        # Refreshed: presence and the process's set, and a meta key only lengthened.
+        await self.redis.execute_command("EXPIRE", "t:{hall}:p", 5)
+        await self.redis.execute_command("HSET", "t:{hall}:m", "e", "x", "s", 1)
+        await self.redis.execute_command("EXPIRE", "t:{hall}:m", 5)
+        await presence.refresh(["hall", "gone"])
+        self.assertEqual(int(await self.redis.execute_command("TTL", "t:{hall}:p")), presence.key_ttl)
+        self.assertGreaterEqual(int(await self.redis.execute_command("TTL", "t:{hall}:m")), 60)
+        self.assertEqual(int(await self.redis.execute_command("EXISTS", "t:{gone}:m")), 0, "no epoch made up")
+
+    @async_test
+    async def test_a_paused_process_is_not_swept_once_it_beats_and_learns_it_was(self) -> None:
+        """
+        A sweep of a process that beat again since it was found silent
+        does nothing; one that was swept learns it from its next beat
+        (which fires True), so that it registers its members again.
+        """
+        a = await self.presence("a", dead_after=0.3)
+        b = await self.presence("b", dead_after=0.3)
+        self.assertTrue(await a.beat(), "the first beat: not in Redis yet")
+        self.assertFalse(await a.beat())
+        await a.join("room", "a.1", '{"id":"a.1"}')
+        await sleep(0.4)
+        # B found A silent, but A beats before B's sweep runs: A stays.
+        silent = await self.redis.execute_command("ZRANGEBYSCORE", "t:nodes", "-inf", f"{reactor.seconds() - 0.3:.3f}")
+        self.assertEqual(silent, ["a"])
+        await a.beat()
+        await b._sweep_all(silent, f"{reactor.seconds() - 0.3:.3f}")
+        self.assertEqual(list(await self.redis.hkeys("t:{room}:p")), ["a.1"])
+        # Silent past the bound and swept: A's next beat says it was missing.
+        await sleep(0.4)
+        await b.beat()
+        self.assertEqual(list(await self.redis.hkeys("t:{room}:p")), [])
+        self.assertTrue(await a.beat())

@@ -24,6 +24,7 @@ dies are announced gone by the others within the heartbeat bound.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -47,7 +48,7 @@ from wsheart.channels.broker import (
     message_head,
     utf8_length,
 )
-from wsheart.channels.redisstore import HistoryRead, RedisPresence, RedisStore
+from wsheart.channels.redisstore import HistoryRead, Published, RedisPresence, RedisStore
 from wsheart.frames import send_to_all
 from wsheart.hub import IConnection
 
@@ -59,6 +60,9 @@ RETRY_AFTER_SECONDS = 2
 # How soon a process tries again to listen to a channel after a reconnect
 # whose catch-up failed.
 RELISTEN_SECONDS = 1.0
+# Channels without a local subscriber whose last position a process keeps
+# (about 150 B each), to find a Redis that lost acknowledged messages.
+MAX_FLOORS = 65536
 
 
 class EngineUnavailable(ChannelError):
@@ -111,6 +115,15 @@ class RedisBroker(Broker):
         self._acks: dict[str, list[tuple[Position, "defer.Deferred[Position]"]]] = {}
         # Gaps that could not be filled, each told to the channel's subscribers.
         self.gaps_told_total = 0
+        # The highest position this process has seen on channels it no
+        # longer (or never) listens to: its publishes' acknowledgements and
+        # what it delivered before its last subscriber left.  With the live
+        # channels' positions, these are the floors Redis's scripts check
+        # (L{RedisStore.publish}): a Redis behind one lost messages that
+        # were acknowledged, and the channel starts a new epoch.
+        self._floors: OrderedDict[str, Position] = OrderedDict()
+        # Channels found behind their floor (a new epoch each).
+        self.rollbacks_total = 0
 
     # -- pub/sub connection ------------------------------------------------------
 
@@ -145,6 +158,39 @@ class RedisBroker(Broker):
         if self.pubsub is protocol:
             self.pubsub = None
 
+    # -- floors: positions Redis must not be behind ------------------------------
+
+    def floor(self, name: str) -> Optional[Position]:
+        """
+        The highest position of C{name} this process has seen, if any.
+        """
+        channel = self._channels.get(name)
+        listening = self._listening.get(name)
+        if channel is not None and listening is not None and listening.ready and channel.seq > 0:
+            return channel.position()
+        return self._floors.get(name)
+
+    def _raise_floor(self, name: str, position: Position) -> None:
+        known = self._floors.get(name)
+        if known is None or known.epoch != position.epoch or known.seq < position.seq:
+            self._floors[name] = position
+        self._floors.move_to_end(name)
+        if len(self._floors) > MAX_FLOORS:
+            self._floors.popitem(last=False)
+
+    def _rolled_back(self, name: str, floor: Optional[Position], epoch: str) -> None:
+        self.rollbacks_total += 1
+        self._floors.pop(name, None)
+        log.error(
+            "channel {channel}: Redis lost acknowledged messages (it is behind {floor_epoch}/{floor_seq}: "
+            "restored from an older snapshot, or a lagging replica took over); the channel goes on in "
+            "a new epoch {epoch} and its subscribers are told",
+            channel=name,
+            floor_epoch=floor.epoch if floor else None,
+            floor_seq=floor.seq if floor else None,
+            epoch=epoch,
+        )
+
     def announced(self, channel_key: Any, message: Any) -> None:
         """
         A message from pub/sub: C{"m" EPOCH ":" SEQ ":" DATA}, or a join
@@ -177,8 +223,38 @@ class RedisBroker(Broker):
         if op == "join":
             d = presence.join(channel.name, who.connection_id, encode(who.client()))
         else:
-            d = presence.leave(channel.name, who.connection_id)
+            # The leaver is out of channel.subscribers already.
+            d = presence.leave(channel.name, who.connection_id, last=not channel.subscribers)
         d.addErrback(self._log_failure, f"presence {op} on {{channel}}", channel.name)
+
+    def rejoin(self) -> int:
+        """
+        Register every local member in Redis again: Redis lost them (it
+        came back empty) or another process swept them (this one was
+        paused past the bound).  Members Redis still has are not announced
+        again.  Returns how many were sent.
+        """
+        presence = self.shared_presence
+        if presence is None:
+            return 0
+        sent = 0
+        for channel in list(self._channels.values()):
+            if not self.settings.presence_events(channel.name):
+                continue
+            for who in list(channel.subscribers.values()):
+                presence.join(channel.name, who.connection_id, encode(who.client())).addErrback(
+                    self._log_failure, "presence join again on {channel}", channel.name
+                )
+                sent += 1
+        if sent:
+            log.info("presence: registered {count} local members again (Redis had lost them)", count=sent)
+        return sent
+
+    def local_channels(self) -> list[str]:
+        """
+        The channels this process has subscribers in.
+        """
+        return list(self._channels)
 
     def _presence_announced(self, name: str, op: str, client_json: str) -> None:
         channel = self._channels.get(name)
@@ -291,6 +367,9 @@ class RedisBroker(Broker):
         """
 
         def filled(read: HistoryRead) -> None:
+            if read.rolled_back:
+                self._rolled_back(name, floor, read.epoch or "")
+                self._restart(channel, read.epoch or "", 0, "Redis lost messages")
             if read.epoch == channel.epoch:
                 entries = [(seq, data_json) for seq, data_json in read.entries if seq > channel.seq]
                 if entries and entries[0][0] > channel.seq + 1:
@@ -313,7 +392,8 @@ class RedisBroker(Broker):
             log.failure("repairing a gap on {channel}", failure, channel=name)
             self._drain_early(name, listening)
 
-        self.store.read(name, channel.seq).addCallbacks(filled, failed)
+        floor = channel.position()
+        self.store.read(name, channel.seq, floor=floor).addCallbacks(filled, failed)
 
     def _drain_early(self, name: str, listening: _Listening) -> None:
         early, listening.early = listening.early, []
@@ -349,7 +429,7 @@ class RedisBroker(Broker):
         def read_history(_: None) -> Any:
             if since is None or since.epoch != channel.epoch or since.seq >= channel.seq:
                 return None  # nothing to recover: live from the present
-            return self.store.read(channel_name, since.seq)
+            return self.store.read(channel_name, since.seq, floor=self.floor(channel_name))
 
         def answer(read: Optional[HistoryRead]) -> Any:
             def finish(members: Optional[list[str]]) -> Subscribed:
@@ -420,6 +500,8 @@ class RedisBroker(Broker):
         def position(read: HistoryRead) -> None:
             channel = self._channels.get(name)
             listening.ready = True
+            if read.rolled_back:
+                self._rolled_back(name, floor, read.epoch or "")
             if channel is not None:
                 if not listening.resume:
                     # First listen: the subscribers start at the present.
@@ -427,9 +509,10 @@ class RedisBroker(Broker):
                     channel.seq = read.seq
                 else:
                     if read.epoch is not None and read.epoch != channel.epoch:
-                        # Redis lost the channel (restarted, evicted): a new
-                        # epoch, delivered from its first message on.
-                        self._restart(channel, read.epoch, 0, "new epoch")
+                        # Redis lost the channel (restarted empty, evicted,
+                        # rolled back): a new epoch, delivered from its
+                        # first message on.
+                        self._restart(channel, read.epoch, 0, "Redis lost messages" if read.rolled_back else "new epoch")
                     if read.seq > channel.seq:
                         # Published while pub/sub was away: from history.
                         listening.repairing = True
@@ -446,8 +529,9 @@ class RedisBroker(Broker):
             for waiting in waiters:
                 waiting.errback(failure)
 
+        floor = self.floor(name) if listening.resume else self._floors.get(name)
         d = _bounded(self.pubsub.subscribe(self.store.key(name)), self.store)
-        d.addCallback(lambda _: self.store.read(name, start_epoch=True, entries=False))
+        d.addCallback(lambda _: self.store.read(name, start_epoch=True, entries=False, floor=floor))
         d.addCallbacks(position, failed)
         return waiter
 
@@ -456,6 +540,9 @@ class RedisBroker(Broker):
         # forgotten here at once, and this process stops listening to it.
         if not channel.subscribers and self._channels.get(channel.name) is channel:
             del self._channels[channel.name]
+            listening = self._listening.get(channel.name)
+            if listening is not None and listening.ready and channel.seq > 0:
+                self._raise_floor(channel.name, channel.position())
             if channel.backend:
                 self._backend_channels -= 1
             self._acks.pop(channel.name, None)  # waiting publishes answer on their timeout
@@ -481,8 +568,17 @@ class RedisBroker(Broker):
         except ChannelError as e:
             return defer.fail(e)
         self.published_total += 1
-        d: defer.Deferred[Any] = self.store.publish(channel_name, data_json, idempotency_key)
-        d.addCallbacks(lambda published: self._after_delivery(channel_name, published.position), _unavailable)
+        floor = self.floor(channel_name)
+        d: defer.Deferred[Any] = self.store.publish(channel_name, data_json, idempotency_key, floor)
+
+        def published(result: Published) -> "defer.Deferred[Position]":
+            if result.rolled_back:
+                self._rolled_back(channel_name, floor, result.position.epoch)
+            if channel_name not in self._channels and not result.duplicate:
+                self._raise_floor(channel_name, result.position)
+            return self._after_delivery(channel_name, result.position)
+
+        d.addCallbacks(published, _unavailable)
         return d
 
     def _after_delivery(self, name: str, position: Position) -> "defer.Deferred[Position]":
@@ -503,7 +599,11 @@ class RedisBroker(Broker):
         return waiter.addTimeout(self.store.timeout, self.store.clock, onTimeoutCancel=lambda result, timeout: position)
 
     def history_json(self, channel_name: str, since_seq: int = 0) -> "defer.Deferred[str]":  # type: ignore[override]
+        floor = self.floor(channel_name)
+
         def document(read: HistoryRead) -> str:
+            if read.rolled_back:
+                self._rolled_back(channel_name, floor, read.epoch or "")
             head = {
                 "channel": channel_name,
                 "epoch": read.epoch,
@@ -513,7 +613,8 @@ class RedisBroker(Broker):
             messages = ",".join('{"seq":' + str(seq) + ',"data":' + data + "}" for seq, data in read.entries)
             return encode(head)[:-1] + ',"messages":[' + messages + "]}"
 
-        return self.store.read(channel_name, since_seq).addCallbacks(document, lambda f: _unavailable(f))
+        read = self.store.read(channel_name, since_seq, floor=floor)
+        return read.addCallbacks(document, lambda f: _unavailable(f))
 
     def engine_up(self) -> bool:
         return self.pubsub is not None and self.store.connected()
@@ -574,10 +675,32 @@ class _KeepTrying:
     there, which left the engine down for ever after Redis answered a
     reconnect with an error for a moment (at C{maxclients}, during a
     password rotation, while loading).  Here the connection is closed and
-    tried again on the factory's backoff (1 s growing to 10 s, jittered),
-    until the daemon stops (L{RedisConnections.stopService} disconnects the
-    factory, which needs no C{stopTrying}).
+    tried again on the factory's backoff, until the daemon stops
+    (L{RedisConnections.stopService} disconnects the factory, which needs
+    no C{stopTrying}).
+
+    The backoff is short and bounded the same for every process (0.25 s
+    doubling to 2 s, 10 % jitter), so that after Redis restarts all the
+    processes are back within about two seconds of each other: with
+    txredisapi's 1 s growing to 10 s they came back up to 8 s apart, and
+    a subscriber of a late process could be told its history was lost
+    while Redis still held it.  A few processes retrying every 2 s cost
+    Redis nothing.
+
+    C{on_ready}, when set, is called with each connection that is ready
+    (logged in, database selected).
     """
+
+    initialDelay = 0.25
+    factor = 2.0
+    maxDelay = 2.0
+    jitter = 0.1
+    on_ready: Any = None
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)  # type: ignore[misc]
+        if self.on_ready is not None and conn.connected:
+            self.on_ready(conn)
 
     def stopTrying(self) -> Any:
         return defer.succeed(None)
@@ -802,6 +925,10 @@ class RedisConnections(Service):
         # One endpoint for both connections: with Sentinel, one set of
         # connections to the Sentinels asks for the master.
         self._endpoint = address.endpoint(self.reactor)
+        # Back on the command connection: beat at once, so that members
+        # Redis lost (it restarted empty) are registered again now rather
+        # than at the next beat.
+        factory.on_ready = lambda conn: self._beat_once() if self.running else None
         factory.startConnecting(self._endpoint)
         self.commands = factory.handler
         self._command_factory = factory
@@ -819,12 +946,27 @@ class RedisConnections(Service):
 
             self._beat = LoopingCall(self._beat_once)
             self._beat.clock = self.reactor
-            self._beat.start(self.beat_interval, now=True)
+            # The first beat is the command connection's: on_ready above.
+            self._beat.start(self.beat_interval, now=False)
 
     def _beat_once(self) -> None:
+        """
+        This process's presence heartbeat: beat (and sweep the dead),
+        register its members again if Redis had lost them, and keep its
+        channels' keys alive.
+        """
         presence = self.broker.shared_presence
-        if presence is not None:
-            presence.beat().addErrback(lambda f: log.warn("presence heartbeat failed: {why}", why=f.getErrorMessage()))
+        if presence is None:
+            return
+
+        def beaten(missing: bool) -> Any:
+            if missing:
+                self.broker.rejoin()
+            return presence.refresh(self.broker.local_channels())
+
+        presence.beat().addCallback(beaten).addErrback(
+            lambda f: log.warn("presence heartbeat failed: {why}", why=f.getErrorMessage())
+        )
 
     def stopService(self) -> Any:
         super().stopService()

@@ -39,17 +39,29 @@ from wsheart.channels.broker import ChannelSettings, Position
 # KEYS: meta, history, idempotency (or the meta key again when there is no
 # idempotency key: Redis Cluster wants every key declared).
 # ARGV: data JSON, history size, history age (ms), meta TTL (s), a fresh
-# epoch, the pub/sub channel, idempotency TTL (s, "" without a key), now (ms).
-# Returns {seq, epoch, 1 if it answered a retry}.
+# epoch, the pub/sub channel, idempotency TTL (s, "" without a key), now (ms),
+# and the floor: the epoch and the highest seq this process has seen
+# acknowledged or delivered on the channel ("" and 0 when it knows none).
+# Returns {seq, epoch, 1 if it answered a retry, 1 if it found Redis behind
+# the floor and started a new epoch}.
 PUBLISH_SCRIPT = """
 if ARGV[7] ~= '' then
   local done = redis.call('hmget', KEYS[3], 'e', 's')
-  if done[1] then return {tonumber(done[2]), done[1], 1} end
+  if done[1] then return {tonumber(done[2]), done[1], 1, 0} end
 end
-local epoch = redis.call('hget', KEYS[1], 'e')
+local meta = redis.call('hmget', KEYS[1], 'e', 's')
+local epoch = meta[1]
+local rolled = 0
+if epoch and epoch == ARGV[9] and tonumber(meta[2] or '0') < tonumber(ARGV[10]) then
+  -- Redis lost writes it had acknowledged (restored from an older
+  -- snapshot, or a replica that lagged took over): the positions after
+  -- its seq were handed out already, so they start again in a new epoch.
+  epoch = nil
+  rolled = 1
+end
 if not epoch then
   epoch = ARGV[5]
-  redis.call('hset', KEYS[1], 'e', epoch)
+  redis.call('hset', KEYS[1], 'e', epoch, 's', 0)
 end
 local seq = redis.call('hincrby', KEYS[1], 's', 1)
 redis.call('expire', KEYS[1], ARGV[4])
@@ -66,20 +78,28 @@ if ARGV[7] ~= '' then
   redis.call('expire', KEYS[3], ARGV[7])
 end
 redis.call('publish', ARGV[6], 'm' .. epoch .. ':' .. seq .. ':' .. ARGV[1])
-return {seq, epoch, 0}
+return {seq, epoch, 0, rolled}
 """
 
 # KEYS: meta, history.  ARGV: the seq to read after, at most how many (0:
-# the position only), a
-# fresh epoch and the meta TTL (s) when the channel has none yet ("" to read
-# only).  Returns {epoch or false, last seq, entries}: one read, so the
-# position and the entries agree.
+# the position only), a fresh epoch, the meta TTL (s), whether to give a
+# channel without one its epoch now ("1" or ""), and the floor (as for a
+# publish).  Returns {epoch or false, last seq, entries, 1 if it found Redis
+# behind the floor}: one read, so the position and the entries agree.
 READ_SCRIPT = """
 local meta = redis.call('hmget', KEYS[1], 'e', 's')
-if not meta[1] and ARGV[3] ~= '' then
+local rolled = 0
+if meta[1] and meta[1] == ARGV[6] and tonumber(meta[2] or '0') < tonumber(ARGV[7]) then
+  -- Redis lost acknowledged writes (see the publish script): a new
+  -- epoch, and its history, which belongs to the old one, dropped.
+  redis.call('del', KEYS[1], KEYS[2])
+  meta = {false, false}
+  rolled = 1
+end
+if not meta[1] and (ARGV[5] ~= '' or rolled == 1) then
   -- A subscriber comes first: the epoch it is told is the one the first
   -- publish will keep.
-  redis.call('hset', KEYS[1], 'e', ARGV[3])
+  redis.call('hset', KEYS[1], 'e', ARGV[3], 's', 0)
   redis.call('expire', KEYS[1], ARGV[4])
   meta[1] = ARGV[3]
 end
@@ -87,18 +107,30 @@ local entries = {}
 if tonumber(ARGV[2]) > 0 then
   entries = redis.call('xrange', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
 end
-return {meta[1], tonumber(meta[2] or '0'), entries}
+return {meta[1], tonumber(meta[2] or '0'), entries, rolled}
 """
 
-# Channel meta outlives any history: long enough that a quiet channel keeps
-# its epoch (and its clients' positions stay meaningful) for a day.
-META_TTL_SECONDS = 24 * 3600
+
+def meta_ttl(settings: ChannelSettings) -> int:
+    """
+    Seconds a channel's meta key (its epoch and seq) lives after its last
+    publish: as long as its history and its idempotency keys, so that a
+    channel with neither history nor subscribers leaves nothing in Redis
+    after the history age (at least 60 s).  The processes that listen to a
+    channel keep its meta alive while it has subscribers
+    (L{RedisPresence.refresh}), so their positions stay meaningful however
+    quiet the channel is.
+    """
+    return int(settings.key_lifetime) + 1
 
 
 @dataclass(frozen=True)
 class Published:
     position: Position
     duplicate: bool  # answered a retried idempotency key, published nothing
+    # Redis was found behind the floor (it lost acknowledged messages) and
+    # the channel started a new epoch with this publish.
+    rolled_back: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +143,8 @@ class HistoryRead:
     epoch: Optional[str]
     seq: int
     entries: tuple[tuple[int, str], ...]
+    # Redis was found behind the floor: the channel has a new epoch.
+    rolled_back: bool = False
 
     def oldest(self) -> int:
         return self.entries[0][0] if self.entries else self.seq + 1
@@ -151,9 +185,15 @@ class RedisStore:
         base = f"{self.prefix}:{{{channel}}}"
         return f"{base}:{part}" if part else base
 
-    def publish(self, channel: str, data_json: str, idempotency_key: Optional[str] = None) -> "defer.Deferred[Published]":
+    def publish(
+        self, channel: str, data_json: str, idempotency_key: Optional[str] = None, floor: Optional[Position] = None
+    ) -> "defer.Deferred[Published]":
         """
-        Publish C{data_json} (already validated) on C{channel}.
+        Publish C{data_json} (already validated) on C{channel}.  C{floor}:
+        the highest position of the channel this process has seen; Redis
+        behind it under the same epoch lost acknowledged messages, and the
+        channel starts a new epoch rather than hand their positions out a
+        second time.
         """
         settings = self.settings
         keys = [self.key(channel, "m"), self.key(channel, "h")]
@@ -162,32 +202,38 @@ class RedisStore:
             data_json,
             settings.history_size,
             int(settings.history_age * 1000),
-            META_TTL_SECONDS,
+            meta_ttl(settings),
             secrets.token_hex(6),
             self.key(channel),
             int(settings.key_lifetime) + 1 if idempotency_key is not None else "",
             int(self.clock.seconds() * 1000),
+            *_floor_args(floor),
         ]
         d = self.command(lambda: self.redis.eval(PUBLISH_SCRIPT, keys, args))
-        return d.addCallback(lambda r: Published(Position(_text(r[1]), int(r[0])), bool(int(r[2]))))
+        return d.addCallback(lambda r: Published(Position(_text(r[1]), int(r[0])), bool(int(r[2])), bool(int(r[3]))))
 
     def read(
-        self, channel: str, since_seq: int = 0, start_epoch: bool = False, entries: bool = True
+        self,
+        channel: str,
+        since_seq: int = 0,
+        start_epoch: bool = False,
+        entries: bool = True,
+        floor: Optional[Position] = None,
     ) -> "defer.Deferred[HistoryRead]":
         """
         The channel's position and (with C{entries}) its history after
         C{since_seq}, less what is older than the history age.
         C{start_epoch}: give a channel that has none its epoch now (a
-        subscriber's first read).
+        subscriber's first read).  C{floor}: as for L{publish}.
         """
         keys = [self.key(channel, "m"), self.key(channel, "h")]
-        fresh = [secrets.token_hex(6), META_TTL_SECONDS] if start_epoch else ["", ""]
         count = max(1, self.settings.history_size) if entries else 0
-        d = self.command(lambda: self.redis.eval(READ_SCRIPT, keys, [since_seq, count, *fresh]))
+        args = [since_seq, count, secrets.token_hex(6), meta_ttl(self.settings), "1" if start_epoch else "", *_floor_args(floor)]
+        d = self.command(lambda: self.redis.eval(READ_SCRIPT, keys, args))
         return d.addCallback(self._history)
 
     def _history(self, reply: Any) -> HistoryRead:
-        epoch, seq, raw_entries = reply
+        epoch, seq, raw_entries, rolled_back = reply
         horizon = (self.clock.seconds() - self.settings.history_age) * 1000
         entries = []
         for entry_id, fields in raw_entries or ():
@@ -195,7 +241,7 @@ class RedisStore:
             if float(values["t"]) < horizon:
                 continue  # older than the history age: gone for recovery
             entries.append((int(_text(entry_id).split("-")[0]), _text(values["d"])))
-        return HistoryRead(_text(epoch) if epoch else None, int(seq), tuple(entries))
+        return HistoryRead(_text(epoch) if epoch else None, int(seq), tuple(entries), bool(int(rolled_back)))
 
     def command(self, issue: Callable[[], "defer.Deferred[Any]"]) -> "defer.Deferred[Any]":
         """
@@ -224,6 +270,10 @@ class RedisStore:
         return d.addTimeout(self.timeout, self.clock).addCallbacks(took, failed)
 
 
+def _floor_args(floor: Optional[Position]) -> list[Any]:
+    return [floor.epoch, floor.seq] if floor is not None and floor.epoch else ["", 0]
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -231,18 +281,27 @@ def _text(value: Any) -> str:
 # Presence: one hash per channel, connection id -> the client's JSON, and
 # one set per process of the channels where it has members (so that the
 # members of a process that died can be found and announced gone).
+# Both expire (ARGV: their TTL) unless the processes that have members there
+# keep refreshing them (L{REFRESH_SCRIPT}), so a deployment whose processes
+# all stopped leaves nothing behind.
 # KEYS: presence hash, the process's channel set.  ARGV: connection id,
-# client JSON, pub/sub channel, channel name.  Returns 1 for a new member.
+# client JSON, pub/sub channel, channel name, TTL (s).  Returns 1 for a new
+# member.
 JOIN_SCRIPT = """
 local new = redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[5])
 redis.call('sadd', KEYS[2], ARGV[4])
+redis.call('expire', KEYS[2], ARGV[5])
 if new == 1 then redis.call('publish', ARGV[3], 'j' .. ARGV[2]) end
 return new
 """
 
-# KEYS: presence hash.  ARGV: connection id, pub/sub channel.  Announces the
-# leave once: only the call that removed the member.
+# KEYS: presence hash, the process's channel set.  ARGV: connection id,
+# pub/sub channel, channel name, "1" when it was the process's last member
+# there (the channel leaves the process's set).  Announces the leave once:
+# only the call that removed the member.
 LEAVE_SCRIPT = """
+if ARGV[4] == '1' then redis.call('srem', KEYS[2], ARGV[3]) end
 local client = redis.call('hget', KEYS[1], ARGV[1])
 if not client then return 0 end
 redis.call('hdel', KEYS[1], ARGV[1])
@@ -250,10 +309,30 @@ redis.call('publish', ARGV[2], 'l' .. client)
 return 1
 """
 
+# A process's beat keeps what its channels need alive.  KEYS: the
+# process's channel set.  ARGV: key prefix ("PREFIX:{"), presence TTL (s),
+# meta TTL (s), then channel names.  A meta key is only lengthened (a
+# publish may have given it more), and only if it exists (an epoch is never
+# made up here).
+REFRESH_SCRIPT = """
+redis.call('expire', KEYS[1], ARGV[2])
+for i = 4, #ARGV do
+  local base = ARGV[1] .. ARGV[i] .. '}'
+  redis.call('expire', base .. ':p', ARGV[2])
+  local left = redis.call('ttl', base .. ':m')
+  if left >= 0 and left < tonumber(ARGV[3]) then redis.call('expire', base .. ':m', ARGV[3]) end
+end
+return 0
+"""
+
 # A process that stopped beating: KEYS: the node zset, its channel set.
-# ARGV: node, key prefix ("PREFIX:{"), id prefix ("NODE.").  Only the
-# caller whose ZREM removed it sweeps, so each leave is announced once.
+# ARGV: node, key prefix ("PREFIX:{"), id prefix ("NODE."), the time its
+# last beat must be older than.  Only the caller whose ZREM removed it
+# sweeps, so each leave is announced once; a process that beat again since
+# it was found silent (it was paused, not dead) is left alone.
 SWEEP_SCRIPT = """
+local last = redis.call('zscore', KEYS[1], ARGV[1])
+if not last or tonumber(last) > tonumber(ARGV[4]) then return 0 end
 if redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
 local swept = 0
 for _, channel in ipairs(redis.call('smembers', KEYS[2])) do
@@ -280,23 +359,49 @@ class RedisPresence:
     first, its members' leaves announced once.
     """
 
+    # Channels per refresh script, so one call stays short in Redis.
+    REFRESH_BATCH = 500
+
     def __init__(self, store: RedisStore, node: str, dead_after: float) -> None:
         self.store = store
         self.node = node
         self.dead_after = dead_after
+        # Presence keys outlive three sweep bounds without a refresh.
+        self.key_ttl = max(60, int(3 * dead_after) + 1)
 
     def _node_channels(self, node: str) -> str:
         return f"{self.store.prefix}:node:{node}:ch"
 
     def join(self, channel: str, connection_id: str, client_json: str) -> "defer.Deferred[bool]":
         keys = [self.store.key(channel, "p"), self._node_channels(self.node)]
-        d = self.store.command(lambda: self.store.redis.eval(JOIN_SCRIPT, keys, [connection_id, client_json, self.store.key(channel), channel]))
+        args = [connection_id, client_json, self.store.key(channel), channel, self.key_ttl]
+        d = self.store.command(lambda: self.store.redis.eval(JOIN_SCRIPT, keys, args))
         return d.addCallback(lambda new: int(new) == 1)
 
-    def leave(self, channel: str, connection_id: str) -> "defer.Deferred[bool]":
-        keys = [self.store.key(channel, "p")]
-        d = self.store.command(lambda: self.store.redis.eval(LEAVE_SCRIPT, keys, [connection_id, self.store.key(channel)]))
+    def leave(self, channel: str, connection_id: str, last: bool = False) -> "defer.Deferred[bool]":
+        """
+        C{last}: it was this process's last member of C{channel}.
+        """
+        keys = [self.store.key(channel, "p"), self._node_channels(self.node)]
+        args = [connection_id, self.store.key(channel), channel, "1" if last else ""]
+        d = self.store.command(lambda: self.store.redis.eval(LEAVE_SCRIPT, keys, args))
         return d.addCallback(lambda left: int(left) == 1)
+
+    def refresh(self, channels: list[str]) -> "defer.Deferred[Any]":
+        """
+        Keep alive the keys of the channels this process has subscribers
+        in: presence hashes, meta keys (so a quiet channel keeps its
+        epoch while anyone listens), and this process's channel set.
+        """
+        meta = max(meta_ttl(self.store.settings), self.key_ttl)
+        keys = [self._node_channels(self.node)]
+        head = [f"{self.store.prefix}:{{", self.key_ttl, meta]
+        batches = [channels[i : i + self.REFRESH_BATCH] for i in range(0, len(channels), self.REFRESH_BATCH)] or [[]]
+
+        def send(batch: list[str]) -> "defer.Deferred[Any]":
+            return self.store.command(lambda: self.store.redis.eval(REFRESH_SCRIPT, keys, [*head, *batch]))
+
+        return defer.gatherResults([send(batch) for batch in batches], consumeErrors=True)
 
     def members(self, channel: str) -> "defer.Deferred[list[str]]":
         """
@@ -305,25 +410,33 @@ class RedisPresence:
         d = self.store.command(lambda: self.store.redis.execute_command("HVALS", self.store.key(channel, "p")))
         return d.addCallback(lambda values: [_text(v) for v in values or ()])
 
-    def beat(self) -> "defer.Deferred[Any]":
+    def beat(self) -> "defer.Deferred[bool]":
         """
         This process is alive; then sweep every process that is not.
+        Fires with whether this process was missing from Redis (its first
+        beat, or it was swept while paused, or Redis came back empty): then
+        its members must be registered again.
         """
         nodes = f"{self.store.prefix}:nodes"
         now = self.store.clock.seconds()
+        threshold = f"{now - self.dead_after:.3f}"
         d = self.store.command(lambda: self.store.redis.execute_command("ZADD", nodes, f"{now:.3f}", self.node))
-        d.addCallback(lambda _: self.store.command(
-            lambda: self.store.redis.execute_command("ZRANGEBYSCORE", nodes, "-inf", f"{now - self.dead_after:.3f}")))  # fmt: skip
-        return d.addCallback(self._sweep_all)
+
+        def sweep(added: Any) -> "defer.Deferred[bool]":
+            found = self.store.command(lambda: self.store.redis.execute_command("ZRANGEBYSCORE", nodes, "-inf", threshold))
+            found.addCallback(self._sweep_all, threshold)
+            return found.addCallback(lambda _: int(added) == 1)
+
+        return d.addCallback(sweep)
 
     def _sweep(self, keys: list[str], args: list[str]) -> "defer.Deferred[Any]":
         return self.store.command(lambda: self.store.redis.eval(SWEEP_SCRIPT, keys, args))
 
-    def _sweep_all(self, dead: Any) -> "defer.Deferred[Any]":
+    def _sweep_all(self, dead: Any, threshold: str) -> "defer.Deferred[Any]":
         sweeps = []
         for node in dead or ():
             node = _text(node)
             keys = [f"{self.store.prefix}:nodes", self._node_channels(node)]
-            args = [node, f"{self.store.prefix}:{{", f"{node}."]
+            args = [node, f"{self.store.prefix}:{{", f"{node}.", threshold]
             sweeps.append(self._sweep(keys, args))
         return defer.gatherResults(sweeps, consumeErrors=True)
