@@ -197,8 +197,11 @@ class ThreeProcessesOnePortTests(unittest.TestCase):
         with open(token_file, "w") as f:
             f.write(TOKEN + "\n")
         port = free_port()
-        # Heartbeat 0.5 s / 0.25 s / 1 miss: a silent process is swept after 1.25 s.
-        extra = ["--ping-interval", "0.5", "--ping-timeout", "0.25", "--max-missed", "1"]
+        # Heartbeat 1 s / 1 s / 1 miss: a silent process is swept after 3 s.
+        # (At 0.5 s / 0.25 s a loaded machine - 30 client threads in this
+        # process - answered a ping late now and then, and a survivor was
+        # closed as dead, 1011.)
+        extra = ["--ping-interval", "1", "--ping-timeout", "1", "--max-missed", "1"]
         nodes = [Node(self, redis.port, token_file, f"n{i}", endpoint=f"reuseport:{port}:interface=127.0.0.1", extra=extra) for i in range(3)]
         clients = []
         for i in range(30):
