@@ -113,9 +113,13 @@ class TwoProcessesTests(unittest.TestCase):
             f.write(TOKEN + "\n")
         a, b = Node(self, redis.port, token_file, "a"), Node(self, redis.port, token_file, "b")
         for node in (a, b):
+            channels = node.health()["channels"]
             self.assertEqual(
-                node.health()["channels"], {"engine": "redis", "redis": "up", "redis_pubsub": "up", "redis_commands": "up"}
+                {k: channels[k] for k in ("engine", "redis", "redis_pubsub", "redis_commands", "redis_rollbacks")},
+                {"engine": "redis", "redis": "up", "redis_pubsub": "up", "redis_commands": "up", "redis_rollbacks": 0},
             )
+            # The presence beat ran a command on connecting.
+            self.assertLess(channels["redis_last_success_seconds_ago"], 30)
 
         with ws_v1(a.port) as on_a, ws_v1(b.port) as on_b:
             on_a.send('{"op":"subscribe","channel":"chat.room"}')

@@ -133,7 +133,12 @@ class RedisBroker(Broker):
         catch each up from history - what was published meanwhile.
         """
         self.pubsub = protocol
-        for name in list(self._listening):
+        # Every channel with local subscribers, not only those still being
+        # listened to: a catch-up that failed while pub/sub was away again
+        # has dropped its channel from _listening, and only this brings it
+        # back (after Redis refused reconnects at maxclients, no channel
+        # was listened to again and every message was lost silently).
+        for name in list(self._channels):
             self._relisten(name, replace=True)
 
     def _relisten(self, name: str, replace: bool = False) -> None:
@@ -625,11 +630,16 @@ class RedisBroker(Broker):
         # blip must not empty a load balancer of every process).
         pubsub = self.pubsub is not None
         commands = self.store.connected()
+        last = self.store.last_success
         return {
             "engine": "redis",
             "redis": "up" if pubsub and commands else "down",
             "redis_pubsub": "up" if pubsub else "down",
             "redis_commands": "up" if commands else "down",
+            # A connection can be up while Redis does not answer (frozen,
+            # busy): how long since a command last succeeded tells.
+            "redis_last_success_seconds_ago": None if last is None else round(self.store.clock.seconds() - last, 3),
+            "redis_rollbacks": self.rollbacks_total,
         }
 
     def expire(self) -> None:

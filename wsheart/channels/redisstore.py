@@ -180,6 +180,8 @@ class RedisStore:
         # Whether the command connection is up (RedisConnections tells);
         # unknown counts as up, and commands wait for their timeout.
         self.connected: Callable[[], bool] = lambda: True
+        # When a command last succeeded (the clock's seconds), for /healthz.
+        self.last_success: Optional[float] = None
 
     def key(self, channel: str, part: str = "") -> str:
         base = f"{self.prefix}:{{{channel}}}"
@@ -260,7 +262,9 @@ class RedisStore:
         started = self.clock.seconds()
 
         def took(result: Any) -> Any:
-            self.observe(self.clock.seconds() - started)
+            now = self.clock.seconds()
+            self.last_success = now
+            self.observe(now - started)
             return result
 
         def failed(failure: Any) -> Any:
