@@ -156,3 +156,54 @@ class SharedPresenceFilterTests(unittest.TestCase):
         broker._presence_announced("chat.a", "join", '{"id":"other.c1"}')
         self.assertEqual(seer.take(), [{"op": "join", "channel": "chat.a", "client": {"id": "other.c1"}}])
         self.assertEqual(blind.take(), [])
+
+
+class ScriptedRedis:
+    """
+    Just enough of a txredisapi connection for L{RedisStore}: each C{eval}
+    answers with the next Deferred the test hands out.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Any], list[Any]]] = []
+        self.replies: list[Any] = []
+
+    def eval(self, script: str, keys: list[Any], args: list[Any]) -> Any:
+        from twisted.internet import defer
+
+        self.calls.append((script, keys, args))
+        d: Any = defer.Deferred()
+        self.replies.append(d)
+        return d
+
+
+class PublishDeadlineTests(unittest.TestCase):
+    def test_a_publish_answers_within_one_timeout_in_all(self) -> None:
+        """
+        A publish whose script took most of the timeout waits for its own
+        delivery only for what is left of it: the answer comes one timeout
+        after the publish began (it came after two).
+        """
+        from wsheart.channels.broker import Broker, ChannelSettings, Position
+        from wsheart.channels.redisbroker import RedisBroker, _Listening
+        from wsheart.channels.redisstore import RedisStore
+
+        clock = Clock()
+        redis = ScriptedRedis()
+        settings = ChannelSettings()
+        broker = RedisBroker(clock, settings, RedisStore(redis, clock, settings, timeout=2.0))
+        # A local subscriber, listening and ready at 7/3, so the publish
+        # waits for its own delivery.
+        broker._listening["news"] = _Listening(ready=True)
+        Broker.subscribe(broker, "c1", type("Connection", (), {"sendMessage": lambda *a: None})(), "news")
+        channel = broker._channels["news"]
+        channel.epoch, channel.seq = "7", 3
+        answers: list[Any] = []
+        broker.publish("news", {"n": 4}).addBoth(answers.append)
+        clock.advance(1.5)
+        redis.replies[0].callback([4, "7", 0, 0])  # the script answers after 1.5 s
+        self.assertEqual(answers, [], "waiting for its delivery")
+        clock.advance(0.49)
+        self.assertEqual(answers, [])
+        clock.advance(0.02)
+        self.assertEqual(answers, [Position("7", 4)], "at 2.0 s: the timeout, counted from the publish")

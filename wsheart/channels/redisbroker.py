@@ -574,6 +574,7 @@ class RedisBroker(Broker):
             return defer.fail(e)
         self.published_total += 1
         floor = self.floor(channel_name)
+        started = self.store.clock.seconds()
         d: defer.Deferred[Any] = self.store.publish(channel_name, data_json, idempotency_key, floor)
 
         def published(result: Published) -> "defer.Deferred[Position]":
@@ -581,17 +582,20 @@ class RedisBroker(Broker):
                 self._rolled_back(channel_name, floor, result.position.epoch)
             if channel_name not in self._channels and not result.duplicate:
                 self._raise_floor(channel_name, result.position)
-            return self._after_delivery(channel_name, result.position)
+            return self._after_delivery(channel_name, result.position, started)
 
         d.addCallbacks(published, _unavailable)
         return d
 
-    def _after_delivery(self, name: str, position: Position) -> "defer.Deferred[Position]":
+    def _after_delivery(self, name: str, position: Position, started: float) -> "defer.Deferred[Position]":
         """
         C{position}, once this process has delivered it to its own
         subscribers of the channel (so that a subscribed publisher gets its
         message before the acknowledgement, as on the memory engine) - or
-        after the store's timeout, whichever comes first.
+        when the store's timeout, counted from C{started} (when the
+        publish began), runs out, whichever comes first: a publish answers
+        within one timeout in all (it could take two, one for the script
+        and one waiting here).
         """
         channel = self._channels.get(name)
         listening = self._listening.get(name)
@@ -599,9 +603,12 @@ class RedisBroker(Broker):
             return defer.succeed(position)
         if channel.epoch == position.epoch and channel.seq >= position.seq:
             return defer.succeed(position)
+        left = self.store.timeout - (self.store.clock.seconds() - started)
+        if left <= 0:
+            return defer.succeed(position)
         waiter: defer.Deferred[Position] = defer.Deferred()
         self._acks.setdefault(name, []).append((position, waiter))
-        return waiter.addTimeout(self.store.timeout, self.store.clock, onTimeoutCancel=lambda result, timeout: position)
+        return waiter.addTimeout(left, self.store.clock, onTimeoutCancel=lambda result, timeout: position)
 
     def history_json(self, channel_name: str, since_seq: int = 0) -> "defer.Deferred[str]":  # type: ignore[override]
         floor = self.floor(channel_name)
