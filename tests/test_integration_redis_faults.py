@@ -142,7 +142,8 @@ class Subscriber(threading.Thread):
         self.stop_event = stop
         self.chaos = chaos
         self.position: Optional[tuple[str, int]] = None
-        self.connection_id: Optional[str] = None
+        # Joins and leaves heard: (op, name).
+        self.presence: list[tuple[str, Optional[str]]] = []
         self.error: Optional[BaseException] = None
         self.subscribed = threading.Event()
 
@@ -189,6 +190,8 @@ class Subscriber(threading.Thread):
         elif frame.get("op") == "message" and frame.get("channel") == CHANNEL:
             self.ledger.entries.append(("message", frame["epoch"], frame["seq"], json.dumps(frame["data"], sort_keys=True), now))
             self.position = (frame["epoch"], frame["seq"])
+        elif frame.get("op") in ("join", "leave"):
+            self.presence.append((frame["op"], frame["client"].get("name")))
         elif frame.get("op") == "error" and frame.get("code") == 503:
             # The subscribe met Redis down: ask again, as clients do.
             raise OSError("subscribe refused with 503")
@@ -566,15 +569,31 @@ class DaemonPausedTests(FaultCase):
         for good); messages reach everyone, or they are told.
         """
         a, b = self.daemons
+        # One more member on A, who leaves after the thaw, and one on B
+        # who listens for that leave.
+        leaving, listening = threading.Event(), threading.Event()
+        self.addCleanup(leaving.set)
+        self.addCleanup(listening.set)
+        leaver = Subscriber("leaver", self.daemons, 0, leaving)
+        watcher = Subscriber("watcher", self.daemons, 1, listening)
+        for extra in (leaver, watcher):
+            extra.start()
+            self.assertTrue(extra.subscribed.wait(10))
         self.flowing(1.0)
         everyone = b.members()
-        self.assertEqual(len(everyone), 2 * self.subscribers_per_daemon)
+        self.assertEqual(len(everyone), 2 * self.subscribers_per_daemon + 2)
         os.kill(a.process.pid, signal.SIGSTOP)
         self.addCleanup(lambda: a.process.popen.poll() is None and os.kill(a.process.pid, signal.SIGCONT))
-        poll_until(lambda: len(b.members()) == self.subscribers_per_daemon, 10, "A's members swept")
+        poll_until(lambda: len(b.members()) == self.subscribers_per_daemon + 1, 10, "A's members swept")
         time.sleep(1)
         os.kill(a.process.pid, signal.SIGCONT)
-        poll_until(lambda: len(b.members()) == 2 * self.subscribers_per_daemon, 10, "A's members back in presence")
+        poll_until(lambda: b.members() == everyone, 10, "A's members back in presence")
+        heard = len(watcher.presence)
+        leaving.set()
+        leaver.join(10)
+        poll_until(lambda: ("leave", "leaver") in watcher.presence[heard:], 10, "a leave after the thaw announced")
+        listening.set()
+        watcher.join(10)
         self.flowing(1.0)
         self.finish("daemon A frozen 5 s (SIGSTOP), past the presence bound")
 
