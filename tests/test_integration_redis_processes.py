@@ -182,6 +182,38 @@ class TwoProcessesTests(unittest.TestCase):
         self.assertEqual([(m["seq"], m["data"]) for m in lines], [(1, {"text": "from the api"}), (2, "from the command")])
 
 
+    def test_a_stopped_process_members_leave_at_once(self) -> None:
+        """
+        A process stopped the usual way (SIGTERM) drains its clients and
+        leaves Redis: the other process's members hear each of its members
+        leave at once, not after the presence bound (85 s here), and it
+        logs no failed leave on the way out (closing its Redis connections
+        failed the drain's leaves in flight).
+        """
+        import signal
+
+        redis = RedisServer(self)
+        token_file = os.path.abspath(self.mktemp())
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        a, b = Node(self, redis.port, token_file, "a"), Node(self, redis.port, token_file, "b")
+        with ws_v1(b.port) as watcher:
+            watcher.send('{"op":"subscribe","channel":"room","name":"watcher"}')
+            receive(watcher, "subscribed")
+            members = [ws_v1(a.port) for _ in range(3)]
+            for i, ws in enumerate(members):
+                self.addCleanup(ws.close)
+                ws.send(json.dumps({"op": "subscribe", "channel": "room", "name": f"m{i}"}))
+                receive(ws, "subscribed")
+            for _ in range(3):
+                receive(watcher, "join")
+            a.process.stop(signal.SIGTERM, timeout=30)
+            left = sorted(receive(watcher, "leave", timeout=5)["client"]["name"] for _ in range(3))
+            self.assertEqual(left, ["m0", "m1", "m2"])
+            self.assertEqual([row["name"] for row in b.api("GET", "/channels/room/presence")["clients"]], ["watcher"])
+        self.assertNotIn(b"critical", a.process.stdout)
+
+
 class ThreeProcessesOnePortTests(unittest.TestCase):
     timeout = 120
 

@@ -986,10 +986,26 @@ class RedisConnections(Service):
         )
 
     def stopService(self) -> Any:
+        """
+        Leave Redis: this process's members that are still registered
+        (the drain's leaves are sent already, on the same connection,
+        before this) leave now, announced once, rather than when the others
+        sweep it after the presence bound; then the connections close.
+        Closing at once failed the drain's leaves in flight.
+        """
         super().stopService()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
-        closing = [defer.maybeDeferred(f.disconnect) for f in (self._command_factory, self.pubsub) if f is not None]
-        if isinstance(self._endpoint, SentinelMasterEndpoint):
-            closing.append(defer.maybeDeferred(self._endpoint.disconnect))
-        return defer.gatherResults(closing, consumeErrors=True)
+        presence = self.broker.shared_presence
+        leaving: defer.Deferred[Any] = defer.succeed(None)
+        if presence is not None and self.broker.store.connected():
+            leaving = presence.leave_all()
+            leaving.addErrback(lambda f: log.info("leaving presence on the way out failed: {why}", why=f.getErrorMessage()))
+
+        def close(_: Any) -> "defer.Deferred[Any]":
+            closing = [defer.maybeDeferred(f.disconnect) for f in (self._command_factory, self.pubsub) if f is not None]
+            if isinstance(self._endpoint, SentinelMasterEndpoint):
+                closing.append(defer.maybeDeferred(self._endpoint.disconnect))
+            return defer.gatherResults(closing, consumeErrors=True)
+
+        return leaving.addCallback(close)

@@ -433,6 +433,14 @@ class RedisPresence:
 
         return d.addCallback(sweep)
 
+    def leave_all(self) -> "defer.Deferred[Any]":
+        """
+        This process stops: sweep it now, as the others would after the
+        bound - every member it still has leaves, announced once.
+        """
+        keys = [f"{self.store.prefix}:nodes", self._node_channels(self.node)]
+        return self._sweep(keys, [self.node, f"{self.store.prefix}:{{", f"{self.node}.", "1e300"])
+
     def _sweep(self, keys: list[str], args: list[str]) -> "defer.Deferred[Any]":
         return self.store.command(lambda: self.store.redis.eval(SWEEP_SCRIPT, keys, args))
 
