@@ -103,6 +103,77 @@ class DaemonProcessTests(unittest.TestCase):
         daemon.stop(signal.SIGTERM)
         self.assertIn(b"WsheartEPollReactor", daemon.stdout + daemon.stderr)
 
+    def test_runs_from_a_config_file(self) -> None:
+        """
+        C{twistd wsheart --config FILE} with a key of every group: the
+        process serves what the file says (its listener and admin endpoint,
+        echo prefix, heartbeat interval in /metrics, compression, history
+        size, Origin rule, the Redis it connects to), a WSHEART_ variable
+        overrides the file, and C{--print-config} of the same file and
+        environment shows every group's value.
+        """
+        from .loopback import RedisServer, poll_until
+
+        redis = RedisServer(self)
+        port, admin = free_port(), free_port()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        key_file = os.path.join(directory, "jwt.secret")
+        with open(key_file, "w") as f:
+            f.write("k" * 40)
+        path = os.path.join(directory, "wsheart.toml")
+        with open(path, "w") as f:
+            f.write(
+                f'endpoint = ["tcp:{port}:interface=127.0.0.1"]\n'
+                "[listeners]\nhandshake-timeout = 7\n"
+                "[heartbeat]\nping-interval = 4\nping-timeout = 2\n"
+                '[messages]\necho-prefix = "from the file: "\n'
+                "[channels]\nhistory-size = 9\n"
+                f'[redis]\nredis = "redis://127.0.0.1:{redis.port}/0"\nredis-prefix = "cfg"\n'
+                '[auth]\njwt-audience = "from-the-file"\n'
+                '[limits]\nallowed-origin = ["https://app.example.com"]\nmax-connections = 77\n'
+                "[deflate]\ndeflate = true\n"
+                f'[operations]\nadmin-endpoint = "tcp:{admin}:interface=127.0.0.1"\ndrain-time = 1\n'
+            )
+        environ = {**os.environ, "WSHEART_MAX_CONNECTIONS": "88"}
+        printed = subprocess.run(
+            twistd_command() + ["wsheart", "--config", path, "--print-config"],
+            env={**environ, "PYTHONPATH": REPO}, capture_output=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+        self.assertEqual(printed.returncode, 0, printed.stderr)
+        text = printed.stdout.decode()
+        for line in (
+            f'endpoint = ["tcp:{port}:interface=127.0.0.1:backlog=4096"]', "handshake-timeout = 7.0",
+            "ping-interval = 4.0", 'echo-prefix = "from the file: "', "history-size = 9",
+            'redis-prefix = "cfg"', 'jwt-audience = "from-the-file"', "max-connections = 88",
+            "deflate = true", "drain-time = 1.0",
+        ):  # fmt: skip
+            self.assertIn(line + "\n", text)
+        daemon = Process(self, twistd_command() + ["-n", "--pidfile=", "wsheart", "--config", path], cwd=REPO, env=environ)
+        wait_for_port(port)
+        wait_for_port(admin)
+        with websockets.sync.client.connect(
+            f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=10, compression="deflate"
+        ) as ws:  # fmt: skip
+            self.assertIn("permessage-deflate", ws.response.headers.get("Sec-WebSocket-Extensions", ""))
+            ws.send("hello")
+            self.assertEqual(ws.recv(timeout=10), "from the file: hello")
+        with self.assertRaises(websockets.exceptions.InvalidStatus) as refused:
+            websockets.sync.client.connect(
+                f"ws://127.0.0.1:{port}/", proxy=None, open_timeout=10, origin="https://evil.example"
+            )  # fmt: skip
+        self.assertEqual(refused.exception.response.status_code, 403)
+        import urllib.request
+
+        def fetch(path: str) -> str:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://127.0.0.1:{admin}{path}", timeout=5) as response:
+                return response.read().decode()  # type: ignore[no-any-return]
+
+        self.assertIn("wsheart_heartbeat_interval_seconds 4.0", fetch("/metrics"))
+        poll_until(lambda: json.loads(fetch("/healthz"))["channels"]["redis"] == "up", 15, "the file's Redis")
+        daemon.stop(signal.SIGTERM)
+
     def test_bad_option_is_a_usage_error(self) -> None:
         """
         A bad option stops twistd with the option's message.

@@ -49,7 +49,7 @@ from wsheart.channels.client import ChannelSession
 from wsheart.channels.broker import check_channel_name, ChannelError
 from wsheart.client import ClientListener, ReconnectingClientService, load_trust_root
 from wsheart.deflate import DeflateSettings
-from wsheart.coerce import non_negative_float, positive_float, positive_int
+from wsheart.coerce import non_negative_float, positive_factor, positive_float, positive_int
 from wsheart.heartbeat import HeartbeatSettings
 from wsheart.channels.v1 import SUBPROTOCOL
 
@@ -103,7 +103,7 @@ class ConnectOptions(_GnuOptions):
         ["ping-timeout", None, 10.0, "Seconds a ping may wait for its pong.", positive_float("ping-timeout")],
         ["max-missed", None, 2, "Missed pongs in a row that make the server dead.", positive_int("max-missed")],
         ["initial-delay", None, 1.0, "Reconnect window after the first failure, seconds.", positive_float("initial-delay")],
-        ["backoff-factor", None, 2.0, "Growth of the reconnect window per failure.", positive_float("backoff-factor")],
+        ["backoff-factor", None, 2.0, "Growth of the reconnect window per failure.", positive_factor("backoff-factor")],
         ["max-delay", None, 60.0, "Largest reconnect window, seconds.", positive_float("max-delay")],
         ["stable-after", None, 30.0, "Seconds open before the failure count resets.", non_negative_float("stable-after")],
         ["max-attempts", None, None, "Give up after this many failed attempts in a row (default: never)", positive_int("max-attempts")],

@@ -11,28 +11,63 @@ from typing import Callable
 from twisted.python import usage
 
 
-def _seconds(name: str, allow_zero: bool) -> Callable[[str], float]:
-    kind = "zero or more" if allow_zero else "a positive number of"
+def _number(name: str, allow_zero: bool, unit: str, doc: str) -> Callable[[str], float]:
+    """
+    A finite number, positive (or zero with C{allow_zero}); C{unit} names
+    what it counts in errors ("seconds", "per second", ""), C{doc} in help.
+    """
+    any_number, wanted = {
+        "seconds": ("a number of seconds", "zero or more seconds" if allow_zero else "a positive number of seconds"),
+        "per second": ("a number per second", "zero or more per second" if allow_zero else "a positive number per second"),
+        "": ("a number", "zero or more" if allow_zero else "a positive number"),
+    }[unit]
 
     def parse(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
-            raise usage.UsageError(f"--{name} must be a number of seconds, got {value!r}")
+            raise usage.UsageError(f"--{name} must be {any_number}, got {value!r}")
         if not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
-            raise usage.UsageError(f"--{name} must be {kind} seconds, got {value!r}")
+            raise usage.UsageError(f"--{name} must be {wanted}, got {value!r}")
         return number
 
-    parse.coerceDoc = "Seconds, zero or more." if allow_zero else "Seconds, a positive number."  # type: ignore[attr-defined]
+    parse.coerceDoc = f"{doc}, {'zero or more' if allow_zero else 'a positive number'}."  # type: ignore[attr-defined]
     return parse
 
 
 def positive_float(name: str) -> Callable[[str], float]:
-    return _seconds(name, allow_zero=False)
+    """
+    Seconds, more than zero.
+    """
+    return _number(name, False, "seconds", "Seconds")
 
 
 def non_negative_float(name: str) -> Callable[[str], float]:
-    return _seconds(name, allow_zero=True)
+    """
+    Seconds, zero or more.
+    """
+    return _number(name, True, "seconds", "Seconds")
+
+
+def positive_rate(name: str) -> Callable[[str], float]:
+    """
+    So many per second, more than zero.
+    """
+    return _number(name, False, "per second", "Per second")
+
+
+def non_negative_rate(name: str) -> Callable[[str], float]:
+    """
+    So many per second, zero or more.
+    """
+    return _number(name, True, "per second", "Per second")
+
+
+def positive_factor(name: str) -> Callable[[str], float]:
+    """
+    A plain number (a multiplier), more than zero.
+    """
+    return _number(name, False, "", "A number")
 
 
 def _whole(name: str, minimum: int) -> Callable[[str], int]:

@@ -5,8 +5,11 @@ The twistd plugin's command line (L{Options}) and composition
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import sys
+import textwrap
 from typing import Any, Optional
 
 from twisted.application import strports
@@ -15,7 +18,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
-from wsheart import __version__
+from wsheart import __version__, config
 from wsheart.admin import admin_site
 from wsheart.access.admission import AdmissionSettings
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
@@ -26,7 +29,7 @@ from wsheart.channels.redisstore import RedisPresence, RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.channels.v1 import Rates
 from wsheart.deflate import DeflateSettings
-from wsheart.coerce import non_negative_float, non_negative_int, positive_float, positive_int
+from wsheart.coerce import non_negative_float, non_negative_int, non_negative_rate, positive_float, positive_int, positive_rate
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
 from wsheart.heartbeat import HeartbeatSettings
@@ -93,9 +96,11 @@ class Options(usage.Options):
         ["deflate", None, "Accept permessage-deflate (RFC 7692) from clients that offer it: messages of --deflate-min-size bytes or more are compressed; a channel message is compressed once for every subscriber."],
         ["deflate-server-context-takeover", None, "--deflate: keep the server's compressor context between messages (better ratios on similar messages; a compressor held per connection, and channel frames compressed per subscriber)."],
         ["deflate-client-context-takeover", None, "--deflate: let clients keep their compressor context (a decompressor held per connection that sends compressed messages)."],
+        ["print-config", None, "Print the effective configuration (file, environment and command line merged; secrets masked) as a --config file, and exit."],
     ]
 
     optParameters: list[list[Any]] = [
+        ["config", None, None, "Read options from this TOML file: the long option names as keys, at the top level or in tables named after their groups (ping-interval = 5, endpoint = [\"tcp:8080\"], [heartbeat]); WSHEART_* environment variables (WSHEART_PING_INTERVAL=5) override it, the command line overrides both. WSHEART_CONFIG names the file when this does not."],
         ["ping-interval", None, 25.0, "Seconds between heartbeat pings.", positive_float("ping-interval")],
         ["ping-timeout", None, 10.0, "Seconds a ping may wait for its pong.", positive_float("ping-timeout")],
         ["max-missed", None, 2, "Consecutive missed pongs that make a peer dead.", positive_int("max-missed")],
@@ -142,7 +147,7 @@ class Options(usage.Options):
             None,
             500.0,
             "Reconnects per second the drained fleet should come back at (sizes the hint's jitter).",
-            positive_float("drain-reconnect-rate"),
+            positive_rate("drain-reconnect-rate"),
         ],
         ["max-reactor-lag", None, 2.0, "Reactor lag in seconds past which /healthz fails and the watchdog is withheld.", positive_float("max-reactor-lag")],
         ["log-format", None, "text", "text or json (one JSON object per line on stdout)."],
@@ -175,14 +180,14 @@ class Options(usage.Options):
         ["auth-timeout", None, 10.0, "--auth jwt: seconds a wsheart.v1 connection without a token may stay open (closed with 4408), unless --anonymous-channels lets it in.", positive_float("auth-timeout")],
         ["anonymous-channels", None, "", "--auth jwt: comma-separated channel patterns connections without a token may subscribe to and recover from (never publish)."],
         ["demo-token-url", None, None, "--auth jwt: the demo page (/) fetches its token from URL?user=NAME before each connection and on refresh, e.g. http://127.0.0.1:8081/token from etc/token_backend.py (default: it sends none)."],
-        ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_float("client-rate")],
-        ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_float("subscribe-rate")],
+        ["client-rate", None, 0.0, "wsheart.v1: frames (all but ping) one connection may send a second, bursts of twice that; more get error 429 with retry_after, and 20 refusals in 5 s close with 1013 (0: unlimited).", non_negative_rate("client-rate")],
+        ["subscribe-rate", None, 0.0, "wsheart.v1: subscribes one connection may send a second, bursts of twice that (0: unlimited).", non_negative_rate("subscribe-rate")],
         ["deflate-min-size", None, 256, "--deflate: messages shorter than this many bytes are sent uncompressed.", non_negative_int("deflate-min-size")],
         ["deflate-window-bits", None, 15, "--deflate: the server's compression window, 9-15 (2**bits bytes; a client may ask for less).", positive_int("deflate-window-bits")],
         ["deflate-client-window-bits", None, 15, "--deflate: the largest window a client may compress with, 9-15, when the client lets the server choose (it matters with --deflate-client-context-takeover: without it no client window outlives a message).", positive_int("deflate-client-window-bits")],
         ["deflate-mem-level", None, 8, "--deflate: zlib memory level of the server's compressor, 1-9.", positive_int("deflate-mem-level")],
         ["max-connections", None, 0, "Open connections in all; one more is told to come back later (0: no ceiling).", non_negative_int("max-connections")],
-        ["accept-rate", None, 0.0, "Opening handshakes admitted per second; the rest are told when to come back (wsheart clients: close 1013 with a retry window; others: 503 with Retry-After) and, past 4 times the rate, dropped at accept (0: no limit).", non_negative_float("accept-rate")],
+        ["accept-rate", None, 0.0, "Opening handshakes admitted per second; the rest are told when to come back (wsheart clients: close 1013 with a retry window; others: 503 with Retry-After) and, past 4 times the rate, dropped at accept (0: no limit).", non_negative_rate("accept-rate")],
         ["accept-ramp", None, 10.0, "Seconds after a start over which --accept-rate grows from a tenth to all of it.", non_negative_float("accept-ramp")],
         ["max-connections-per-address", None, 0, "Open connections from one client address (an IPv4 address or an IPv6 /64); one more gets 429 (0: off; behind a proxy every connection has its address, unless --trusted-proxy or an haproxy: endpoint names the clients).", non_negative_int("max-connections-per-address")],
         ["max-connections-per-user", None, 0, "Open connections of one authenticated user (the token's sub; anonymous ones are not counted), in this process; one more is refused once its token is read: 429 with Retry-After, or for wsheart clients close 1013 with a 30-60 s retry window (0: off).", non_negative_int("max-connections-per-user")],
@@ -194,6 +199,8 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # Where WSHEART_* variables are read (tests give their own).
+        self.environ: Any = os.environ
         self["endpoint"] = []
         self["tls-endpoint"] = []
         self["allowed-origin"] = []
@@ -297,9 +304,25 @@ class Options(usage.Options):
         """
         self["tls-endpoint"].append(description)
 
+    # Options given several times that collect every value in a list.
+    REPEATABLE = ("endpoint", "tls-endpoint", "allowed-origin", "trusted-proxy")
+
+    def getUsage(self, width: Optional[int] = None) -> str:
+        """
+        The options by group (wsheart.config.GROUPS), then what the daemon does.
+        """
+        width = width or int(os.environ.get("COLUMNS", "80"))
+        longdesc = "\n".join(textwrap.wrap(self.longdesc, width))
+        return config.grouped_usage(self, width) + "\n" + longdesc + "\n"
+
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        argv = list(sys.argv[1:] if options is None else options)
+        kinds = config.OptionKinds(self, self.REPEATABLE)
         try:
-            super().parseOptions(options)
+            super().parseOptions(config.merged_arguments(argv, self.environ, kinds))
+            if self["print-config"]:
+                sys.stdout.write(config.render(self, kinds))
+                raise SystemExit(0)
         except usage.UsageError as e:
             if getattr(self, "parent", None) is None:
                 raise  # called directly (tests, embedding): the error itself
