@@ -71,6 +71,11 @@ class Daemon:
                 "--node-id", name,
                 # Presence bound: a silent process is swept after 3 s.
                 "--ping-interval", "1", "--ping-timeout", "1", "--max-missed", "1",
+                # 12 s of messages: a process that comes back from a fault
+                # seconds after the other (a loaded machine) still finds
+                # what it missed in history, so where Redis kept its data
+                # no subscriber may be told of a loss.
+                "--history-size", "1000",
                 *extra,
             ],
             cwd=directory,

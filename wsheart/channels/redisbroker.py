@@ -170,8 +170,10 @@ class RedisBroker(Broker):
         The highest position of C{name} this process has seen, if any.
         """
         channel = self._channels.get(name)
-        listening = self._listening.get(name)
-        if channel is not None and listening is not None and listening.ready and channel.seq > 0:
+        if channel is not None and channel.seq > 0:
+            # What this process delivered: known from its first listen on,
+            # also while it listens again after a reconnect (the moment a
+            # rolled-back Redis is met first).
             return channel.position()
         return self._floors.get(name)
 
@@ -534,7 +536,7 @@ class RedisBroker(Broker):
             for waiting in waiters:
                 waiting.errback(failure)
 
-        floor = self.floor(name) if listening.resume else self._floors.get(name)
+        floor = self.floor(name)
         d = _bounded(self.pubsub.subscribe(self.store.key(name)), self.store)
         d.addCallback(lambda _: self.store.read(name, start_epoch=True, entries=False, floor=floor))
         d.addCallbacks(position, failed)
