@@ -25,6 +25,7 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 
+from wsheart import config
 from wsheart.reuseport import ReusePortEndpoint
 from wsheart.systemd import Notifier
 from wsheart.tap import Options
@@ -372,23 +373,15 @@ class UnitFileTests(unittest.TestCase):
     def test_template_without_socket_units(self) -> None:
         """
         The variant wsheart@.service describes for running without socket
-        units (its wsheart@%i.socket lines deleted, its documented
-        reuseport: endpoint for the systemd: one) verifies cleanly, with no
-        escape warning, and its endpoint listens on [::] for IPv6 and IPv4
-        with SO_REUSEPORT on port 443.
+        units (its wsheart@%i.socket lines deleted, the reuseport:
+        tls-endpoint etc/wsheart.toml shows for the systemd: one) verifies
+        cleanly, and its endpoint listens on [::] for IPv6 and IPv4 with
+        SO_REUSEPORT on port 443.
         """
         work = self.install_units(("wsheart@.service",))
         path = os.path.join(work, "wsheart@.service")
         with open(path) as f:
             text = f.read()
-        [documented] = [
-            line.lstrip("# ").split(" --tls-key")[0]
-            for line in text.splitlines()
-            if line.startswith("#   --tls-endpoint reuseport:")
-        ]
-        adopting = "--tls-endpoint systemd:domain=INET6:name=wsheart"
-        self.assertIn(adopting, text)
-        text = text.replace(adopting, documented)
         text = text.replace("Requires=wsheart@%i.socket\n", "").replace("After=wsheart@%i.socket\n", "")
         with open(path, "w") as f:
             f.write(text)
@@ -396,26 +389,25 @@ class UnitFileTests(unittest.TestCase):
         self.assertEqual(problems, [])
         self.assertEqual(status, 0)
 
-        [exec_start] = self.unit_settings(path)["ExecStart"]
-        env = {"WSHEART_TLS_KEY": "k.pem", "WSHEART_TLS_CERT": "c.pem", "WSHEART_OPTIONS": "", "WSHEART_ADMIN_ENDPOINT": "tcp:9091"}
-        argv = self.expand_exec(exec_start, "1", env)
-        description = argv[argv.index("--tls-endpoint") + 1]
+        with open(os.path.join(REPO, "etc", "wsheart.toml")) as f:
+            shipped = f.read()
+        [documented] = [line[1:] for line in shipped.splitlines() if line.startswith("#tls-endpoint = [\"reuseport:")]
+        [description] = config.tomllib.loads(documented)["tls-endpoint"]
         endpoint = endpoints.serverFromString(MemoryReactor(), description)
         self.assertIsInstance(endpoint, ReusePortEndpoint)
         self.assertEqual((endpoint.interface, endpoint.port, endpoint.family), ("::", 443, socket.AF_INET6))
 
-    def test_template_instance_command_line(self) -> None:
+    def test_template_instance_configuration(self) -> None:
         """
-        What ExecStart of wsheart@.service runs for instances 1 and 2 with
-        the shipped etc/wsheart.env (expanded as systemd does: %i, ${VAR}
-        as one word, $VAR split on spaces) parses as wsheart options: each
-        instance adopts the socket its wsheart@%i.socket names, and gets an
-        admin endpoint of its own, 9091 and 9092, although the shared env
-        file's options say 9090.
+        What ExecStart of wsheart@.service runs for instances 1 and 2 -
+        etc/wsheart.toml, with the unit's Environment= and the shipped
+        etc/wsheart.env over it - parses as wsheart options: each instance
+        adopts the socket its wsheart@%i.socket names, and gets an admin
+        endpoint of its own, 9091 and 9092, although the file says 9090.
         """
         units = {
             name: self.unit_settings(os.path.join(REPO, "etc", name))
-            for name in ("wsheart@.socket", "wsheart@.service", "wsheart.socket")
+            for name in ("wsheart@.socket", "wsheart@.service", "wsheart.socket", "wsheart.service")
         }
         socket_unit, service_unit = units["wsheart@.socket"], units["wsheart@.service"]
         # The same port as the single-instance socket, one socket per
@@ -430,32 +422,39 @@ class UnitFileTests(unittest.TestCase):
         os.makedirs(directory)
         ca_key, ca_cert, _ = make_ca(directory)
         key, cert = make_server_cert(directory, ca_key, ca_cert, "localhost")
+        # The shipped file as an operator edits it (the TLS paths), with a
+        # plain listener for the systemd: one, as no socket is passed here.
+        with open(os.path.join(REPO, "etc", "wsheart.toml")) as f:
+            shipped = f.read()
+        adopted = f'tls-endpoint = ["systemd:domain=INET6:name={fd_name}"]'
+        self.assertIn(adopted + "\n", shipped)
+        edited = os.path.join(directory, "wsheart.toml")
+        with open(edited, "w") as f:
+            f.write(
+                shipped.replace(adopted, 'tls-endpoint = ["tcp:0:interface=127.0.0.1"]')
+                .replace("/etc/ssl/private/wsheart.key", key)
+                .replace("/etc/ssl/certs/wsheart-fullchain.pem", cert)
+            )
         shared = self.env_file(os.path.join(REPO, "etc", "wsheart.env"))
-        self.assertIn("--admin-endpoint tcp:9090:", shared["WSHEART_OPTIONS"])
         seen = set()
-        for instance in ("1", "2"):
+        for unit, instance in (("wsheart.service", ""), ("wsheart@.service", "1"), ("wsheart@.service", "2")):
             env: dict[str, str] = {}
-            for assignment in service_unit["Environment"]:
+            for assignment in units[unit].get("Environment", []):
                 name, value = assignment.replace("%i", instance).split("=", 1)
                 env[name] = value
             env.update(shared)  # EnvironmentFile= overrides Environment=
-            # What /etc/wsheart/wsheart@N.env would say on this machine.
-            env.update(WSHEART_TLS_KEY=key, WSHEART_TLS_CERT=cert)
-            [exec_start] = service_unit["ExecStart"]
+            [exec_start] = units[unit]["ExecStart"]
             argv = self.expand_exec(exec_start, instance, env)
             self.assertEqual(argv[0], "/opt/wsheart/bin/twistd")
             wsheart_argv = argv[argv.index("wsheart") + 1 :]
-            adopted = wsheart_argv[wsheart_argv.index("--tls-endpoint") + 1]
-            self.assertEqual(adopted, f"systemd:domain=INET6:name={fd_name}")
-            # No socket is passed here; everything else parses as the
-            # daemon will parse it.
-            wsheart_argv[wsheart_argv.index(adopted)] = "tcp:0:interface=127.0.0.1"
+            self.assertEqual(wsheart_argv, ["--config", "/etc/wsheart/wsheart.toml"])
             options = Options()
-            options.parseOptions(wsheart_argv)
-            self.assertEqual(options["admin-endpoint"], f"tcp:909{instance}:interface=127.0.0.1")
-            self.assertEqual(options["tls-key"], key)
+            options.environ = env
+            options.parseOptions(["--config", edited])
+            self.assertEqual(options["admin-endpoint"], f"tcp:909{instance or 0}:interface=127.0.0.1")
+            self.assertEqual((options["tls-key"], options["log-format"], options["ping-interval"]), (key, "json", 25.0))
             seen.add(options["admin-endpoint"])
-        self.assertEqual(len(seen), 2)
+        self.assertEqual(len(seen), 3)
 
     @staticmethod
     def unit_settings(path: str) -> dict[str, list[str]]:
