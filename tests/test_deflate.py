@@ -24,7 +24,8 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from wsheart.channels import Broker, ChannelSettings
-from wsheart.deflate import DeflateSettings, FrameKey, LeanDeflate, compressed_text_frame, server_accept
+from wsheart.deflate import DeflateSettings, FrameKey, LeanDeflate, server_accept
+from wsheart.frames import compressed_text_frame
 from wsheart.frames import send_to_all
 from wsheart.protocol import ServerFactory
 

@@ -289,20 +289,3 @@ class FrameKey:
     mem_level: int
     min_size: int
     shared: bool
-
-
-def compressed_text_frame(payload: bytes, window_bits: int, mem_level: int) -> bytes:
-    """
-    A final, unmasked text frame with RSV1 set carrying C{payload}
-    compressed on its own (no context), as RFC 7692 frames it: deflate,
-    flushed with Z_SYNC_FLUSH, its 00 00 FF FF tail removed.  The same bytes
-    a connection's own compressor would produce without context takeover.
-    """
-    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    body = data[:-4]
-    # FIN, RSV1 (compressed), text.  Imported here: wsheart.frames imports
-    # this module.
-    from wsheart.frames import frame_head
-
-    return frame_head(0xC1, len(body)) + body

@@ -12,9 +12,10 @@ for the compressed frame, once per parameter set.
 
 from __future__ import annotations
 
+import zlib
 from typing import Iterable, Optional
 
-from wsheart.deflate import FrameKey, compressed_text_frame
+from wsheart.deflate import FrameKey
 from wsheart.hub import IConnection
 
 
@@ -43,6 +44,20 @@ def text_frame(payload: bytes) -> bytes:
     A final, unmasked text frame (opcode 1) carrying C{payload}.
     """
     return data_frame(payload, 0x1)
+
+
+def compressed_text_frame(payload: bytes, window_bits: int, mem_level: int) -> bytes:
+    """
+    A final, unmasked text frame with RSV1 set carrying C{payload}
+    compressed on its own (no context), as RFC 7692 frames it: deflate,
+    flushed with Z_SYNC_FLUSH, its 00 00 FF FF tail removed.  The same bytes
+    a connection's own compressor would produce without context takeover.
+    """
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -window_bits, mem_level)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    body = data[:-4]
+    # FIN, RSV1 (compressed), text.
+    return frame_head(0xC1, len(body)) + body
 
 
 def send_to_all(connections: Iterable[IConnection], text: str) -> int:

@@ -14,7 +14,6 @@ from typing import Any, Optional
 
 from twisted.application import strports
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 
@@ -478,6 +477,10 @@ def _patterns(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
+# What endpoint parsers are given while options are checked: never used.
+_NO_REACTOR: Any = object()
+
+
 def _check_endpoint(description: str, option: str = "--endpoint") -> None:
     """
     Parse an endpoint description without listening, so a typo or a
@@ -485,7 +488,9 @@ def _check_endpoint(description: str, option: str = "--endpoint") -> None:
     """
     kind = description.split(":", 1)[0].strip().lower()
     try:
-        endpoints.serverFromString(MemoryReactor(), description)
+        # Parsing needs no reactor (it is only stored), and importing the
+        # real one here would install it before twistd's --reactor does.
+        endpoints.serverFromString(_NO_REACTOR, description)
     except (IndexError, KeyError) as e:
         if kind != "systemd":
             raise usage.UsageError(f"invalid {option} {description!r}: {e!r}")
