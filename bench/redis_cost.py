@@ -88,8 +88,9 @@ async def measure(reactor: Any, args: argparse.Namespace, redis_pid: int, port: 
     import txredisapi
 
     from wsheart.channels.broker import ChannelSettings
-    from wsheart.channels.redisbroker import command_factory
-    from wsheart.channels.redisstore import RedisPresence, RedisStore
+    from wsheart.channels.redis.connections import command_factory
+    from wsheart.channels.redis.presence import RedisPresence
+    from wsheart.channels.redis.store import RedisStore
 
     factory = command_factory("bench")
     factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", port))

@@ -82,7 +82,8 @@ async def measure(reactor: Any, args: argparse.Namespace, port: int) -> tuple[st
     from twisted.internet import defer, task
     import txredisapi
     from wsheart.channels.broker import ChannelSettings
-    from wsheart.channels.redisstore import RedisPresence, RedisStore
+    from wsheart.channels.redis.presence import RedisPresence
+    from wsheart.channels.redis.store import RedisStore
 
     def connect() -> Any:
         return txredisapi.Connection("127.0.0.1", port, reconnect=False, convertNumbers=False)

@@ -19,7 +19,8 @@ from twisted.trial import unittest
 import txredisapi
 
 from wsheart.channels.broker import ChannelError
-from wsheart.channels.redisbroker import PubSubProtocol, _unavailable
+from wsheart.channels.redis.connections import PubSubProtocol
+from wsheart.channels.redis.broker import _unavailable
 
 
 def bulk(value: bytes) -> bytes:
@@ -142,7 +143,7 @@ class SharedPresenceFilterTests(unittest.TestCase):
         (the token's presence grant, with --auth jwt) applies to it too.
         """
         from wsheart.channels.broker import ChannelSettings, Subscriber
-        from wsheart.channels.redisbroker import RedisBroker
+        from wsheart.channels.redis.broker import RedisBroker
 
         from .memory import FakeConnection
 
@@ -185,8 +186,8 @@ class PublishDeadlineTests(unittest.TestCase):
         after the publish began (it came after two).
         """
         from wsheart.channels.broker import Broker, ChannelSettings, Position
-        from wsheart.channels.redisbroker import RedisBroker, _Listening
-        from wsheart.channels.redisstore import RedisStore
+        from wsheart.channels.redis.broker import RedisBroker, _Listening
+        from wsheart.channels.redis.store import RedisStore
 
         clock = Clock()
         redis = ScriptedRedis()

@@ -1,5 +1,5 @@
 """
-Integration tests of the Redis engine's broker (L{wsheart.channels.redisbroker}):
+Integration tests of the Redis engine's broker (L{wsheart.channels.redis.broker}):
 two brokers - two wsheart processes, as far as Redis can tell - sharing one
 real redis-server on 127.0.0.1 (one per test, stopped by pid).
 """
@@ -18,8 +18,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
 from wsheart.channels.broker import ChannelError, ChannelSettings, Position
-from wsheart.channels.redisbroker import RedisBroker, command_factory, pubsub_factory
-from wsheart.channels.redisstore import RedisPresence, RedisStore
+from wsheart.channels.redis.broker import RedisBroker
+from wsheart.channels.redis.connections import command_factory, pubsub_factory
+from wsheart.channels.redis.presence import RedisPresence
+from wsheart.channels.redis.store import RedisStore
 from wsheart.metrics import ServerMetrics
 
 from .loopback import RedisServer, async_test, sleep, wait_until
@@ -490,7 +492,8 @@ class RedisAclUserTests(unittest.TestCase):
 
     @async_test
     async def test_both_connections_log_in_as_the_acl_user(self) -> None:
-        from wsheart.channels.redisbroker import RedisAddress, RedisConnections
+        from wsheart.channels.redis.address import RedisAddress
+        from wsheart.channels.redis.connections import RedisConnections
 
         server = RedisServer(
             self, "--user", "default", "off", "--user", "wsh", "on", ">s3cret pass", "~*", "&*", "+@all"
@@ -516,7 +519,8 @@ class RedisAclUserTests(unittest.TestCase):
         come up on their own and a publish goes through (txredisapi gave
         up for good at the first refused login).
         """
-        from wsheart.channels.redisbroker import RedisAddress, RedisConnections
+        from wsheart.channels.redis.address import RedisAddress
+        from wsheart.channels.redis.connections import RedisConnections
 
         server = RedisServer(self, "--user", "wsh", "off", ">pw", "~*", "&*", "+@all")
         settings = ChannelSettings()
@@ -557,7 +561,8 @@ class FailFastTests(unittest.TestCase):
 
     @async_test
     async def test_commands_fail_at_once_while_redis_is_down(self) -> None:
-        from wsheart.channels.redisbroker import RedisAddress, RedisConnections
+        from wsheart.channels.redis.address import RedisAddress
+        from wsheart.channels.redis.connections import RedisConnections
 
         server = RedisServer(self)
         settings = ChannelSettings()

@@ -14,8 +14,10 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from wsheart.channels.broker import ChannelError, ChannelSettings
-from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
-from wsheart.channels.redisstore import RedisStore
+from wsheart.channels.redis.address import RedisAddress
+from wsheart.channels.redis.broker import RedisBroker
+from wsheart.channels.redis.connections import RedisConnections
+from wsheart.channels.redis.store import RedisStore
 
 from .loopback import RedisServer, SentinelServer, async_test, sleep, wait_until
 from .memory import FakeConnection

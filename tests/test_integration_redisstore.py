@@ -1,5 +1,5 @@
 """
-Integration tests of L{wsheart.channels.redisstore} against a real
+Integration tests of L{wsheart.channels.redis.store} against a real
 redis-server on 127.0.0.1 (one per test, stopped by pid): the publish
 script's seq, epoch, history and idempotency, and its announcement.
 """
@@ -15,7 +15,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
 from wsheart.channels.broker import ChannelSettings, Position
-from wsheart.channels.redisstore import RedisPresence, RedisStore
+from wsheart.channels.redis.presence import RedisPresence
+from wsheart.channels.redis.store import RedisStore
 
 from .loopback import RedisServer, async_test, sleep, wait_until
 

@@ -209,7 +209,9 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(settings.client_publish, ("chat.*", "game.*"))
         self.assertEqual(settings.quiet_presence, ("ticker.*",))
         self.assertEqual(parse("--client-publish", "")["channels"].client_publish, ())
-        from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
+        from wsheart.channels.redis.address import RedisAddress
+        from wsheart.channels.redis.broker import RedisBroker
+        from wsheart.channels.redis.connections import RedisConnections
 
         redis = makeService(parse("--redis", "redis://:s3cret@10.0.0.5:6380/2", "--redis-prefix", "chat"), reactor=MemoryReactorClock())
         self.assertIsInstance(redis.broker, RedisBroker)

@@ -23,8 +23,11 @@ from wsheart.access.admission import AdmissionSettings
 from wsheart.auth import AuthPolicy, Grants, TokenSettings, TokenVerifier
 from wsheart.auth.jwks import JWKSFetcher, check_jwks_url, treq_get
 from wsheart.channels.api import ApiTokens
-from wsheart.channels.redisbroker import RedisAddress, RedisBroker, RedisConnections
-from wsheart.channels.redisstore import RedisPresence, RedisStore
+from wsheart.channels.redis.address import RedisAddress
+from wsheart.channels.redis.broker import RedisBroker
+from wsheart.channels.redis.connections import RedisConnections
+from wsheart.channels.redis.presence import RedisPresence
+from wsheart.channels.redis.store import RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.channels.v1 import Rates
 from wsheart.deflate import DeflateSettings
