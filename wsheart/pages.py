@@ -28,9 +28,21 @@ from importlib import resources
 from typing import Any, Mapping, Optional
 from urllib.parse import urlsplit
 
+from twisted.web.http import RESPONSES
+
 from wsheart import __version__
 
-_PHRASES = {200: "OK", 304: "Not Modified", 405: "Method Not Allowed"}
+# What twisted.web's table lacks (RFC 6585, RFC 7231's 426).
+_MORE_PHRASES = {426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large"}
+
+
+def status_phrase(code: int) -> str:
+    """
+    The reason phrase of an HTTP status: the one twisted.web knows, or
+    the few it lacks, or "Error".
+    """
+    known = RESPONSES.get(code)
+    return known.decode("ascii") if known else _MORE_PHRASES.get(code, "Error")
 
 
 def html_security_headers(connect: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
@@ -205,7 +217,7 @@ def _response(
     length: bool = True,
     length_of: Optional[int] = None,
 ) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_PHRASES[status]}", f"Content-Type: {content_type}"]
+    lines = [f"HTTP/1.1 {status} {status_phrase(status)}", f"Content-Type: {content_type}"]
     if length:
         lines.append(f"Content-Length: {len(body) if length_of is None else length_of}")
     lines += ["X-Content-Type-Options: nosniff", "Connection: close"]

@@ -45,7 +45,7 @@ from wsheart.metrics import ServerMetrics
 from wsheart.access.limits import LOG_EVERY, USER_HINT, ConnectionLimits, LimitSettings, address_key
 from wsheart.access.origin import OriginPolicy, suggestion
 from wsheart.access.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
-from wsheart.pages import Pages, parse_request_head, wants_upgrade
+from wsheart.pages import Pages, parse_request_head, status_phrase, wants_upgrade
 from wsheart.wheel import TimerWheel
 
 class _LazyPformat:
@@ -74,19 +74,6 @@ _autobahn_protocol.pformat = _LazyPformat  # type: ignore[assignment]
 
 # Largest opening-handshake request a server accepts before answering 431.
 MAX_HANDSHAKE_BYTES = 16 * 1024
-
-_HTTP_PHRASES = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
 
 
 class _Liveness:
@@ -433,9 +420,9 @@ class ServerProtocol(_Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):  # type: ignore[no-untyped-def]
         # A short, complete HTTP answer (Autobahn's has no body and puts the
         # reason in the status line), so curl or a browser shows why.
-        body = f"{code} {_HTTP_PHRASES.get(code, 'Error')}: {reason}\n".encode("utf-8")
+        body = f"{code} {status_phrase(code)}: {reason}\n".encode("utf-8")
         lines = [
-            f"HTTP/1.1 {code} {_HTTP_PHRASES.get(code, 'Error')}",
+            f"HTTP/1.1 {code} {status_phrase(code)}",
             "Content-Type: text/plain; charset=utf-8",
             f"Content-Length: {len(body)}",
             "Connection: close",

@@ -192,19 +192,6 @@ class WsheartService(MultiService):
         finally:
             self.notifier.notify(READY=1)
 
-    def reload_tls(self) -> bool:
-        """
-        Re-read every TLS listener's key and certificate (SIGHUP does it in
-        L{reload}); whether all of them took the new files.
-        """
-        if not self.tls:
-            return False
-        self.notifier.notify(RELOADING=1)
-        try:
-            return all([tls.reload() for tls in self.tls])
-        finally:
-            self.notifier.notify(READY=1)
-
     def stopService(self) -> "defer.Deferred[None]":
         """
         Stop accepting, tell systemd, drain every connection with a 1012
