@@ -136,10 +136,18 @@ def json_response(request: Request, status: int, body: Any) -> bytes:
     """
     A JSON answer (also used by L{wsheart.admin}): never cached.
     """
+    return json_text_response(request, status, json.dumps(body, separators=(",", ":"), ensure_ascii=False))
+
+
+def json_text_response(request: Request, status: int, text: str) -> bytes:
+    """
+    A JSON answer whose body is JSON text already (history is served as
+    stored, never encoded again): never cached.
+    """
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    return text.encode("utf-8") + b"\n"
 
 
 def has_token(authorization: Optional[bytes], tokens: Optional[ApiTokens]) -> bool:
@@ -357,7 +365,7 @@ class ChannelResource(_Guarded):
             raw = (request.args or {}).get(b"since", [b"0"])[0]
             if not raw.isdigit() or len(raw) > 18:
                 raise ChannelError(400, "since must be a non-negative integer (a seq)")
-            return when_done(self.broker.history_json(channel, int(raw)), lambda text: _raw_json(request, text))
+            return when_done(self.broker.history_json(channel, int(raw)), lambda text: json_text_response(request, 200, text))
         raise ChannelError(404, "GET /channels/{channel}/presence or /channels/{channel}/history?since=N")
 
 
@@ -401,17 +409,6 @@ def _refused(request: Request, refusal: ChannelError) -> bytes:
     if refusal.retry_after is not None:
         request.setHeader(b"retry-after", b"%d" % max(1, round(refusal.retry_after)))
     return json_response(request, refusal.code, {"error": refusal.reason})
-
-
-def _raw_json(request: Request, text: str) -> bytes:
-    """
-    A 200 answer whose body is already JSON: history is served as stored,
-    never encoded again.
-    """
-    request.setResponseCode(200)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return text.encode("utf-8") + b"\n"
 
 
 def install_api(root: Resource, broker: Broker, tokens: Optional[ApiTokens], hub: Any = None) -> BodyPolicy:
