@@ -204,9 +204,8 @@ class PublishOptions(_GnuOptions):
             self["data"] = self["message"]
         if self["token-file"]:
             try:
-                with open(self["token-file"], "rb") as f:
-                    self["token"] = f.readline().strip().decode("utf-8")
-            except (OSError, UnicodeDecodeError) as e:
+                self["token"] = _read_token(self["token-file"])
+            except ValueError as e:
                 raise usage.UsageError(f"--token-file: {e}")
         else:
             self["token"] = os.environ.get("WSHEART_API_TOKEN", "")
