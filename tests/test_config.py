@@ -7,9 +7,8 @@ C{--print-config}, through the daemon's own L{Options}.
 from __future__ import annotations
 
 import io
-import os
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from twisted.python import usage
 from twisted.trial import unittest

@@ -31,7 +31,7 @@ from wsheart.heartbeat import HeartbeatSettings
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics
 from wsheart.protocol import ServerFactory
-from wsheart.channels.v1 import SUBPROTOCOL
+from wsheart.channels.model import SUBPROTOCOL
 
 from .loopback import (
     Process,

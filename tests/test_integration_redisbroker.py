@@ -6,7 +6,6 @@ real redis-server on 127.0.0.1 (one per test, stopped by pid).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

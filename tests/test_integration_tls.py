@@ -19,7 +19,6 @@ import socket
 import ssl as stdlib_ssl
 import subprocess
 import sys
-from typing import Any
 
 from twisted.trial import unittest
 

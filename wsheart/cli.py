@@ -46,12 +46,11 @@ from twisted.python import usage
 from wsheart import __version__
 from wsheart.backoff import BackoffSettings
 from wsheart.channels.client import ChannelSession
-from wsheart.channels.broker import check_channel_name, ChannelError
+from wsheart.channels.model import SUBPROTOCOL, ChannelError, check_channel_name
 from wsheart.client import ClientListener, ReconnectingClientService, load_trust_root
 from wsheart.deflate import DeflateSettings
 from wsheart.coerce import non_negative_float, positive_factor, positive_float, positive_int
 from wsheart.heartbeat import HeartbeatSettings
-from wsheart.channels.v1 import SUBPROTOCOL
 
 # Lines typed while disconnected wait here and go out on reconnect; past
 # this many the oldest are dropped, and stderr says so.

@@ -20,7 +20,8 @@ from typing import Optional
 
 from wsheart.auth import AuthPolicy
 from wsheart.channels.broker import Broker, ChannelError, ChannelSettings, Housekeeping, Position
-from wsheart.channels.v1 import SUBPROTOCOL, ChannelProtocolHandler, Rates
+from wsheart.channels.model import SUBPROTOCOL
+from wsheart.channels.v1 import ChannelProtocolHandler, Rates
 from wsheart.handler import IMessageHandler
 from wsheart.hub import Hub
 from wsheart.metrics import ServerMetrics

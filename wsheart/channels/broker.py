@@ -20,7 +20,6 @@ import fnmatch
 import heapq
 import itertools
 import json
-import re
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -32,11 +31,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from wsheart.channels.model import ChannelError, Position, check_channel_name
 from wsheart.frames import send_to_all
 from wsheart.hub import IConnection
 
-# fullmatch, never match + "$": "$" also matches before a final newline.
-CHANNEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}")
 # Room for a message frame's envelope around its data: op, channel name
 # (at most 128), epoch and seq.  Data plus this must fit the size limit
 # that subscribers enforce (the same --max-message-size by default).
@@ -52,29 +50,6 @@ SUBSCRIBED_ENVELOPE = 1024
 MAX_IDEMPOTENCY_KEYS = 100_000
 
 log = Logger()
-
-
-class ChannelError(Exception):
-    """
-    A request about channels that cannot be done; C{code} is the error code
-    of the protocol (docs/protocol.md) and the HTTP status of the API.
-    """
-
-    def __init__(self, code: int, reason: str, retry_after: Optional[float] = None) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        # Seconds after which the same request may succeed (503, 429).
-        self.retry_after = retry_after
-
-
-def check_channel_name(name: object) -> str:
-    if not isinstance(name, str) or not CHANNEL_NAME.fullmatch(name):
-        raise ChannelError(
-            400,
-            "channel names are 1-128 characters of letters, digits and _ . : @ - (not starting with . : @ -)",
-        )
-    return name
 
 
 def utf8_length(text: str) -> int:
@@ -150,12 +125,6 @@ class ChannelSettings:
 
     def presence_events(self, channel: str) -> bool:
         return not any(fnmatch.fnmatchcase(channel, pattern) for pattern in self.quiet_presence)
-
-
-@dataclass(frozen=True)
-class Position:
-    epoch: str
-    seq: int
 
 
 @dataclass(slots=True)

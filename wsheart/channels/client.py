@@ -29,9 +29,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from wsheart.channels.broker import Position
+from wsheart.channels.model import SUBPROTOCOL, Position
 from wsheart.client import ClientListener, IClientListener
-from wsheart.channels.v1 import SUBPROTOCOL
 
 __all__ = ["SUBPROTOCOL", "ChannelListener", "ChannelSession", "IChannelListener"]
 

@@ -23,7 +23,6 @@ from wsheart.handler import MessageHandler, Message
 from wsheart.hub import IConnection
 from wsheart.access.limits import TokenBucket
 
-SUBPROTOCOL = "wsheart.v1"
 PONG = '{"op":"pong"}'
 
 # Error codes of "error" frames (the HTTP API answers with the same
