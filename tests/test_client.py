@@ -24,7 +24,7 @@ from wsheart import client as wclient
 from wsheart import closecodes
 from wsheart.backoff import BackoffSettings
 from wsheart.heartbeat import HeartbeatSettings
-from wsheart.protocol import ClientFactory
+from wsheart.clientprotocol import ClientFactory
 
 from .memory import make_server_factory
 

@@ -210,7 +210,7 @@ class CompressedEchoTests(unittest.TestCase):
         and intact.
         """
         from wsheart.heartbeat import HeartbeatSettings
-        from wsheart.protocol import ClientFactory
+        from wsheart.clientprotocol import ClientFactory
 
         received: list[Any] = []
 

@@ -534,7 +534,7 @@ class ClientHandshakeTests(unittest.TestCase):
         debug line, losing the status and Retry-After; now both are read.
         """
         from wsheart.heartbeat import HeartbeatSettings
-        from wsheart.protocol import ClientFactory
+        from wsheart.clientprotocol import ClientFactory
 
         clock = Clock()
         owner = object()

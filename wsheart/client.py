@@ -36,7 +36,7 @@ from wsheart.backoff import Backoff, BackoffSettings, hint_from_close, parse_ret
 from wsheart.deflate import DeflateSettings
 from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.metrics import ClientMetrics
-from wsheart.protocol import ClientFactory, ClientProtocol
+from wsheart.clientprotocol import ClientFactory, ClientProtocol
 from wsheart.tls import ClientTLS, describe_tls_failure
 
 Message = Union[str, bytes]
