@@ -119,6 +119,42 @@ class RedisBrokerTests(RedisBrokerCase):
         self.assertEqual(seqs(again), [4, 5, 6, 7], "no gap and no duplicate at the seam")
 
     @async_test
+    async def test_a_client_from_a_process_ahead_of_this_one_recovers(self) -> None:
+        """
+        A client that saw seq 3 on A comes back on B before B has the last
+        two messages from pub/sub (held here): B waits until it has them,
+        answers recovered at 3, and sends neither again (it answered "not
+        recovered", then sent 2 and 3 a second time: the chaos run's
+        duplicates).
+        """
+        a, b = await self.broker(), await self.broker()
+        first, _ = await self.subscribe(a, "c1")
+        watcher, _ = await self.subscribe(b, "w1")
+        await a.publish("news", 0)
+        await wait_until(self, lambda: seqs(watcher) == [1])
+        held: list[tuple[Any, Any]] = []
+        announced = b.announced
+        b.announced = lambda key, message: held.append((key, message))  # type: ignore[method-assign]
+        for i in (1, 2):
+            await a.publish("news", i)
+        await wait_until(self, lambda: seqs(first) == [1, 2, 3] and len(held) == 2)
+        position = Position(first.frames()[-1]["epoch"], 3)
+        a.remove_connection("c1")
+        subscribing = b.subscribe("c1", FakeConnection("c1"), "news", since=position)
+        answered: list[Any] = []
+        subscribing.addBoth(lambda result: answered.append(result) or result)
+        await sleep(0.1)
+        self.assertEqual(answered, [], "waits for B to catch up")
+        b.announced = announced  # type: ignore[method-assign]
+        for key, message in held:
+            b.announced(key, message)
+        result = await subscribing
+        self.assertEqual((result.recovered, result.position.seq, result.missed), (True, 3, ()))
+        await a.publish("news", 3)
+        connection = b._channels["news"].subscribers["c1"].connection
+        await wait_until(self, lambda: seqs(connection) == [4])
+
+    @async_test
     async def test_gap_beyond_history_is_not_recovered(self) -> None:
         """
         A position older than the shared history recovers nothing.

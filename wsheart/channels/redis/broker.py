@@ -433,7 +433,17 @@ class RedisBroker(Broker):
         # Messages delivered while it recovers wait for it, after its missed ones.
         subscriber.pending = []  # type: ignore[attr-defined]
 
-        def read_history(_: None) -> Any:
+        def catch_up(_: None) -> Any:
+            if since is not None and since.epoch == channel.epoch and since.seq > channel.seq:
+                # The subscriber comes from a process that was ahead of this
+                # one (pub/sub reaches processes milliseconds apart): wait
+                # until this one has delivered its position too, or the
+                # store's timeout - answering now would be "not recovered"
+                # and the messages it has already would come again.
+                return self._after_delivery(channel_name, since, self.store.clock.seconds())
+            return None
+
+        def read_history(_: Any) -> Any:
             if since is None or since.epoch != channel.epoch or since.seq >= channel.seq:
                 return None  # nothing to recover: live from the present
             return self.store.read(channel_name, since.seq, floor=self.floor(channel_name))
@@ -465,7 +475,8 @@ class RedisBroker(Broker):
         # failed() also takes what answer() waits for (the shared member
         # list): a stall there is a 503 too, never an error that closes the
         # connection.
-        return self._listen(channel_name).addCallback(read_history).addCallback(answer).addErrback(failed)
+        listened = self._listen(channel_name).addCallback(catch_up)
+        return listened.addCallback(read_history).addCallback(answer).addErrback(failed)
 
     def _recovered(
         self, channel: Channel, since: Optional[Position], read: Optional[HistoryRead], pending: list[tuple[int, str]]
