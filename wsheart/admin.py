@@ -80,8 +80,8 @@ class ConnectionsResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         limit = None
-        if b"limit" in request.args:  # type: ignore[operator]
-            raw = request.args[b"limit"][0]  # type: ignore[index]
+        if b"limit" in request.args:
+            raw = request.args[b"limit"][0]
             if not raw.isdigit() or len(raw) > 18:
                 return json_response(request, 400, {"error": "limit must be a non-negative integer"})
             limit = int(raw)

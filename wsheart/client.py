@@ -193,7 +193,7 @@ class ReconnectingClientService(Service):
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
-            reactor = _reactor  # type: ignore[assignment]
+            reactor = _reactor
         assert reactor is not None
         parse_url(url)  # raises a clear ValueError on a bad URL
         self.url = url

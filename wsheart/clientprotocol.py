@@ -66,7 +66,7 @@ class ClientProtocol(Liveness, WebSocketClientProtocol):  # type: ignore[misc]
                 self.data = head.decode("latin-1").encode("utf-8") + self.data[end:]
         super().processHandshake()
 
-    def failHandshake(self, reason: str) -> None:  # type: ignore[override]
+    def failHandshake(self, reason: str) -> None:
         status_line = getattr(self, "http_status_line", None) or ""
         parts = status_line.split()
         if len(parts) >= 2 and parts[1].isdigit():

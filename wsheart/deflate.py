@@ -85,7 +85,7 @@ class DeflateSettings:
             raise ValueError(f"deflate minimum size must not be negative, got {self.min_size}")
 
 
-class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
+class LeanDeflate(PerMessageDeflate):
     """
     Autobahn's permessage-deflate that drops its zlib objects after each
     message in a direction without context takeover (Autobahn keeps the
@@ -140,7 +140,7 @@ class LeanDeflate(PerMessageDeflate):  # type: ignore[misc]
             assert decompressor is not None
             limit = self.max_message_size
             if limit is None:
-                return decompressor.decompress(data)  # type: ignore[no-any-return]
+                return decompressor.decompress(data)
             if self._inflated > limit:
                 return b""  # already failing; inflate nothing more
             out: bytes = decompressor.decompress(data, limit - self._inflated + 1)
@@ -167,7 +167,7 @@ def make_lean(pmce: Any, owner: Any = None) -> None:
         pmce.owner = owner
 
 
-class _Accept(PerMessageDeflateOfferAccept):  # type: ignore[misc]
+class _Accept(PerMessageDeflateOfferAccept):
     """
     The server's answer to an offer; says C{server_no_context_takeover}
     also when the client did not ask (RFC 7692 7.1.1.1 allows it), so the

@@ -143,4 +143,4 @@ def build_handler(factory: Callable[[Hub], Any], hub: Hub) -> IMessageHandler:
             f"--handler: {name} returned {handler!r}, which lacks {', '.join(missing)} "
             "(subclass wsheart.handler.MessageHandler)"
         )
-    return handler  # type: ignore[no-any-return]
+    return handler

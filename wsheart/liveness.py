@@ -142,8 +142,8 @@ class Liveness:
         # that was only slow learns why), then close TCP once it is flushed;
         # the close timer still aborts if even the flush stalls.
         self.close(closecodes.INTERNAL_ERROR, closecodes.HEARTBEAT_TIMEOUT_REASON)
-        if self.transport is not None:  # type: ignore[attr-defined]
-            self.transport.loseConnection()  # type: ignore[attr-defined]
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         heartbeat = self.heartbeat
@@ -195,7 +195,7 @@ class Liveness:
         if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
-            self.transport.write(data)  # type: ignore[attr-defined]
+            self.transport.write(data)
 
     def onPong(self, payload: bytes) -> None:
         if self.heartbeat is not None:
@@ -210,9 +210,9 @@ class Liveness:
         if self.state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
             self.dropConnection(abort=True)  # type: ignore[attr-defined]
             return
-        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123))  # type: ignore[attr-defined]
+        self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123))
 
-    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):  # type: ignore[no-untyped-def]
+    def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
         super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)  # type: ignore[misc]
         # Whoever started it, a closing handshake must end in bounded time.
         if self._close_timer is None and self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
@@ -231,7 +231,7 @@ class Liveness:
             # Autobahn already asked for a graceful close (after answering
             # the peer's close), but the socket lingers - e.g. output queued
             # for a peer that stopped reading.  Cut it.
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.transport.abortConnection()
 
     def _stop_timers(self) -> None:
         for name in ("_handshake_timer", "_close_timer", "_auth_timer"):
@@ -243,7 +243,7 @@ class Liveness:
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure) -> None:
         self._connection_gone = True
         try:
             super().connectionLost(reason)  # type: ignore[misc]

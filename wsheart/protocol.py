@@ -162,12 +162,12 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
                 if response is not None:
                     self.sendData(response)
                     self.data = b""
-                    self.dropConnection(abort=False)  # type: ignore[attr-defined]
+                    self.dropConnection(abort=False)
                     self._linger_at_most(self.factory.handshake_timeout)
                     return
-        super().processHandshake()  # type: ignore[misc]
+        super().processHandshake()
 
-    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):  # type: ignore[no-untyped-def]
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         # A short, complete HTTP answer (Autobahn's has no body and puts the
         # reason in the status line), so curl or a browser shows why.
         body = f"{code} {status_phrase(code)}: {reason}\n".encode("utf-8")
@@ -183,7 +183,7 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             lines.append(f"{name}: {value}")
         self.sendData(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body)
 
-    def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):  # type: ignore[no-untyped-def]
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders=None):
         self.factory.metrics.handshake_failures.labels(reason=self._refusal or f"http_{code}").inc()
         if self._retry_after is not None:
             responseHeaders = list(responseHeaders or ()) + [("Retry-After", self._retry_after)]
@@ -464,7 +464,7 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         # first (hashing a key per subscriber costs more than the lookup).
         self.frame_key = self.factory.frame_keys.setdefault(key, key)
 
-    def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):  # type: ignore[no-untyped-def]
+    def sendMessage(self, payload, isBinary=False, fragmentSize=None, sync=False, doNotCompress=False):
         # Below --deflate-min-size a message goes uncompressed: a compressor
         # set up for a few bytes costs more than it saves.
         settings = self.factory.deflate

@@ -230,7 +230,7 @@ class BoundedRequest(Request):
         self._refused = True
         if self.content is not None:
             self.content.close()  # a chunked body may have been spooled to a file
-        self.content = None  # type: ignore[assignment]
+        self.content = None
         # No "100 Continue" after the refusal (twisted.web sends one right
         # after gotLength for a request that expects it).
         self.requestHeaders.removeHeader(b"expect")
@@ -399,7 +399,7 @@ class DisconnectResource(_Guarded):
         for info in list(self.hub):
             identity = getattr(info.connection, "identity", None)
             if identity is not None and identity.sub == sub:
-                info.connection.close(closecodes.FORBIDDEN, reason)  # type: ignore[attr-defined]
+                info.connection.close(closecodes.FORBIDDEN, reason)
                 closed += 1
         log.info("disconnected {count} connection(s) of {sub} through the API", count=closed, sub=sub)
         return json_response(request, 200, {"sub": sub, "disconnected": closed})

@@ -243,7 +243,7 @@ class ChannelSession(ClientListener):
         if reactor is None:
             from twisted.internet import reactor as _global
 
-            reactor = _global  # type: ignore[assignment]
+            reactor = _global
         assert reactor is not None
         delay = min(retry_after, 3600.0) * (1 + self._random())
 

@@ -91,11 +91,11 @@ class _KeepTrying:
         log.warn("{why}; trying again", why=why)
 
 
-class _CommandFactory(_KeepTrying, txredisapi.RedisFactory):  # type: ignore[misc]
+class _CommandFactory(_KeepTrying, txredisapi.RedisFactory):
     pass
 
 
-class _PubSubFactory(_KeepTrying, txredisapi.SubscriberFactory):  # type: ignore[misc]
+class _PubSubFactory(_KeepTrying, txredisapi.SubscriberFactory):
     pass
 
 
