@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
 )
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsheart.deflate import DeflateSettings, client_accept, client_offers, make_lean, may_compress
@@ -38,7 +39,7 @@ class ClientProtocol(Liveness, WebSocketClientProtocol):  # type: ignore[misc]
     retry_after_header: Optional[str] = None
     lost_reason: Optional[Failure] = None
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Kept so the service can say why a TLS handshake failed (Autobahn
         # reduces a failed hostname check to "peer dropped the connection").
         self.lost_reason = reason
@@ -113,7 +114,7 @@ class ClientProtocol(Liveness, WebSocketClientProtocol):  # type: ignore[misc]
         """
         if self.state == self.STATE_OPEN:
             deflate = self.factory.deflate
-            limit = int(self.maxMessagePayloadSize)  # type: ignore[attr-defined]
+            limit = int(self.maxMessagePayloadSize)
             plain = deflate is not None and not may_compress(len(payload), deflate, limit)
             self.sendMessage(payload, binary, doNotCompress=plain)
 

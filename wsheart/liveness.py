@@ -13,12 +13,13 @@ with L{twisted.internet.task.Clock}.
 from __future__ import annotations
 
 import pprint
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from autobahn.util import encode_truncate
 from autobahn.websocket import protocol as _autobahn_protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from wsheart import closecodes
@@ -50,7 +51,24 @@ _autobahn_protocol.pformat = _LazyPformat  # type: ignore[assignment]
 
 
 
-class Liveness:
+if TYPE_CHECKING:
+    # The Autobahn side this is mixed into (a server or a client protocol),
+    # for the type checker: its state, buffers and methods used here.
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    # Autobahn's two bases disagree on the types of "peer" and
+    # "_transport_details" (an Autobahn typing slip); the real classes
+    # combine them just the same.
+    class _Side(WebSocketAdapterProtocol, WebSocketProtocol):  # type: ignore[misc]
+        logOctets: bool  # set by setProtocolOptions
+        maxMessagePayloadSize: int
+
+else:
+    _Side = object
+
+
+class Liveness(_Side):
     """
     What server and client protocols share: the heartbeat, text of the
     close reason, and the timers that bound the opening and closing
@@ -93,10 +111,10 @@ class Liveness:
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
-        if self.state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
+        if self.state == self.STATE_CONNECTING:
             self.wasNotCleanReason = "opening handshake timeout"
             self.wasOpenHandshakeTimeout = True
-            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+            self.dropConnection(abort=True)
 
     def _start_heartbeat(self, settings: HeartbeatSettings, first_delay: float) -> None:
         if self._handshake_timer is not None:
@@ -108,15 +126,15 @@ class Liveness:
             send_ping=self._send_heartbeat_ping,
             on_dead=self._heartbeat_dead,
             on_miss=self._heartbeat_missed,
-            scheduler=getattr(self.factory, "timers", None),  # type: ignore[attr-defined]
-            after_reads=self.factory.after_reads,  # type: ignore[attr-defined]
-            meter=getattr(self.factory, "cadence", None),  # type: ignore[attr-defined]
+            scheduler=getattr(self.factory, "timers", None),
+            after_reads=self.factory.after_reads,
+            meter=getattr(self.factory, "cadence", None),
         )
         self.heartbeat.start(first_delay)
 
     def _send_heartbeat_ping(self, payload: bytes) -> None:
         if not self._peer_mid_frame():
-            self.sendPing(payload)  # type: ignore[attr-defined]
+            self.sendPing(payload)
 
     def _peer_mid_frame(self) -> bool:
         """
@@ -127,8 +145,8 @@ class Liveness:
         inside a frame it is sending in pieces, corrupts that frame
         (Autobahn|Testsuite's cases 6.4.3 and 6.4.4 then end in 1007).
         """
-        return self.state == self.STATE_OPEN and (  # type: ignore[attr-defined]
-            bool(self.data) or getattr(self, "current_frame", None) is not None  # type: ignore[attr-defined]
+        return self.state == self.STATE_OPEN and (
+            bool(self.data) or getattr(self, "current_frame", None) is not None
         )
 
     def _heartbeat_missed(self, heartbeat: Heartbeat) -> None:
@@ -159,7 +177,7 @@ class Liveness:
                 return
         # Straight to Autobahn's parser: its Twisted adapter formats a debug
         # line on every read, even with debug logging off.
-        self._dataReceived(data)  # type: ignore[attr-defined]
+        self._dataReceived(data)
 
     def _fast_messages(self, data: bytes) -> bytes:
         """
@@ -175,9 +193,9 @@ class Liveness:
         Autobahn's general frame parser.  Anything else goes the long way.
         """
         # _peer_mid_frame, inlined: this runs for every pong.
-        if self.state != self.STATE_OPEN or self.data or getattr(self, "current_frame", None) is not None:  # type: ignore[attr-defined]
+        if self.state != self.STATE_OPEN or self.data or getattr(self, "current_frame", None) is not None:
             return False
-        if self.factory.isServer:  # type: ignore[attr-defined]
+        if self.factory.isServer:
             if data[1] != 0x8C or len(data) != 18:  # clients must mask
                 return False
             mask = int.from_bytes(data[2:6] * 3, "big")
@@ -192,8 +210,8 @@ class Liveness:
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         # The common case straight to the transport: Autobahn's version
         # formats a debug line for every write, even with debug logging off.
-        if sync or chopsize or self.send_queue or self.logOctets:  # type: ignore[attr-defined]
-            super().sendData(data, sync, chopsize)  # type: ignore[misc]
+        if sync or chopsize or self.send_queue or self.logOctets:
+            super().sendData(data, sync, chopsize)
         else:
             self.transport.write(data)
 
@@ -207,26 +225,26 @@ class Liveness:
         C{sendClose} refuses 1011-1013); the TCP connection is dropped if
         the peer has not finished the handshake after C{close_timeout}.
         """
-        if self.state == self.STATE_CONNECTING:  # type: ignore[attr-defined]
-            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+        if self.state == self.STATE_CONNECTING:
+            self.dropConnection(abort=True)
             return
         self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123))
 
     def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
-        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)  # type: ignore[misc]
+        super().sendCloseFrame(code=code, reasonUtf8=reasonUtf8, isReply=isReply)
         # Whoever started it, a closing handshake must end in bounded time.
-        if self._close_timer is None and self.state == self.STATE_CLOSING:  # type: ignore[attr-defined]
+        if self._close_timer is None and self.state == self.STATE_CLOSING:
             self._close_timer = self.clock.callLater(self.close_timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
         self._close_timer = None
         if self._connection_gone:
             return
-        if self.state != self.STATE_CLOSED:  # type: ignore[attr-defined]
+        if self.state != self.STATE_CLOSED:
             self.wasClean = False
             self.wasNotCleanReason = "closing handshake timeout"
             self.wasCloseHandshakeTimeout = True
-            self.dropConnection(abort=True)  # type: ignore[attr-defined]
+            self.dropConnection(abort=True)
         else:
             # Autobahn already asked for a graceful close (after answering
             # the peer's close), but the socket lingers - e.g. output queued
@@ -243,10 +261,10 @@ class Liveness:
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connection_gone = True
         try:
-            super().connectionLost(reason)  # type: ignore[misc]
+            super().connectionLost(reason)
         finally:
             self._stop_timers()
 

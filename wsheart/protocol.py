@@ -21,6 +21,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
 from twisted.logger import Logger
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -120,7 +121,7 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             return
         self._arm_handshake_timer(self.factory.handshake_timeout)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         counted, self._counted = self._counted, None
         if counted is not None:
             self.factory.limits.connection_lost(self._limit_key, was_open=counted == "open", was_pending=counted == "pending")
@@ -626,7 +627,7 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
 
     @property
     def max_message_size(self) -> int:
-        return int(self.maxMessagePayloadSize)  # type: ignore[attr-defined]
+        return int(self.maxMessagePayloadSize)
 
     def send_text(self, text: str) -> bool:
         payload = text.encode("utf-8")
