@@ -122,7 +122,7 @@ class Drainer:
             if info is None:
                 continue
             try:
-                info.connection.close(closecodes.SERVICE_RESTART, reason)  # type: ignore[attr-defined]
+                info.connection.close(closecodes.SERVICE_RESTART, reason)
             except Exception:
                 self.log.failure("closing {cid} during drain failed", cid=connection_id)
 
@@ -135,7 +135,7 @@ class Drainer:
         leftovers = list(self._hub)
         for info in leftovers:
             try:
-                info.connection.abort()  # type: ignore[attr-defined]
+                info.connection.abort()
             except Exception:
                 self.log.failure("dropping {cid} during drain failed", cid=info.connection_id)
         if leftovers:

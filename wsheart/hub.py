@@ -70,7 +70,7 @@ class ConnectionInfo:
     connection_id: str
     peer: str
     opened_at: float
-    connection: object
+    connection: IConnection
     heartbeat: object = None
 
 
@@ -131,7 +131,7 @@ class Hub:
         self,
         connection_id: str,
         peer: str,
-        connection: object,
+        connection: IConnection,
         heartbeat: object = None,
     ) -> ConnectionInfo:
         """
@@ -178,7 +178,7 @@ class Hub:
         info = self._connections.get(connection_id)
         if info is None:
             return False
-        return bool(info.connection.send_text(text))  # type: ignore[attr-defined]
+        return bool(info.connection.send_text(text))
 
     def push_binary(self, connection_id: str, data: bytes) -> bool:
         """
@@ -187,7 +187,7 @@ class Hub:
         info = self._connections.get(connection_id)
         if info is None:
             return False
-        return bool(info.connection.send_binary(data))  # type: ignore[attr-defined]
+        return bool(info.connection.send_binary(data))
 
     def broadcast_text(self, text: str) -> int:
         """
@@ -195,7 +195,7 @@ class Hub:
         """
         count = 0
         for info in list(self._connections.values()):
-            if info.connection.send_text(text):  # type: ignore[attr-defined]
+            if info.connection.send_text(text):
                 count += 1
         return count
 
