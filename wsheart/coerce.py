@@ -6,9 +6,25 @@ L{usage.UsageError} that names the option.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 from twisted.python import usage
+
+T = TypeVar("T")
+
+
+class Coercer(Generic[T]):
+    """
+    An option value parser with the line C{--help} shows after the
+    option's text (twisted.python.usage reads C{coerceDoc}).
+    """
+
+    def __init__(self, parse: Callable[[str], T], doc: str) -> None:
+        self._parse = parse
+        self.coerceDoc = doc
+
+    def __call__(self, value: str) -> T:
+        return self._parse(value)
 
 
 def _number(name: str, allow_zero: bool, unit: str, doc: str) -> Callable[[str], float]:
@@ -31,8 +47,7 @@ def _number(name: str, allow_zero: bool, unit: str, doc: str) -> Callable[[str],
             raise usage.UsageError(f"--{name} must be {wanted}, got {value!r}")
         return number
 
-    parse.coerceDoc = f"{doc}, {'zero or more' if allow_zero else 'a positive number'}."  # type: ignore[attr-defined]
-    return parse
+    return Coercer(parse, f"{doc}, {'zero or more' if allow_zero else 'a positive number'}.")
 
 
 def positive_float(name: str) -> Callable[[str], float]:
@@ -80,8 +95,7 @@ def _whole(name: str, minimum: int) -> Callable[[str], int]:
             raise usage.UsageError(f"--{name} must be at least {minimum}, got {value!r}")
         return number
 
-    parse.coerceDoc = f"A whole number, at least {minimum}."  # type: ignore[attr-defined]
-    return parse
+    return Coercer(parse, f"A whole number, at least {minimum}.")
 
 
 def positive_int(name: str) -> Callable[[str], int]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import sys
 from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -319,7 +320,9 @@ def grouped_usage(options: usage.Options, width: int) -> str:
         listed.update(members)
         if dicts:
             text.append(f"{title}:\n" + "".join(usage.docMakeChunks(dicts, width)))
+    # twistd puts ". " and the value's rule after a text that ends with a
+    # full stop already.
     rest = [by_name[name] for name in sorted(set(by_name) - listed)]
     if rest:
         text.append("Other:\n" + "".join(usage.docMakeChunks(rest, width)))
-    return "\n".join(text)
+    return re.sub(r"(?<!\.)\.\.(\s)", r".\1", "\n".join(text))

@@ -31,7 +31,7 @@ from wsheart.channels.redis.store import RedisStore
 from wsheart.channels import Broker, ChannelSettings, Housekeeping, serve
 from wsheart.channels.v1 import Rates
 from wsheart.deflate import DeflateSettings
-from wsheart.coerce import non_negative_float, non_negative_int, non_negative_rate, positive_float, positive_int, positive_rate
+from wsheart.coerce import Coercer, non_negative_float, non_negative_int, non_negative_rate, positive_float, positive_int, positive_rate
 from wsheart.drain import Drainer, DrainSettings
 from wsheart.handler import EchoHandler, HandlerLoadError, IMessageHandler, build_handler, resolve_handler
 from wsheart.heartbeat import HeartbeatSettings
@@ -69,13 +69,13 @@ def with_backlog(description: str, backlog: int) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def _node_id(value: str) -> str:
+def _check_node_id(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
         raise usage.UsageError(f"--node-id takes 1-32 letters, digits, _ and -, got {value!r}")
     return value
 
 
-_node_id.coerceDoc = "1-32 letters, digits, _ and -."  # type: ignore[attr-defined]
+_node_id = Coercer(_check_node_id, "1-32 letters, digits, _ and -.")
 
 
 class Options(usage.Options):
