@@ -153,6 +153,10 @@ class Subscriber:
     name: Optional[str]
     # The UTF-8 size of client() as JSON, for the bounded presence list.
     presence_bytes: int = 0
+    # While an engine recovers its missed messages (the Redis engine reads
+    # them from Redis): the (seq, frame) of live messages that wait behind
+    # them.  None: live.
+    pending: Optional[list[tuple[int, str]]] = None
 
     def client(self) -> dict[str, Any]:
         info: dict[str, Any] = {"id": self.connection_id}

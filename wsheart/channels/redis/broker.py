@@ -325,7 +325,7 @@ class RedisBroker(Broker):
         frame = message_head(channel.name, channel.epoch, seq) + data_json + "}"
         ready = []
         for subscriber in channel.subscribers.values():
-            pending = getattr(subscriber, "pending", None)
+            pending = subscriber.pending
             if pending is not None:
                 pending.append((seq, frame))  # still recovering: after its missed ones
             else:
@@ -364,7 +364,7 @@ class RedisBroker(Broker):
         notice = encode(
             {"op": "subscribed", "channel": channel.name, "epoch": epoch, "seq": seq, "recovered": False, "reason": reason}
         )
-        ready = [s.connection for s in channel.subscribers.values() if getattr(s, "pending", None) is None]
+        ready = [s.connection for s in channel.subscribers.values() if s.pending is None]
         send_to_all(ready, notice)
         self.gaps_told_total += 1
 
@@ -431,7 +431,7 @@ class RedisBroker(Broker):
         channel = self._channels[channel_name]
         subscriber = channel.subscribers[connection_id]
         # Messages delivered while it recovers wait for it, after its missed ones.
-        subscriber.pending = []  # type: ignore[attr-defined]
+        subscriber.pending = []
 
         def catch_up(_: None) -> Any:
             if since is not None and since.epoch == channel.epoch and since.seq > channel.seq:
@@ -454,8 +454,7 @@ class RedisBroker(Broker):
                 # moment, whatever the subscribe waited for (history, then
                 # the shared member list): the reply and the missed frames
                 # are written in the same turn, so nothing can overtake them.
-                pending = subscriber.pending  # type: ignore[attr-defined]
-                del subscriber.pending  # type: ignore[attr-defined]
+                pending, subscriber.pending = subscriber.pending or [], None
                 recovered, missed = self._recovered(channel, since, read, pending)
                 if members is None:
                     return Subscribed(channel.position(), recovered, missed, result.presence, result.presence_total)
