@@ -781,7 +781,7 @@ def markdown(res: dict) -> str:
         out.append("")
     hs = res.get("handshake", [])
     if hs:
-        out += [f"## Server CPU per connection (TCP + TLS handshake + upgrade + close)", "",
+        out += ["## Server CPU per connection (TCP + TLS handshake + upgrade + close)", "",
                 f"{m['args']['handshakes']} connections per batch, {m['args']['handshake_concurrency']} client threads, "
                 f"{m['args']['repeats']} batch(es) per server and mode, interleaved, after {m['args'].get('handshake_warmup', 20)} unmeasured connections per server and mode (median (min-max); every batch in tls.json); server CPU is "
                 "utime + stime over the batch / connections completed. *Resumed* offers the session (ticket) of the "

@@ -619,7 +619,7 @@ class ChaosTests(FaultCase):
         self.flowing(3.0)
         self.redis_command("CLIENT", "KILL", "TYPE", "pubsub")
         self.flowing(3.0)
-        verdict = self.finish("chaos: 10 subscribers aborting TCP every 0.2-1 s across two daemons")
+        self.finish("chaos: 10 subscribers aborting TCP every 0.2-1 s across two daemons")
         reconnects = sum(s.ledger.reconnects for s in self.subscribers)
         self.assertGreater(reconnects, 30, "the subscribers came and went")
 
