@@ -8,7 +8,6 @@ hub, policy in the core modules.
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Callable, Optional
 
@@ -26,8 +25,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from wsheart import closecodes
-from wsheart.access.admission import HINTS_SUBPROTOCOL, Admission, AdmissionSettings, Refusal, reads_hints
-from wsheart.auth import AuthPolicy, Identity, TokenRejected, handshake_token
+from wsheart.access.admission import Admission, AdmissionSettings, Refusal
+from wsheart.auth import AuthPolicy, Identity
 from wsheart.deflate import DeflateSettings, FrameKey, make_lean, may_compress, server_accept
 from wsheart.handler import EchoHandler, IMessageHandler
 from wsheart.directwrite import queued_bytes, write_small
@@ -35,9 +34,10 @@ from wsheart.frames import data_frame
 from wsheart.heartbeat import CadenceMeter, Heartbeat, HeartbeatSettings
 from wsheart.hub import Hub, IConnection
 from wsheart.metrics import ServerMetrics
-from wsheart.access.limits import LOG_EVERY, USER_HINT, ConnectionLimits, LimitSettings, address_key
-from wsheart.access.origin import OriginPolicy, suggestion
-from wsheart.access.proxies import ForwardedForError, TrustedProxies, parse_address, peer_name
+from wsheart.access.door import USER_REFUSAL, Door, Knock
+from wsheart.access.limits import LOG_EVERY, ConnectionLimits, LimitSettings, address_key
+from wsheart.access.origin import OriginPolicy
+from wsheart.access.proxies import TrustedProxies, parse_address
 from wsheart.pages import Pages, parse_request_head, status_phrase, wants_upgrade
 from wsheart.wheel import TimerWheel
 from wsheart.liveness import Liveness, autobahn_options
@@ -47,9 +47,6 @@ MAX_HANDSHAKE_BYTES = 16 * 1024
 
 
 _limits_log = Logger(namespace="wsheart.access.limits")
-# What a connection over --max-connections-per-user is told, in-band or as
-# Retry-After.
-_USER_REFUSAL = Refusal(USER_HINT[0], USER_HINT[1], "user")
 _admission_log = Logger(namespace="wsheart.access.admission")
 _heartbeat_log = Logger(namespace="wsheart.heartbeat")
 _proxies_log = Logger(namespace="wsheart.access.proxies")
@@ -221,104 +218,29 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self.factory.metrics.misses.inc()
 
     def onConnect(self, request: Any) -> Optional[str]:
-        self._find_real_peer(request)
-        self._check_origin(request)
-        # The first subprotocol the client offers that this server has a
-        # handler for (wsheart.v1 when channels are on); anything else is
-        # declined (no Sec-WebSocket-Protocol in the answer; a
-        # wsheart.bearer.TOKEN offer is never echoed).
-        chosen = next((str(p) for p in request.protocols if p in self.factory.subprotocols), None)
-        if chosen is None and HINTS_SUBPROTOCOL in request.protocols:
-            # A plain connection from wsheart.js, which offers wsheart.hints
-            # to say it reads a 1013's retry window; selected, because a
-            # browser fails a handshake that selects none of its offers.
-            chosen = HINTS_SUBPROTOCOL
-        if self._admit(request) is not None:
-            # Opens only to be closed with its retry window: no token check
-            # (it costs more than the refusal), no handler.
-            return chosen
-        if self.factory.auth is not None:
-            self._authenticate(request, chosen)
-            identity = self.identity
-            if identity is not None and identity.sub is not None and not self.factory.limits.user_may_join(identity.sub):
-                self._refuse_user(request)
-        return chosen
-
-    def _refuse_user(self, request: Any) -> None:
         """
-        This user holds --max-connections-per-user already: a wsheart
-        client opens only to be closed with 1013 and a long retry window
-        (room comes back as the user closes connections); anyone else gets
-        429 with that window as Retry-After.
+        Ask the door (L{wsheart.access.door}) and carry out its decision.
         """
-        self._refusal = "limit"
-        if reads_hints(request.protocols):
-            self._admission_refusal = _USER_REFUSAL
-            return
-        self._retry_after = _USER_REFUSAL.retry_after_header(self.factory.random)
-        raise ConnectionDeny(429, f"too many connections for this user (at most {self.factory.limits.settings.max_connections_per_user})")
-
-    def _admit(self, request: Any) -> Optional[Refusal]:
-        """
-        The connection limits and admission control: a refusal a wsheart
-        client reads in-band (returned: the connection opens, then closes
-        with 1013 and the retry window), or ConnectionDeny with
-        C{Retry-After} for everyone else.
-        """
-        factory = self.factory
-        in_band = reads_hints(request.protocols)
-        refusal: Optional[Refusal] = None
-        limited = factory.limits.may_open(self._limit_key)
-        if limited is not None:
-            status, text = limited
-            self._refusal = "limit"
-            if status != 503:
-                # Too many from one address: that address's own doing, not
-                # the server's load; its clients wait on their backoff.
-                raise ConnectionDeny(status, text)
-            refusal = factory.admission.full(in_band)
-        else:
-            refusal = factory.admission.admit(in_band, self._limit_key)
-            if refusal is None:
-                return None
-            self._refusal = "admission"
-            text = "too many new connections at once, try again later"
-        if in_band:
-            self._admission_refusal = refusal
-            return refusal
-        self._retry_after = refusal.retry_after_header(factory.random)
-        if refusal.reason == "address":
-            # This address already holds its share of the queue.
-            raise ConnectionDeny(429, "too many connections from your address waiting, try again later")
-        raise ConnectionDeny(503, text)
-
-    def _authenticate(self, request: Any, chosen: Optional[str]) -> None:
-        """
-        With --auth: the handshake's token makes the identity; without one,
-        a handler that authenticates in its own frames (wsheart.v1) starts
-        anonymous, anything else is refused with 401.
-        """
-        auth = self.factory.auth
-        assert auth is not None
-        token = handshake_token(request.headers, request.protocols)
-        if token is None:
-            handler = self.factory.subprotocols.get(chosen or "")
-            if getattr(handler, "authenticates_in_band", False):
-                self.identity = auth.anonymous_identity()
-                return
-            self._refusal = "token"
-            raise ConnectionDeny(401, "a token is needed: Authorization: Bearer TOKEN, or the wsheart.bearer.TOKEN subprotocol")
-        try:
-            self.identity = auth.verifier.verify(token, self.clock.seconds())
-        except TokenRejected as e:
-            self._refusal = "token"
-            self.logger.info("refused a WebSocket upgrade from {peer}: {why}", peer=self.peer, why=str(e))
-            if e.retry_after is not None:
-                # Its keys are being fetched (--jwt-jwks-url): come back, not 401
-                # (which the wsheart clients take as final).
-                self._retry_after = str(max(1, math.ceil(e.retry_after)))
-                raise ConnectionDeny(503, f"{e}; try again in {e.retry_after:g} s")
-            raise ConnectionDeny(401, str(e))
+        door = self.factory.door
+        host = getattr(self.transport.getPeer(), "host", None)
+        named = peer2str(self.transport) if address_key(host) != self._limit_key else None
+        knock = Knock(host, named or str(self.peer), request.headers, tuple(request.protocols), self.clock.seconds())
+        caller = door.identify(knock)
+        if caller.limit_key != self._limit_key:
+            if self._counted == "pending":
+                self.factory.limits.moved(self._limit_key, caller.limit_key)
+            self._limit_key = caller.limit_key
+        if caller.peer is not None or named is not None:
+            self.peer = caller.peer or named
+        decision = door.decide(knock, caller)
+        refused = decision.refused
+        if refused is not None:
+            self._refusal = refused.kind
+            self._retry_after = refused.retry_after
+            raise ConnectionDeny(refused.status, refused.reason)
+        self._admission_refusal = decision.in_band
+        self.identity = decision.identity
+        return decision.subprotocol
 
     def set_identity(self, identity: Identity) -> bool:
         """
@@ -329,7 +251,7 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         """
         if self._user_counted is None and identity.sub is not None:  # not anonymous
             if not self.factory.limits.user_may_join(identity.sub):
-                self.close(closecodes.TRY_AGAIN_LATER, _USER_REFUSAL.close_reason())
+                self.close(closecodes.TRY_AGAIN_LATER, USER_REFUSAL.close_reason())
                 return False
         self.identity = identity
         self._count_user()
@@ -357,60 +279,6 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         elif self.identity.expires_at is not None:
             delay = max(0.0, self.identity.expires_at + auth.leeway - self.clock.seconds())
             self._auth_timer = self.clock.callLater(delay, self.close, closecodes.TOKEN_EXPIRED, "token expired")
-
-    def _find_real_peer(self, request: Any) -> None:
-        """
-        Name the peer by the client, not a proxy in front of it, and count
-        that client against the limits: behind the PROXY protocol (an
-        haproxy: endpoint) its address is known only once its header is
-        read, after connectionMade; behind an HTTP proxy that
-        C{--trusted-proxy} trusts, it is the one its C{X-Forwarded-For}
-        (or C{Forwarded}) names (L{wsheart.access.proxies}).
-        """
-        address = self.transport.getPeer()
-        host = getattr(address, "host", None)
-        key = address_key(host)
-        peer = peer2str(self.transport) if key != self._limit_key else None
-        trusted = self.factory.trusted_proxies
-        # X-Forwarded-For, or Forwarded (--forwarded-header): only the one the
-        # proxies write; the other is whatever the client sent.
-        forwarded = request.headers.get(trusted.header) if trusted else None
-        if forwarded is not None:
-            # Autobahn joins repeated header lines with ", ", in order.
-            try:
-                client = trusted.client_address(host, [forwarded])
-            except ForwardedForError as e:
-                self.factory.forwarded_for_ignored(peer or str(self.peer), str(e))
-            else:
-                if client is not None:
-                    key = address_key(str(client))
-                    peer = peer_name(client)
-        if key != self._limit_key:
-            if self._counted == "pending":
-                self.factory.limits.moved(self._limit_key, key)
-            self._limit_key = key
-        if peer is not None:
-            self.peer = peer
-
-    def _check_origin(self, request: Any) -> None:
-        """
-        Refuse, with 403 before the upgrade, a browser page the Origin
-        policy does not allow (cross-site WebSocket hijacking: the browser
-        would send this site's cookies with it).
-        """
-        origin = request.headers.get("origin")
-        if self.factory.origin_policy.allows(origin, request.headers.get("host")):
-            return
-        self._refusal = "origin"
-        shown = origin if origin is not None else "(none)"
-        self.logger.warn(
-            "refused a WebSocket upgrade from {peer}: Origin {origin} is not allowed; "
-            "to allow it, start wsheart with --allowed-origin {allow}",
-            peer=self.peer,
-            origin=repr(shown[:200]),
-            allow="'" + suggestion(origin) + "'" if origin is not None else "... (or --allow-missing-origin yes)",
-        )
-        raise ConnectionDeny(403, "Origin not allowed")
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -818,6 +686,18 @@ class ServerFactory(WebSocketServerFactory):
         # Handlers by subprotocol (wsheart.channels.serve gives wsheart.v1's):
         # a connection that negotiates one gets its handler instead.
         self.subprotocols = dict(subprotocols or {})
+        # Who may open a WebSocket here (wsheart.access.door): asked by
+        # every handshake, with the policies above.
+        self.door = Door(
+            self.origin_policy,
+            self.trusted_proxies,
+            self.limits,
+            self.admission,
+            self.auth,
+            self.subprotocols,
+            self.random,
+            self.forwarded_for_ignored,
+        )
         # The browser library and demo page (wsheart.pages), set up to match
         # this server's text heartbeat.
         self.pages: Optional[Pages] = None
