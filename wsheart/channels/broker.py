@@ -23,7 +23,7 @@ import json
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -202,6 +202,13 @@ class Subscribed:
         return len(self.presence) == self.presence_total
 
 
+# What an engine's operations answer: the value now (the memory engine), or
+# a Deferred of it (an engine that asks Redis).  Callers take both through
+# when_done.
+T = TypeVar("T")
+MaybeDeferred = Union[T, "defer.Deferred[T]"]
+
+
 def when_done(result: Any, then: Callable[[Any], Any]) -> Any:
     """
     C{then(result)} now, or when C{result} (a Deferred, from an engine
@@ -263,7 +270,7 @@ class Broker:
 
     def publish(
         self, channel_name: str, data: Any, idempotency_key: Optional[str] = None, by_client: bool = False
-    ) -> Position:
+    ) -> "MaybeDeferred[Position]":
         """
         Append C{data} to a channel and send it to every subscriber.
         C{by_client}: a wsheart.v1 client publishes (it may create a channel
@@ -333,10 +340,25 @@ class Broker:
         since: Optional[Position] = None,
         name: Optional[str] = None,
         presence_budget: Optional[int] = None,
+    ) -> "MaybeDeferred[Subscribed]":
+        """
+        Subscribe a connection: see L{subscribe_here}.  This engine answers
+        at once; one that answers later (Redis) returns a Deferred.
+        """
+        return self.subscribe_here(connection_id, connection, channel_name, since, name, presence_budget)
+
+    def subscribe_here(
+        self,
+        connection_id: str,
+        connection: IConnection,
+        channel_name: str,
+        since: Optional[Position] = None,
+        name: Optional[str] = None,
+        presence_budget: Optional[int] = None,
     ) -> Subscribed:
         """
-        Subscribe a connection (again, if it already is: a resubscribe
-        recovers from C{since} like a first one).  The caller sends the
+        Subscribe a connection in this process (again, if it already is: a
+        resubscribe recovers from C{since} like a first one).  The caller sends the
         C{subscribed} frame and then C{missed}, before anything else; the
         presence list in the answer takes at most C{presence_budget} bytes
         as JSON (default: what L{SUBSCRIBED_ENVELOPE} leaves of the limit).
@@ -470,11 +492,11 @@ class Broker:
             )
         return rows
 
-    def presence(self, channel_name: str) -> list[dict[str, Any]]:
+    def presence(self, channel_name: str) -> "MaybeDeferred[list[dict[str, Any]]]":
         channel = self._channel(channel_name, create=False)
         return [] if channel is None else [s.client() for s in channel.subscribers.values()]
 
-    def history_json(self, channel_name: str, since_seq: int = 0) -> str:
+    def history_json(self, channel_name: str, since_seq: int = 0) -> "MaybeDeferred[str]":
         """
         The messages after C{since_seq} still in history, and whether they
         are all of them (C{complete}), as a JSON document:

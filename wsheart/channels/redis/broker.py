@@ -409,7 +409,7 @@ class RedisBroker(Broker):
 
     # -- subscribing ------------------------------------------------------------
 
-    def subscribe(  # type: ignore[override]
+    def subscribe(
         self,
         connection_id: str,
         connection: IConnection,
@@ -425,7 +425,7 @@ class RedisBroker(Broker):
         arrive meanwhile wait for this subscriber behind its missed ones.
         """
         try:
-            result = super().subscribe(connection_id, connection, channel_name, None, name, presence_budget)
+            result = self.subscribe_here(connection_id, connection, channel_name, None, name, presence_budget)
         except ChannelError as e:
             return defer.fail(e)
         channel = self._channels[channel_name]
@@ -570,7 +570,7 @@ class RedisBroker(Broker):
 
     # -- publishing and reading --------------------------------------------------
 
-    def publish(  # type: ignore[override]
+    def publish(
         self, channel_name: str, data: Any, idempotency_key: Optional[str] = None, by_client: bool = False
     ) -> "defer.Deferred[Position]":
         """
@@ -622,7 +622,7 @@ class RedisBroker(Broker):
         self._acks.setdefault(name, []).append((position, waiter))
         return waiter.addTimeout(left, self.store.clock, onTimeoutCancel=lambda result, timeout: position)
 
-    def history_json(self, channel_name: str, since_seq: int = 0) -> "defer.Deferred[str]":  # type: ignore[override]
+    def history_json(self, channel_name: str, since_seq: int = 0) -> "defer.Deferred[str]":
         floor = self.floor(channel_name)
 
         def document(read: HistoryRead) -> str:
