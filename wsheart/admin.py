@@ -131,9 +131,13 @@ class StaticResource(Resource):
 
 class _QuietSite(Site):
     """
-    A Site without an access log: a scraper every 15 s is not news.
+    A Site without an access log (a scraper every 15 s is not news), and
+    with the body policy its requests ask (L{BoundedRequest}).
     """
 
+    body_policy: BodyPolicy = BodyPolicy()
+
+    # Twisted's own signature (typed loosely by Twisted), no log line.
     def log(self, request: Request) -> None:  # type: ignore[override]
         pass
 
@@ -145,7 +149,7 @@ def admin_site(
     clock: IReactorTime,
     broker: Optional[Broker] = None,
     api_tokens: Optional[ApiTokens] = None,
-) -> Site:
+) -> _QuietSite:
     """
     The admin endpoint's site; with a C{broker}, also the channel API
     (L{wsheart.channels.api}), which answers only callers with one of
@@ -163,7 +167,7 @@ def admin_site(
     root.putChild(b"pages.css", StaticResource("pages.css", CSS))
     # The site's connection timeouts run on the injected clock too.
     site = _QuietSite(root, requestFactory=BoundedRequest, reactor=clock)
-    site.body_policy = body_policy  # type: ignore[attr-defined]
+    site.body_policy = body_policy
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -128,6 +128,8 @@ class ConnectOptions(_GnuOptions):
         except ChannelError as e:
             raise usage.UsageError(f"--channel: {e.reason}")
 
+    # twisted.python.usage counts the positional arguments from this
+    # signature (Options declares *args): hence the override.
     def parseArgs(self, url: str) -> None:  # type: ignore[override]
         self["url"] = url
 
@@ -182,6 +184,7 @@ class PublishOptions(_GnuOptions):
     ]
     optFlags = [["json", None, "MESSAGE is JSON (an object, a number, ...), not a string."]]
 
+    # The arguments named, as above.
     def parseArgs(self, admin_url: str, channel: str, message: str) -> None:  # type: ignore[override]
         self["admin-url"] = admin_url.rstrip("/")
         self["channel"] = channel

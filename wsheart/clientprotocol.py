@@ -22,6 +22,8 @@ from wsheart.heartbeat import Heartbeat, HeartbeatSettings
 from wsheart.liveness import Liveness, autobahn_options
 
 
+# The ignore: Autobahn's own bases disagree on the types of "peer" and
+# "_transport_details" (see wsheart.liveness).
 class ClientProtocol(Liveness, WebSocketClientProtocol):  # type: ignore[misc]
     """
     The client side of one connection, driven by a L{ClientFactory} whose
@@ -130,6 +132,7 @@ class ClientFactory(WebSocketClientFactory):
     Builds L{ClientProtocol}s for one reconnecting client service.
     """
 
+    # Autobahn types this as its own protocol class; ours is one.
     protocol = ClientProtocol  # type: ignore[assignment]
 
     def __init__(

@@ -135,7 +135,9 @@ class LeanDeflate(PerMessageDeflate):
             super().start_decompress_message()
             self._inflated = 0
 
-        def decompress_message_data(self, data: bytes) -> bytes:  # type: ignore[override]
+        # max_output_len: the newer Autobahn's parameter, which the older
+        # one (the only one this runs on) never passes.
+        def decompress_message_data(self, data: bytes, max_output_len: Optional[int] = None) -> bytes:
             decompressor = self._decompressor
             assert decompressor is not None
             limit = self.max_message_size

@@ -47,7 +47,7 @@ class _LazyPformat:
     __repr__ = __str__
 
 
-_autobahn_protocol.pformat = _LazyPformat  # type: ignore[assignment]
+setattr(_autobahn_protocol, "pformat", _LazyPformat)
 
 
 

@@ -52,6 +52,8 @@ _heartbeat_log = Logger(namespace="wsheart.heartbeat")
 _proxies_log = Logger(namespace="wsheart.access.proxies")
 
 
+# The ignore: Autobahn's own bases disagree on the types of "peer" and
+# "_transport_details" (see wsheart.liveness).
 @implementer(IConnection)
 class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
     """
@@ -289,7 +291,7 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
                 self._handshake_timer = None
-            self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
+            self._forget_handshake()
             self.close(closecodes.TRY_AGAIN_LATER, refusal.close_reason())
             self.transport.loseConnection()
             return
@@ -306,10 +308,14 @@ class ServerProtocol(Liveness, WebSocketServerProtocol):  # type: ignore[misc]
         self._counted = "open"
         self._count_user()
         self._arm_auth_timer()
-        # The opening handshake is over: thousands of idle connections
-        # should not each keep a copy of its request and response.
-        self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
+        self._forget_handshake()
         self._call_handler("connection_opened", self)
+
+    def _forget_handshake(self) -> None:
+        # The opening handshake is over: thousands of idle connections
+        # should not each keep a copy of its request and response (None,
+        # which Autobahn's types do not foresee, frees them for good).
+        self.http_headers = self.http_request_data = self.http_response_data = None  # type: ignore[assignment]
 
     def _deflate_opened(self) -> None:
         """
@@ -605,6 +611,8 @@ class ServerFactory(WebSocketServerFactory):
     daemon's listeners use L{wsheart.tls}.
     """
 
+    # Autobahn types this as its own protocol class; ours is one (see the
+    # class's ignore).
     protocol = ServerProtocol  # type: ignore[assignment]
 
     def __init__(

@@ -120,7 +120,8 @@ class TokenVerifier:
                 )
             self._check_known()
             return
-        with open(settings.key_file, "rb") as f:  # type: ignore[arg-type]
+        assert settings.key_file is not None  # one of the two, checked above
+        with open(settings.key_file, "rb") as f:
             material = f.read()
         text = material.strip()
         if text.startswith(b"{"):

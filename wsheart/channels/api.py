@@ -247,7 +247,8 @@ class BoundedRequest(Request):
             head.append(b'WWW-Authenticate: Bearer realm="wsheart"')
         channel = self.channel
         answer = b"\r\n".join(head) + b"\r\n\r\n" + body
-        channel.transport.write(answer)  # type: ignore[union-attr]
+        assert channel.transport is not None  # the request is being read from it
+        channel.transport.write(answer)
         channel.loseConnection()
 
 

@@ -599,10 +599,11 @@ class Broker:
 
     def _check_room(self, by_client: bool) -> None:
         if by_client:
-            limit, what = self.settings.max_client_channels, "channels made by clients"
+            # Set by ChannelSettings (max_channels when not given).
+            limit, what = self.settings.max_client_channels or self.settings.max_channels, "channels made by clients"
         else:
             limit, what = self.settings.max_channels, "channels"
-        if self._count(by_client) < limit:  # type: ignore[operator]
+        if self._count(by_client) < limit:
             return
         # A sweep costs O(channels): at most one a second, so a client
         # asking for new names cannot make every ask pay it.
@@ -611,7 +612,7 @@ class Broker:
             self._last_sweep = now
             for channel in list(self._channels.values()):
                 self._maybe_forget(channel)
-        if self._count(by_client) >= limit:  # type: ignore[operator]
+        if self._count(by_client) >= limit:
             raise ChannelError(429, f"at most {limit} {what}")
 
     def _count(self, by_client: bool) -> int:

@@ -300,7 +300,10 @@ class ChannelProtocolHandler(MessageHandler):
         if current is not None and not current.anonymous and current.sub != identity.sub:
             connection.close(closecodes.FORBIDDEN, "a token for another user")
             return
-        if connection.set_identity(identity) is False:  # type: ignore[attr-defined]
+        # The server protocol's own, beyond IConnection (which user
+        # handlers implement too).
+        set_identity = getattr(connection, "set_identity")
+        if set_identity(identity) is False:
             # This user holds --max-connections-per-user: closing with 1013.
             return
         reply: dict[str, Any] = {"op": "authed", "sub": identity.sub}

@@ -7,7 +7,7 @@ short bounded backoff.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import txredisapi
 from twisted.application.service import Service
@@ -48,7 +48,14 @@ class PubSubProtocol(txredisapi.SubscriberProtocol):
         super().connectionLost(why)
 
 
-class _KeepTrying:
+if TYPE_CHECKING:
+    # What _KeepTrying is mixed into, for the type checker.
+    from txredisapi import RedisFactory as _Factory
+else:
+    _Factory = object
+
+
+class _KeepTrying(_Factory):
     """
     For a txredisapi factory: a login (C{AUTH}) or C{SELECT} that Redis
     refuses does not stop the reconnecting.  txredisapi stops for good
@@ -78,7 +85,7 @@ class _KeepTrying:
     on_ready: Any = None
 
     def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)  # type: ignore[misc]
+        super().addConnection(conn)
         if self.on_ready is not None and conn.connected:
             self.on_ready(conn)
 
