@@ -265,3 +265,38 @@ class PresenceKeysTests(unittest.TestCase):
         await b.beat()
         self.assertEqual(list(await self.redis.hkeys("t:{room}:p")), [])
         self.assertTrue(await a.beat())
+
+    @async_test
+    async def test_reconcile_makes_the_members_in_redis_the_local_ones(self) -> None:
+        """
+        After the command connection was away, this process's members in
+        Redis become exactly its local ones: a member that left meanwhile
+        (its leave failed at once) leaves now, announced; the others of
+        this process and other processes' members stay.
+        """
+        a = await self.presence("a")
+        b = await self.presence("b")
+        for cid in ("a.1", "a.2"):
+            await a.join("room", cid, json.dumps({"id": cid}))
+        await a.join("hall", "a.3", '{"id":"a.3"}')
+        await b.join("room", "b.1", '{"id":"b.1"}')
+        heard: list[Any] = []
+
+        class Listener(txredisapi.SubscriberProtocol):
+            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+                heard.append((channel, message))
+
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = Listener
+        factory.reconnect = False
+        factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
+        self.addCleanup(factory.disconnect)
+        listener = await factory.deferred
+        await listener.subscribe(["t:{room}", "t:{hall}"])
+        self.assertEqual(await a.reconcile([("room", "a.1")]), 2)
+        self.assertEqual(sorted(await self.redis.hkeys("t:{room}:p")), ["a.1", "b.1"])
+        self.assertEqual(list(await self.redis.hkeys("t:{hall}:p")), [])
+        self.assertEqual(list(await self.redis.smembers("t:node:a:ch")), ["room"])
+        await wait_until(self, lambda: len(heard) == 2)
+        self.assertEqual(sorted(heard), [("t:{hall}", 'l{"id":"a.3"}'), ("t:{room}", 'l{"id": "a.2"}')])
+        self.assertEqual(await a.reconcile([("room", "a.1")]), 0, "nothing more to do")

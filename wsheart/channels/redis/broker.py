@@ -254,8 +254,32 @@ class RedisBroker(Broker):
                 )
                 sent += 1
         if sent:
-            log.info("presence: registered {count} local members again (Redis had lost them)", count=sent)
+            log.info("presence: registered {count} local members again", count=sent)
         return sent
+
+    def reconcile(self) -> "defer.Deferred[Any]":
+        """
+        After the command connection was away: leaves that could not be
+        sent meanwhile are done now (this process's members in Redis become
+        its local ones), then every local member is registered again (only
+        the ones Redis lacks are announced).
+        """
+        presence = self.shared_presence
+        if presence is None:
+            return defer.succeed(None)
+        local = [
+            (channel.name, who.connection_id)
+            for channel in self._channels.values()
+            if self.settings.presence_events(channel.name)
+            for who in channel.subscribers.values()
+        ]
+
+        def done(left: int) -> None:
+            if left:
+                log.info("presence: {count} leaves made while Redis was away announced now", count=left)
+            self.rejoin()
+
+        return presence.reconcile(local).addCallback(done)
 
     def local_channels(self) -> list[str]:
         """
@@ -666,6 +690,13 @@ class RedisBroker(Broker):
         pass
 
     def _log_failure(self, failure: Any, what: str, channel: str) -> None:
+        if failure.check(txredisapi.ConnectionError, error.ConnectionLost, error.ConnectionDone):
+            # The connection went (Redis gone, or this process stopping)
+            # with the command on it: nothing to undo - a lost pub/sub
+            # subscription ends with its connection, a lost presence
+            # change is redone by the next beat or swept - and no defect.
+            log.info("{what} on {channel}: the connection to Redis closed first", what=what.format(channel=channel), channel=channel)
+            return
         log.failure(what, failure, channel=channel)
 
 

@@ -157,10 +157,10 @@ class RedisConnections(Service):
         # One endpoint for both connections: with Sentinel, one set of
         # connections to the Sentinels asks for the master.
         self._endpoint = address.endpoint(self.reactor)
-        # Back on the command connection: beat at once, so that members
-        # Redis lost (it restarted empty) are registered again now rather
-        # than at the next beat.
-        factory.on_ready = lambda conn: self._beat_once() if self.running else None
+        # Back on the command connection: set presence straight at once
+        # (leaves that could not be sent, members Redis lost when it
+        # restarted empty) rather than at the next beat, and beat.
+        factory.on_ready = lambda conn: self._reconnected() if self.running else None
         factory.startConnecting(self._endpoint)
         self.commands = factory.handler
         self._command_factory = factory
@@ -180,6 +180,18 @@ class RedisConnections(Service):
             self._beat.clock = self.reactor
             # The first beat is the command connection's: on_ready above.
             self._beat.start(self.beat_interval, now=False)
+
+    def _reconnected(self) -> None:
+        """
+        The command connection is up (again): set presence straight -
+        what changed while it was away - then beat.
+        """
+        if self.broker.shared_presence is None:
+            return
+        self.broker.reconcile().addErrback(
+            lambda f: log.warn("presence: setting it straight after a reconnect failed: {why}", why=f.getErrorMessage())
+        )
+        self._beat_once()
 
     def _beat_once(self) -> None:
         """

@@ -84,6 +84,36 @@ redis.call('del', KEYS[2])
 return swept
 """
 
+# After the command connection was away: this process's members in Redis
+# become exactly its local ones.  A leave that could not be sent meanwhile
+# is done (and announced) now; joins are sent again separately (JOIN_SCRIPT
+# announces only the ones Redis lacks).  KEYS: this process's channel set.
+# ARGV: key prefix ("PREFIX:{"), id prefix ("NODE."), then "CHANNEL ID" of
+# every local member.
+RECONCILE_SCRIPT = """
+local here = {}
+for i = 3, #ARGV do here[ARGV[i]] = true end
+local left = 0
+for _, channel in ipairs(redis.call('smembers', KEYS[1])) do
+  local hash = ARGV[1] .. channel .. '}:p'
+  local fields = redis.call('hgetall', hash)
+  local mine = 0
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, #ARGV[2]) == ARGV[2] then
+      if here[channel .. ' ' .. fields[i]] then
+        mine = mine + 1
+      else
+        redis.call('hdel', hash, fields[i])
+        redis.call('publish', ARGV[1] .. channel .. '}', 'l' .. fields[i + 1])
+        left = left + 1
+      end
+    end
+  end
+  if mine == 0 then redis.call('srem', KEYS[1], channel) end
+end
+return left
+"""
+
 
 class RedisPresence:
     """
@@ -120,6 +150,16 @@ class RedisPresence:
         args = [connection_id, self.store.key(channel), channel, "1" if last else ""]
         d = self.store.command(lambda: self.store.redis.eval(LEAVE_SCRIPT, keys, args))
         return d.addCallback(lambda left: int(left) == 1)
+
+    def reconcile(self, members: list[tuple[str, str]]) -> "defer.Deferred[int]":
+        """
+        Make this process's members in Redis exactly C{members} (channel,
+        connection id): the others leave, announced; returns how many.
+        """
+        keys = [self._node_channels(self.node)]
+        args = [f"{self.store.prefix}:{{", f"{self.node}.", *(f"{channel} {cid}" for channel, cid in members)]
+        d = self.store.command(lambda: self.store.redis.eval(RECONCILE_SCRIPT, keys, args))
+        return d.addCallback(int)
 
     def refresh(self, channels: list[str]) -> "defer.Deferred[Any]":
         """
