@@ -21,6 +21,27 @@ from wsheart.channels.redis.store import RedisStore
 from .loopback import RedisServer, async_test, sleep, wait_until
 
 
+async def listen(test: unittest.TestCase, port: int, channels: list[str]) -> list[tuple[Any, Any]]:
+    """
+    What Redis announces on C{channels}, as (channel, message), heard on a
+    pub/sub connection of the test's own (closed when the test ends).
+    """
+    heard: list[tuple[Any, Any]] = []
+
+    class Listener(txredisapi.SubscriberProtocol):
+        def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+            heard.append((channel, message))
+
+    factory = txredisapi.SubscriberFactory()
+    factory.protocol = Listener
+    factory.reconnect = False
+    factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+    test.addCleanup(factory.disconnect)
+    listener = await factory.deferred
+    await listener.subscribe(channels)
+    return heard
+
+
 class StoreTests(unittest.TestCase):
     timeout = 30
 
@@ -110,22 +131,10 @@ class StoreTests(unittest.TestCase):
         "m" EPOCH ":" SEQ ":" DATA.
         """
         store = await self.connect()
-        heard: list[Any] = []
-
-        class Listener(txredisapi.SubscriberProtocol):
-            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                heard.append(message)
-
-        factory = txredisapi.SubscriberFactory()
-        factory.protocol = Listener
-        factory.reconnect = False
-        factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
-        self.addCleanup(factory.disconnect)
-        listener = await factory.deferred
-        await listener.subscribe(store.key("news"))
+        heard = await listen(self, self.server.port, [store.key("news")])
         position = (await store.publish("news", '{"x":1}')).position
         await wait_until(self, lambda: heard)
-        self.assertEqual(heard, [f"m{position.epoch}:1:" + '{"x":1}'])
+        self.assertEqual(heard, [("t:{news}", f"m{position.epoch}:1:" + '{"x":1}')])
 
     @async_test
     async def test_a_stopped_redis_fails_fast(self) -> None:
@@ -280,19 +289,7 @@ class PresenceKeysTests(unittest.TestCase):
             await a.join("room", cid, json.dumps({"id": cid}))
         await a.join("hall", "a.3", '{"id":"a.3"}')
         await b.join("room", "b.1", '{"id":"b.1"}')
-        heard: list[Any] = []
-
-        class Listener(txredisapi.SubscriberProtocol):
-            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-                heard.append((channel, message))
-
-        factory = txredisapi.SubscriberFactory()
-        factory.protocol = Listener
-        factory.reconnect = False
-        factory.startConnecting(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port))
-        self.addCleanup(factory.disconnect)
-        listener = await factory.deferred
-        await listener.subscribe(["t:{room}", "t:{hall}"])
+        heard = await listen(self, self.server.port, ["t:{room}", "t:{hall}"])
         self.assertEqual(await a.reconcile([("room", "a.1")]), 2)
         self.assertEqual(sorted(await self.redis.hkeys("t:{room}:p")), ["a.1", "b.1"])
         self.assertEqual(list(await self.redis.hkeys("t:{hall}:p")), [])
